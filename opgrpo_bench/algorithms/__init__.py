@@ -1,0 +1,1 @@
+"""RL algorithms; importing this package registers the built-in algorithms and presets lazily."""

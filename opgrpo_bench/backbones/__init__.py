@@ -1,0 +1,1 @@
+"""Backbones: the only place where model families differ (encode, velocity, decode)."""

@@ -1,0 +1,1 @@
+"""Pure tensor math shared by every algorithm and backbone (no diffusers imports)."""

@@ -1,0 +1,96 @@
+"""Results files: one JSONL file per run, ``<out>/<run_id>/metrics.jsonl``, schema ``opgrpo-bench/v1``.
+
+Record types (each carries ``"schema"`` and ``"type"``):
+
+- ``run_start``: ``run_id``, ``task``, ``task_version``, ``algorithm``, ``config`` (resolved), ``seed``,
+  ``world_size``, ``precision``, ``versions``, ``git_sha``, ``device``, ``start_time``, ``target``,
+  ``higher_is_better``, ``budget_steps``.
+- ``step``: ``step`` (optimizer steps so far), ``samples`` (fresh samples generated so far), ``nfe``
+  (network evaluations so far), ``wall_s``, ``train/reward_mean``, ``train/reward_std``, ``loss/*``,
+  ``ratio/*``, ``clipfrac/*``, ``op/*`` diagnostics.
+- ``eval``: ``step``, ``samples``, ``nfe``, ``wall_s``, ``score`` (the task's main metric) and components.
+- ``run_end``: ``status``, ``steps_to_target``, ``samples_to_target``, ``wall_s_to_target``, ``censored``.
+
+Steps-to-target is always recomputable from the ``eval`` records (:func:`first_reaching`); the
+leaderboard reads only these files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+from opgrpo_bench import SCHEMA
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe copy: tensors/numpy scalars to floats, non-finite floats to None."""
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+class ResultsWriter:
+    """Appends records to ``run_dir/metrics.jsonl``; each line is flushed and fsynced when written."""
+
+    def __init__(self, run_dir: str | os.PathLike[str]):
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.run_dir / METRICS_FILE
+
+    def write(self, type_: str, **fields: Any) -> dict[str, Any]:
+        record = {"schema": SCHEMA, "type": type_, **_clean(fields)}
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record, sort_keys=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        return record
+
+
+def read_records(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """All well-formed records of one results file (a truncated last line is ignored)."""
+    records = []
+    with Path(path).open(encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return records
+
+
+def truncate_after_step(path: str | os.PathLike[str], step: int) -> None:
+    """Drop records beyond optimizer step ``step`` (and any ``run_end``): used when resuming."""
+    p = Path(path)
+    kept = [r for r in read_records(p)
+            if r.get("type") == "run_start" or (r.get("type") in ("step", "eval") and r["step"] <= step)]
+    tmp = p.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+    tmp.replace(p)
+
+
+def first_reaching(
+    evals: Iterable[dict[str, Any]], target: float, higher_is_better: bool = True
+) -> dict[str, Any] | None:
+    """The first ``eval`` record (in step order) whose ``score`` reaches ``target``; None if none does."""
+    for rec in sorted(evals, key=lambda r: r["step"]):
+        score = rec.get("score")
+        if score is None:
+            continue
+        if (score >= target) if higher_is_better else (score <= target):
+            return rec
+    return None

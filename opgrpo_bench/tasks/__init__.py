@@ -1,0 +1,1 @@
+"""Task specs; importing this package registers the built-in tasks lazily."""
