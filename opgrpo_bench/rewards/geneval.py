@@ -1,0 +1,324 @@
+"""GenEval (Ghosh et al., 2023): object detection plus rules for objects, counting, colour and position.
+
+Each sample's ``metadata`` is a GenEval record, e.g.::
+
+    {"tag": "position", "include": [{"class": "dog", "count": 1},
+                                    {"class": "cat", "count": 1, "position": ["left of", 0]}]}
+    {"tag": "color_attr", "include": [{"class": "car", "count": 1, "color": "red"}], "exclude": [...]}
+
+Samples without ``include`` score NaN. The score is GenEval's strict correctness (1 when every
+requirement holds, else 0); the ``partial`` component is the fraction of requirements that hold
+(Flow-GRPO-style shaping; ``mode="partial"`` makes it the score).
+
+Pipeline (GenEval's ``evaluate_images.py`` semantics, re-implemented here):
+
+1. Detect instances with a COCO Mask2Former. GenEval uses mmdetection's Swin-S Mask2Former; mmdetection
+   does not install beside this stack, so the same architecture is run through transformers
+   (``facebook/mask2former-swin-small-coco-instance``). Scores are not bit-identical to GenEval's.
+2. Per class: keep detections above 0.3 (0.9 for ``counting`` prompts), best first, at most 16.
+3. ``include``: at least ``count`` detections; with ``color``, at least ``count`` of them classified as
+   that colour by CLIP ViT-L/14 zero-shot (object pasted on grey #999999 outside its mask, cropped to its
+   box, three prompt templates averaged); with ``position: [relation, i]``, every detection relates so to
+   every detection of requirement ``i``. ``exclude``: fewer than ``count`` detections.
+4. Relations from box centres, ignoring offsets below 0.1 x the summed box sizes: left of / right of /
+   above / below when the normalised offset exceeds 0.5 along that axis.
+
+The rules are plain functions (:func:`evaluate`) tested without any model. For a faithful score, run
+GenEval's own mmdetection stack elsewhere and reach it through the out-of-process reward server (see
+:mod:`opgrpo_bench.rewards.server`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from opgrpo_bench.rewards.base import BaseReward, MissingWeightsError, RewardOutput, default_device, to_rgb
+from opgrpo_bench.rewards.clip import ClipBackbone, _dtype
+from opgrpo_bench.rewards.weights import resolve_dir
+
+THRESHOLD = 0.3
+COUNTING_THRESHOLD = 0.9
+MAX_OBJECTS = 16
+POSITION_THRESHOLD = 0.1
+COLORS = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white")
+COLOR_TEMPLATES = ("a photo of a {color} {cls}", "a photo of a {color}-colored {cls}", "a photo of a {color} object")
+# Detector label names that GenEval spells differently (COCO / detectron2 names -> GenEval names).
+CLASS_ALIASES = {
+    "mouse": "computer mouse", "remote": "tv remote", "keyboard": "computer keyboard",
+    "tvmonitor": "tv", "tv monitor": "tv", "diningtable": "dining table", "pottedplant": "potted plant",
+    "sofa": "couch", "motorbike": "motorcycle", "aeroplane": "airplane", "hair dryer": "hair drier",
+}
+
+
+def canonical_class(name: str) -> str:
+    """GenEval's spelling of a class name (lower case, aliases resolved)."""
+    key = " ".join(name.lower().replace("_", " ").replace("-", " ").split())
+    return CLASS_ALIASES.get(key, key)
+
+
+@dataclass
+class Detection:
+    """One detected instance: box (x1, y1, x2, y2) in pixels, confidence, optional boolean mask [H, W]."""
+
+    box: tuple[float, float, float, float]
+    score: float
+    mask: np.ndarray | None = None
+
+
+def filter_detections(
+    raw: dict[str, list[Detection]], tag: str | None, threshold: float = THRESHOLD,
+    counting_threshold: float = COUNTING_THRESHOLD, max_objects: int = MAX_OBJECTS,
+) -> dict[str, list[Detection]]:
+    """Per class, detections above the (tag-dependent) threshold, best first, at most ``max_objects``."""
+    limit = counting_threshold if tag == "counting" else threshold
+    out: dict[str, list[Detection]] = {}
+    for cls, dets in raw.items():
+        kept = sorted((d for d in dets if d.score > limit), key=lambda d: -d.score)[:max_objects]
+        if kept:
+            out[canonical_class(cls)] = out.get(canonical_class(cls), []) + kept
+    return out
+
+
+def relative_position(a: Detection, b: Detection, threshold: float = POSITION_THRESHOLD) -> set[str]:
+    """Relations of ``a`` to ``b`` ("left of", "right of", "above", "below"); empty when they overlap closely."""
+    boxes = np.array([a.box, b.box], dtype=np.float64).reshape(2, 2, 2)  # [obj, corner, xy]
+    center_a, center_b = boxes.mean(axis=1)
+    size_a, size_b = np.abs(boxes[:, 1] - boxes[:, 0])
+    offset = center_a - center_b
+    revised = np.maximum(np.abs(offset) - threshold * (size_a + size_b), 0) * np.sign(offset)
+    if np.all(np.abs(revised) < 1e-3):
+        return set()
+    dx, dy = revised / np.linalg.norm(offset)
+    relations = set()
+    if dx < -0.5:
+        relations.add("left of")
+    if dx > 0.5:
+        relations.add("right of")
+    if dy < -0.5:
+        relations.add("above")
+    if dy > 0.5:
+        relations.add("below")
+    return relations
+
+
+ColorFn = Callable[[str, Sequence[Detection]], list[str]]
+
+
+def evaluate(
+    detections: dict[str, list[Detection]], metadata: dict[str, Any], color_fn: ColorFn | None = None
+) -> tuple[bool, float, list[str]]:
+    """GenEval's rules on filtered detections.
+
+    Returns:
+        (correct, fraction of requirements met, reasons for failures).
+    """
+    reasons: list[str] = []
+    met = total = 0
+    groups: list[list[Detection] | None] = []
+    for req in metadata.get("include", []):
+        cls, count = canonical_class(req["class"]), int(req["count"])
+        found = detections.get(cls, [])[:count]
+        ok = True
+        total += 1
+        if len(found) < count:
+            ok = False
+            reasons.append(f"expected {cls}>={count}, found {len(found)}")
+        else:
+            if "color" in req:
+                if color_fn is None:
+                    raise ValueError("a colour requirement needs a colour classifier")
+                colors = color_fn(cls, found)
+                if colors.count(req["color"]) < count:
+                    ok = False
+                    reasons.append(f"expected {req['color']} {cls}>={count}, found colours {colors}")
+            if "position" in req and ok:
+                relation, target = req["position"][0], int(req["position"][1])
+                target_group = groups[target] if target < len(groups) else None
+                if target_group is None:
+                    ok = False
+                    reasons.append(f"no target for {cls} {relation}")
+                elif not all(relation in relative_position(o, t) for o in found for t in target_group):
+                    ok = False
+                    reasons.append(f"expected {cls} {relation} target {target}")
+        met += ok
+        groups.append(found if ok else None)
+    for req in metadata.get("exclude", []):
+        cls, count = canonical_class(req["class"]), int(req["count"])
+        total += 1
+        if len(detections.get(cls, [])) >= count:
+            reasons.append(f"expected {cls}<{count}, found {len(detections.get(cls, []))}")
+        else:
+            met += 1
+    return not reasons, (met / total if total else math.nan), reasons
+
+
+def boxes_from_masks(masks: torch.Tensor) -> torch.Tensor:
+    """Tight (x1, y1, x2 + 1, y2 + 1) boxes of boolean masks [N, H, W]; zeros for empty masks."""
+    n = masks.shape[0]
+    boxes = torch.zeros(n, 4)
+    for i in range(n):
+        ys, xs = torch.nonzero(masks[i], as_tuple=True)
+        if ys.numel():
+            boxes[i] = torch.tensor([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=torch.float32)
+    return boxes
+
+
+class Mask2FormerDetector:
+    """COCO instance segmentation with transformers' Mask2Former, post-processed as mmdetection does.
+
+    Per image: softmax class scores (no-object dropped), the top ``max_per_image`` (query, class) pairs,
+    masks = mask logits > 0 at image resolution, score = class probability x mean mask probability
+    inside the mask, box = the mask's bounding box.
+    """
+
+    def __init__(self, folder: Any, device: torch.device, dtype: torch.dtype, size: int = 800,
+                 max_per_image: int = 100):
+        from transformers import Mask2FormerForUniversalSegmentation
+
+        self.model = Mask2FormerForUniversalSegmentation.from_pretrained(folder, dtype=dtype).to(device).eval()
+        self.device, self.dtype, self.size, self.max_per_image = device, dtype, size, max_per_image
+        self.labels = {int(k): canonical_class(v) for k, v in self.model.config.id2label.items()}
+        self.mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+        self.std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+
+    @torch.no_grad()
+    def __call__(self, image: torch.Tensor) -> dict[str, list[Detection]]:
+        """Detections of one [3, H, W] image in [0, 1], by GenEval class name."""
+        h, w = image.shape[-2:]
+        scale = self.size / min(h, w)
+        nh, nw = round(h * scale), round(w * scale)
+        x = F.interpolate(image[None].float(), size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)
+        x = (x - self.mean) / self.std
+        ph, pw = math.ceil(nh / 32) * 32, math.ceil(nw / 32) * 32
+        x = F.pad(x, (0, pw - nw, 0, ph - nh))
+        pixel_mask = torch.zeros(1, ph, pw, dtype=torch.long)
+        pixel_mask[:, :nh, :nw] = 1
+        out = self.model(pixel_values=x.to(self.device, self.dtype), pixel_mask=pixel_mask.to(self.device))
+        cls_logits = out.class_queries_logits[0].float()
+        mask_logits = out.masks_queries_logits[0].float()[None]  # [1, Q, h', w'] at 1/4 of the padded input
+        mask_logits = F.interpolate(mask_logits, size=(ph, pw), mode="bilinear", align_corners=False)
+        mask_logits = F.interpolate(mask_logits[..., :nh, :nw], size=(h, w), mode="bilinear", align_corners=False)[0]
+        probs = cls_logits.softmax(-1)[:, :-1]
+        num_classes = probs.shape[-1]
+        k = min(self.max_per_image, probs.numel())
+        scores, flat = probs.flatten().topk(k)
+        queries, labels = flat // num_classes, flat % num_classes
+        masks = mask_logits[queries] > 0
+        mask_prob = (mask_logits[queries].sigmoid() * masks).flatten(1).sum(1) / (masks.flatten(1).sum(1) + 1e-6)
+        scores = (scores * mask_prob).cpu()
+        masks = masks.cpu()
+        boxes = boxes_from_masks(masks)
+        result: dict[str, list[Detection]] = {}
+        for i in range(k):
+            if not masks[i].any():
+                continue
+            cls = self.labels.get(int(labels[i]), str(int(labels[i])))
+            result.setdefault(cls, []).append(Detection(tuple(boxes[i].tolist()), float(scores[i]), masks[i].numpy()))
+        return result
+
+
+class ColorClassifier:
+    """GenEval's CLIP zero-shot colour classifier over :data:`COLORS`."""
+
+    def __init__(self, clip: ClipBackbone):
+        self.clip = clip
+        self._heads: dict[str, torch.Tensor] = {}
+
+    def head(self, cls: str) -> torch.Tensor:
+        """[D, len(COLORS)] normalised mean text embedding of the templates, per colour."""
+        if cls not in self._heads:
+            columns = []
+            for color in COLORS:
+                emb = self.clip.text_embeds([t.format(color=color, cls=cls) for t in COLOR_TEMPLATES]).mean(0)
+                columns.append(emb / emb.norm())
+            self._heads[cls] = torch.stack(columns, dim=1)
+        return self._heads[cls]
+
+    def crops(self, image: torch.Tensor, detections: Sequence[Detection]) -> list[torch.Tensor]:
+        """Each object on a grey (#999999) background outside its mask, cropped to its box."""
+        grey = torch.full_like(image, 0x99 / 255.0)
+        out = []
+        for det in detections:
+            img = image
+            if det.mask is not None:
+                mask = torch.from_numpy(np.asarray(det.mask, dtype=bool))
+                img = torch.where(mask[None], image, grey)
+            x1, y1, x2, y2 = (int(round(v)) for v in det.box)
+            x2, y2 = max(x2, x1 + 1), max(y2, y1 + 1)
+            out.append(img[:, max(y1, 0) : y2, max(x1, 0) : x2])
+        return out
+
+    def __call__(self, image: torch.Tensor, cls: str, detections: Sequence[Detection]) -> list[str]:
+        if not detections:
+            return []
+        embeds = torch.cat([self.clip.image_embeds(c[None]) for c in self.crops(image, detections)])
+        return [COLORS[i] for i in (embeds @ self.head(cls).to(embeds.device)).argmax(-1).tolist()]
+
+
+class GenEvalReward(BaseReward):
+    """GenEval correctness (0/1) of an image against its GenEval metadata; NaN without metadata."""
+
+    name = "geneval"
+    range = (0.0, 1.0)
+    needs = (
+        "GPU recommended; metadata per sample; weights: facebook/mask2former-swin-small-coco-instance + "
+        "openai/clip-vit-large-patch14 (path=/clip_path= or $OPGRPO_GENEVAL_DETECTOR_PATH/$OPGRPO_GENEVAL_CLIP_PATH)"
+    )
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        clip_path: str | os.PathLike[str] | None = None,
+        mode: str = "strict",
+        device: str | None = None,
+        dtype: str | torch.dtype = "float32",
+        detector_size: int = 800,
+        threshold: float = THRESHOLD,
+        counting_threshold: float = COUNTING_THRESHOLD,
+    ):
+        """Args:
+        path: Mask2Former COCO-instance folder or cached repo id.
+        clip_path: CLIP folder or cached repo id for colours (default ``openai/clip-vit-large-patch14``).
+        mode: ``strict`` (GenEval's 0/1) or ``partial`` (fraction of requirements met).
+        detector_size: short side of the detector input (GenEval's mmdetection pipeline: 800).
+        """
+        if mode not in ("strict", "partial"):
+            raise ValueError(f"geneval mode must be 'strict' or 'partial', got '{mode}'")
+        det_dir = resolve_dir(path, env="OPGRPO_GENEVAL_DETECTOR_PATH",
+                              default_repo="facebook/mask2former-swin-small-coco-instance",
+                              what="reward 'geneval' detector")
+        clip_dir = resolve_dir(clip_path, env="OPGRPO_GENEVAL_CLIP_PATH", default_repo="openai/clip-vit-large-patch14",
+                               what="reward 'geneval' colour classifier (CLIP)")
+        device_t, dtype_t = default_device(device), _dtype(dtype)
+        try:
+            self.detector = Mask2FormerDetector(det_dir, device_t, dtype_t, size=detector_size)
+        except (OSError, ValueError) as exc:
+            raise MissingWeightsError(f"reward 'geneval': cannot load a Mask2Former from '{det_dir}' ({exc})") from None
+        self.colors = ColorClassifier(ClipBackbone(clip_dir, None, device_t, dtype_t))
+        self.mode, self.threshold, self.counting_threshold = mode, threshold, counting_threshold
+
+    def score(self, images: torch.Tensor, prompts: list[str], metadata: list[dict[str, Any]]) -> RewardOutput:
+        images = to_rgb(images)
+        correct, partial, reasons = [], [], []
+        for image, meta in zip(images, metadata):
+            if not meta.get("include"):
+                correct.append(math.nan)
+                partial.append(math.nan)
+                reasons.append(None)
+                continue
+            dets = filter_detections(self.detector(image), meta.get("tag"), self.threshold, self.counting_threshold)
+            ok, frac, why = evaluate(dets, meta, lambda cls, found, image=image: self.colors(image, cls, found))
+            correct.append(float(ok))
+            partial.append(frac)
+            reasons.append(why)
+        correct_t = torch.tensor(correct, dtype=torch.float32)
+        partial_t = torch.tensor(partial, dtype=torch.float32)
+        scores = correct_t if self.mode == "strict" else partial_t
+        return RewardOutput(scores, components={"correct": correct_t, "partial": partial_t}, info={"reasons": reasons})
