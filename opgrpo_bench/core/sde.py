@@ -103,6 +103,26 @@ def _randn(shape: torch.Size, generator: GeneratorLike, device: torch.device) ->
     )
 
 
+def _draw_or_take(
+    prev_sample: torch.Tensor | None,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    generator: GeneratorLike,
+    dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return ``(x' in dtype, the float32 detached values to score)``.
+
+    A drawn ``x'`` is rounded to ``dtype`` *before* it is scored, so that the log-prob belongs to the
+    tensor handed back (and stored), and rescoring it later reproduces the log-prob bit for bit. A given
+    ``x'`` is scored at its own values, without rounding, whatever its dtype.
+    """
+    if prev_sample is None:
+        noise = _randn(mean.shape, generator, mean.device)
+        prev_sample = (mean.detach() + std * noise).to(dtype)
+        return prev_sample, prev_sample.float()
+    return prev_sample.to(dtype), prev_sample.detach().float()
+
+
 def sde_noise_scale(
     sigma: torch.Tensor | float,
     noise_level: float,
@@ -183,7 +203,10 @@ def sde_step_with_logprob(
 
     i.e. the Euler step plus the drift ``(s^2 / 2) * score * (-dt)``, using that for this interpolation
     the score is ``-(x + (1 - sigma) v) / sigma``. The drift compensates the injected noise so the
-    marginals of ``x_sigma`` are those of the ODE (up to discretisation error).
+    marginals of ``x_sigma`` are those of the ODE (up to discretisation error). One caveat of the
+    ``sigma_max`` substitution: a first step from ``sigma = 1`` to ``sigma_max`` adds variance
+    ``a^2`` whatever the number of steps, so its variance error (~``a^4 / 4``, 6 % at a = 0.7) does not
+    shrink with finer schedules; it is forgotten along the trajectory (tests/core/test_core_sde_marginal.py).
 
     The log-prob is ``log N(x'; mean, (s * sqrt(-dt))^2)`` per element, reduced over all non-batch
     dimensions. Its default reduction, "mean", is Flow-GRPO's scale, on which the 1e-4 clip range is
@@ -202,7 +225,8 @@ def sde_step_with_logprob(
         sample: current latent ``x``, [B, *rest].
         noise_level: ``a`` > 0 (Flow-GRPO default 0.7). ``a = 0`` is rejected: use :func:`ode_step`.
         prev_sample: if given, ``x'`` is not drawn: this tensor ([B, *rest]) is scored instead
-            (training-time recomputation of the log-prob of a stored transition). It enters detached.
+            (training-time recomputation of the log-prob of a stored transition), at its own values
+            and detached.
         generator: a ``torch.Generator``, one per sample (a list of B), or None, for drawing ``eps``.
         sigma_max: denominator replacement where ``sigma == 1`` (Flow-GRPO: the scheduler's
             ``sigmas[1]``); a ValueError is raised if some sigma is 1 and this is None.
@@ -211,7 +235,8 @@ def sde_step_with_logprob(
     Returns:
         ``(prev_sample, log_prob, prev_sample_mean, std_dev_t)``:
 
-        - ``prev_sample``: ``x'``, [B, *rest], in ``sample.dtype`` (the given one, cast, if passed).
+        - ``prev_sample``: ``x'``, [B, *rest], in ``sample.dtype`` (the given tensor itself if it
+          already has that dtype, else a cast copy).
         - ``log_prob``: [B], float32.
         - ``prev_sample_mean``: ``mean``, [B, *rest], float32 (differentiable; used by the KL term).
         - ``std_dev_t``: ``s``, [B, 1, ..., 1], float32 -- *without* the ``sqrt(-dt)`` factor.
@@ -227,14 +252,9 @@ def sde_step_with_logprob(
     prev_sample_mean = x * (1 + s2 * dt / (2 * sigma_t)) + v * (1 + s2 * (1 - sigma_t) / (2 * sigma_t)) * dt
     step_std = std_dev_t * torch.sqrt(-dt)
 
-    if prev_sample is None:
-        noise = _randn(x.shape, generator, x.device)
-        prev_sample = (prev_sample_mean.detach() + step_std * noise).to(sample.dtype)
-    else:
-        prev_sample = prev_sample.to(sample.dtype)
-
+    prev_sample, target = _draw_or_take(prev_sample, prev_sample_mean, step_std, generator, sample.dtype)
     log_prob = (
-        -((prev_sample.detach().float() - prev_sample_mean) ** 2) / (2 * step_std**2)
+        -((target - prev_sample_mean) ** 2) / (2 * step_std**2)
         - torch.log(step_std)
         - _HALF_LOG_2PI
     )
@@ -287,12 +307,7 @@ def cps_step_with_logprob(
     eps_coef = torch.sqrt((sigma_next_t**2 - std_dev_t**2).clamp_min(0))
     prev_sample_mean = (1 - sigma_next_t) * x0_hat + eps_coef * eps_hat
 
-    if prev_sample is None:
-        noise = _randn(x.shape, generator, x.device)
-        prev_sample = (prev_sample_mean.detach() + std_dev_t * noise).to(sample.dtype)
-    else:
-        prev_sample = prev_sample.to(sample.dtype)
-
-    log_prob = -((prev_sample.detach().float() - prev_sample_mean) ** 2)
+    prev_sample, target = _draw_or_take(prev_sample, prev_sample_mean, std_dev_t, generator, sample.dtype)
+    log_prob = -((target - prev_sample_mean) ** 2)
     log_prob = _reduce_non_batch(log_prob, logprob_reduction)
     return prev_sample, log_prob, prev_sample_mean, std_dev_t.expand(x.shape[0], *std_dev_t.shape[1:])

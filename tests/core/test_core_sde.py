@@ -170,6 +170,16 @@ def test_low_precision_inputs(dtype: torch.dtype, step) -> None:
     assert torch.equal(logp_again, logp)
 
 
+def test_given_prev_sample_is_scored_at_its_own_precision() -> None:
+    # a float32 stored sample scored with bf16 latents is not rounded before scoring
+    v, x, sigma, sigma_next = _inputs(14)
+    prev = torch.randn(SHAPE, generator=torch.Generator().manual_seed(1))
+    out, logp, mean, std = sde_step_with_logprob(v.bfloat16(), sigma, sigma_next, x.bfloat16(), prev_sample=prev)
+    assert out.dtype == torch.bfloat16
+    scale = std * torch.sqrt(expand_like(sigma - sigma_next, x))
+    torch.testing.assert_close(logp, _reference_logprob(mean, scale, prev, "mean"), rtol=1e-5, atol=1e-5)
+
+
 def test_generator_determinism_and_per_sample_generators() -> None:
     v, x, sigma, sigma_next = _inputs(8)
     a, *_ = sde_step_with_logprob(v, sigma, sigma_next, x, generator=torch.Generator().manual_seed(5))
