@@ -1,0 +1,48 @@
+"""The ``opgrpo-bench leaderboard`` command (mounted by the main CLI with
+``app.command("leaderboard")(leaderboard)``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from opgrpo_bench.leaderboard.load import LeaderboardError
+from opgrpo_bench.leaderboard.report import HTML_FILE, JSON_FILE, MARKDOWN_FILE, build_leaderboard
+
+
+def _print_summary(doc: dict, out: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from opgrpo_bench.leaderboard.report import fmt_median_iqr, fmt_ratio, fmt_reached
+    from opgrpo_bench.leaderboard.stats import task_label
+
+    table = Table(title="opgrpo-bench leaderboard", title_justify="left")
+    for name in ("task", "algorithm", "reached", "steps to target [IQR]", "vs flow-grpo [95% CI]"):
+        text = name in ("task", "algorithm")
+        table.add_column(name, justify="left" if text else "right", no_wrap=text)
+    for row in doc["rows"]:
+        table.add_row(task_label(row["task"], row["task_version"]), row["algorithm"], fmt_reached(row),
+                      fmt_median_iqr(row, "steps"), fmt_ratio(row, "speedup_"))
+    console = Console()
+    if doc["rows"]:
+        console.print(table)
+    console.print(f"wrote {out / MARKDOWN_FILE}, {out / JSON_FILE}, {out / HTML_FILE}", markup=False,
+                  highlight=False)
+
+
+def leaderboard(
+    runs_dir: Annotated[Path, typer.Argument(help="Directory searched recursively for metrics.jsonl files.")]
+    = Path("runs"),
+    out: Annotated[Path, typer.Option("--out", help="Directory for LEADERBOARD.md, leaderboard.json, "
+                                                    "index.html.")] = Path("leaderboard"),
+) -> None:
+    """Rank algorithms by steps to target from results files; write Markdown, JSON and HTML reports."""
+    try:
+        doc = build_leaderboard(runs_dir, out)
+    except LeaderboardError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    _print_summary(doc, out)

@@ -1,0 +1,183 @@
+"""Figures of the HTML report, rendered with matplotlib to PNG bytes.
+
+Uses :class:`matplotlib.figure.Figure` with the Agg canvas directly rather than ``pyplot``: no global
+figure state and no backend switch that could disturb other code in the same process. PNGs are written
+without the ``Software`` metadata entry so the bytes depend only on the data and matplotlib's rendering,
+which keeps the report byte-for-byte reproducible for the same input.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import matplotlib
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+# A fixed style, independent of any user matplotlibrc, so output does not depend on the machine.
+_STYLE = {
+    "font.family": "DejaVu Sans",
+    "font.size": 9,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "figure.dpi": 100,
+}
+_PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+            "#bcbd22", "#17becf")
+_SIZE = (8.6, 3.7)
+
+
+@dataclass(frozen=True)
+class Plot:
+    """One rendered figure: an id usable as an HTML anchor, title, caption and PNG bytes."""
+
+    id: str
+    kind: str  # curve | logratio | clipfrac | logw
+    task: str
+    title: str
+    caption: str
+    png: bytes
+
+
+def slug(text: str) -> str:
+    """A stable, HTML-id-safe form of a task label."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "task"
+
+
+def colors_for(algorithms: list[str]) -> dict[str, str]:
+    """One colour per algorithm, fixed by the algorithm's position in the report's row order."""
+    return {a: _PALETTE[i % len(_PALETTE)] for i, a in enumerate(algorithms)}
+
+
+def _render(fig: Figure) -> bytes:
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    return buf.getvalue()
+
+
+def _legend(ax: Any) -> None:
+    # outside the axes: with several algorithms an inside legend hides the curves
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+
+
+def _marker(n_points: int) -> str:
+    return "o" if n_points <= 30 else ""  # markers on dense curves only blur them
+
+
+def _new_figure(title: str, xlabel: str, ylabel: str) -> tuple[Figure, Any]:
+    fig = Figure(figsize=_SIZE, layout="constrained")
+    ax = fig.add_subplot()
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    return fig, ax
+
+
+def curve_plot(label: str, task: dict[str, Any], colors: dict[str, str]) -> Plot:
+    """Eval score against optimizer step: mean over seeds, band = range over seeds, target line."""
+    with matplotlib.rc_context(_STYLE):
+        fig, ax = _new_figure(f"{label}: eval score", "optimizer step", "eval score")
+        # fainter bands when many algorithms overlap
+        alpha = 0.18 if len(task["algorithms"]) <= 3 else 0.07
+        for algorithm, series in task["algorithms"].items():
+            color = colors.get(algorithm, "#333333")
+            seeds = max(series["n"], default=0)
+            ax.plot(series["step"], series["mean"], color=color, lw=1.6, marker=_marker(len(series["step"])),
+                    ms=2.5, label=f"{algorithm} ({seeds} seed{'s' if seeds != 1 else ''})")
+            ax.fill_between(series["step"], series["min"], series["max"], color=color, alpha=alpha, lw=0)
+        ax.axhline(task["target"], color="black", ls="--", lw=1, label=f"target {task['target']:g}")
+        _legend(ax)
+        png = _render(fig)
+    direction = "higher" if task["higher_is_better"] else "lower"
+    return Plot(f"curve-{slug(label)}", "curve", label, f"{label}: eval score against optimizer step",
+                f"Mean over seeds (line) and range over seeds (band); dashed line: the target "
+                f"({direction} is better).", png)
+
+
+def logratio_plot(label: str, diag: dict[str, Any], colors: dict[str, str]) -> Plot | None:
+    """Mean log-ratio log p_old - log p_off per denoising step (the paper's Fig. 2 'cliff')."""
+    have = {a: d["logratio_by_step"] for a, d in diag.items() if d["logratio_by_step"] is not None}
+    if not have:
+        return None
+    with matplotlib.rc_context(_STYLE):
+        fig, ax = _new_figure(f"{label}: off-policy log-ratio per denoising step", "denoising step k",
+                              "mean log p_old - log p_off")
+        for algorithm, profile in have.items():
+            xs = [k for k, v in enumerate(profile) if v is not None]
+            ys = [v for v in profile if v is not None]
+            ax.plot(xs, ys, color=colors.get(algorithm, "#333333"), marker=_marker(len(xs)), ms=3,
+                    label=algorithm)
+        ax.axhline(0.0, color="#888888", lw=0.8, zorder=0)
+        _legend(ax)
+        png = _render(fig)
+    return Plot(f"logratio-{slug(label)}", "logratio", label,
+                f"{label}: per-step log-ratio of replayed samples",
+                "Mean over training iterations and seeds of op/logratio_by_step, by denoising step.", png)
+
+
+def clipfrac_plot(label: str, diag: dict[str, Any], colors: dict[str, str]) -> Plot | None:
+    """Clip fractions of fresh (solid) and replayed (dashed) samples against optimizer step."""
+    if not any(d["clipfrac_on_policy"] or d["clipfrac_off_policy"] for d in diag.values()):
+        return None
+    with matplotlib.rc_context(_STYLE):
+        fig, ax = _new_figure(f"{label}: clip fractions", "optimizer step", "fraction clipped")
+        for algorithm, d in diag.items():
+            color = colors.get(algorithm, "#333333")
+            if d["clipfrac_on_policy"]:
+                s = d["clipfrac_on_policy"]
+                ax.plot(s["step"], s["mean"], color=color, lw=1.4, label=f"{algorithm} on-policy")
+            if d["clipfrac_off_policy"]:
+                s = d["clipfrac_off_policy"]
+                ax.plot(s["step"], s["mean"], color=color, lw=1.4, ls="--", label=f"{algorithm} off-policy")
+        _legend(ax)
+        png = _render(fig)
+    return Plot(f"clipfrac-{slug(label)}", "clipfrac", label, f"{label}: clip fractions on- and off-policy",
+                "clipfrac/on_policy (solid) and clipfrac/off_policy (dashed), mean over seeds.", png)
+
+
+def logw_plot(label: str, diag: dict[str, Any], colors: dict[str, str]) -> Plot | None:
+    """Spread of the sequence-level log importance weights: median line, min-max band."""
+    have = {a: d["logw"] for a, d in diag.items() if any(v is not None for v in d["logw"].values())}
+    if not have:
+        return None
+    with matplotlib.rc_context(_STYLE):
+        fig, ax = _new_figure(f"{label}: importance-weight spread", "optimizer step", "log w")
+        alpha = 0.18 if len(have) <= 3 else 0.07
+        for algorithm, logw in have.items():
+            color = colors.get(algorithm, "#333333")
+            if logw.get("median"):
+                ax.plot(logw["median"]["step"], logw["median"]["mean"], color=color, lw=1.4,
+                        label=f"{algorithm} median")
+            lo, hi = logw.get("min"), logw.get("max")
+            if lo and hi and lo["step"] == hi["step"]:
+                ax.fill_between(lo["step"], lo["mean"], hi["mean"], color=color, alpha=alpha, lw=0,
+                                label=f"{algorithm} min-max")
+        ax.axhline(0.0, color="#888888", lw=0.8, zorder=0)
+        _legend(ax)
+        png = _render(fig)
+    return Plot(f"logw-{slug(label)}", "logw", label, f"{label}: importance-weight spread",
+                "op/logw_median (line) between op/logw_min and op/logw_max (band), means over seeds.", png)
+
+
+def all_plots(labels: list[str], curves: dict[str, Any], diagnostics: dict[str, Any],
+              algorithms: list[str]) -> list[Plot]:
+    """Every figure of the report, in a fixed order: per task (in ``labels`` order) the eval curve, then
+    the diagnostics figures that have data."""
+    colors = colors_for(algorithms)
+    plots: list[Plot] = []
+    for label in labels:
+        if label in curves:
+            plots.append(curve_plot(label, curves[label], colors))
+        diag = diagnostics.get(label)
+        if diag:
+            for make in (logratio_plot, clipfrac_plot, logw_plot):
+                plot = make(label, diag, colors)
+                if plot is not None:
+                    plots.append(plot)
+    return plots

@@ -1,0 +1,482 @@
+"""The leaderboard report: ``LEADERBOARD.md``, ``leaderboard.json`` and a self-contained ``index.html``.
+
+:func:`build_leaderboard` is the whole pipeline: read the results files (:mod:`.load`), compute the rows
+(:mod:`.stats`), render the figures (:mod:`.plots`) and write the three files atomically (temporary file,
+then rename; an existing report is replaced only once the new file is complete). The output depends only
+on the input files and on the runs directory as it was named (file paths are shown relative to it): no
+timestamps or unseeded randomness leak into it, so the same input gives byte-identical files.
+
+The HTML page has no external assets at all (figures are base64 PNGs, CSS is inline, there are no links
+off the page). A few lines of inline script check, once the page has loaded, that every figure decoded:
+they set ``data-plots-loaded`` on ``<body>`` and log a console error for a broken figure, which is what
+the browser test looks at.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from opgrpo_bench import SCHEMA
+from opgrpo_bench.leaderboard.load import Issue, LeaderboardError, Run, load_runs
+from opgrpo_bench.leaderboard.paper import SOURCE as PAPER_SOURCE
+from opgrpo_bench.leaderboard.paper import paper_reference
+from opgrpo_bench.leaderboard.plots import Plot, all_plots
+from opgrpo_bench.leaderboard.stats import (
+    BOOTSTRAP_RESAMPLES,
+    BOOTSTRAP_SEED,
+    REFERENCE_ALGORITHM,
+    algorithm_sort_key,
+    compute_rows,
+    diagnostics,
+    eval_curves,
+    task_label,
+)
+from opgrpo_bench.results import first_reaching
+
+LEADERBOARD_SCHEMA = "opgrpo-bench/leaderboard/v1"
+MARKDOWN_FILE, JSON_FILE, HTML_FILE = "LEADERBOARD.md", "leaderboard.json", "index.html"
+
+Warn = Callable[[str], None]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Formatting
+
+
+def fmt(value: Any) -> str:
+    """A number for a table cell: integers with thousands separators, others with 2-3 decimals."""
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    v = float(value)
+    if v.is_integer() and abs(v) < 1e15:
+        return f"{int(v):,}"
+    if abs(v) >= 100:
+        return f"{v:,.0f}"
+    # trailing zeros carry no information here ("47.5", not "47.50")
+    text = f"{v:.2f}" if abs(v) >= 10 else f"{v:.3f}"
+    return text.rstrip("0").rstrip(".")
+
+
+def fmt_pct(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.1f}%"
+
+
+def fmt_median_iqr(row: dict[str, Any], metric: str) -> str:
+    """``median [q25–q75]``; a median that involves censored runs is a lower bound, shown ``≥``."""
+    median = row[f"{metric}_to_target_median"]
+    if median is None:
+        return "—"
+    bound = "≥" if row[f"{metric}_to_target_median_censored"] else ""
+    return f"{bound}{fmt(median)} [{fmt(row[f'{metric}_to_target_q25'])}–{fmt(row[f'{metric}_to_target_q75'])}]"
+
+
+def fmt_ratio(row: dict[str, Any], prefix: str) -> str:
+    """``0.45× [0.30–0.60]`` plus markers: ``*`` censored runs involved, ``†`` not paired by seed."""
+    ratio = row[f"{prefix}vs_flow_grpo"]
+    if ratio is None:
+        return "—"
+    if row["speedup_method"] == "reference":
+        return "1 (reference)"
+    marks = "*" if row["speedup_censored"] else ""
+    marks += "†" if row["speedup_method"] == "ratio-of-medians" else ""
+    return f"{ratio:.2f}×{marks} [{row[f'{prefix}ci_low']:.2f}–{row[f'{prefix}ci_high']:.2f}]"
+
+
+def fmt_reached(row: dict[str, Any]) -> str:
+    text = f"{row['reached']}/{row['seeds']}" if row["seeds"] else "—"
+    if row["censored"]:
+        text += f" ({row['censored']} censored)"
+    if row["incomplete_excluded"]:
+        text += f" (+{row['incomplete_excluded']} incomplete, excluded)"
+    return text
+
+
+@dataclass
+class Table:
+    """A table rendered both to Markdown and to HTML from one definition."""
+
+    columns: list[str]
+    rows: list[list[str]]
+    numeric: set[int]  # column indexes aligned right
+
+    def markdown(self) -> str:
+        def cell(text: str) -> str:
+            return text.replace("|", "\\|").replace("\n", " ")
+
+        head = "| " + " | ".join(cell(c) for c in self.columns) + " |"
+        rule = "|" + "|".join("---:" if i in self.numeric else "---" for i in range(len(self.columns))) + "|"
+        body = ["| " + " | ".join(cell(c) for c in row) + " |" for row in self.rows]
+        return "\n".join([head, rule, *body])
+
+    @staticmethod
+    def _unbroken(text: str) -> str:
+        """A numeric cell may wrap only before its bracketed interval, never inside a number."""
+        parts = re.split(r" (?=\[)", text)
+        return " ".join(f'<span class="nw">{html.escape(part)}</span>' for part in parts)
+
+    def html(self, css_class: str = "") -> str:
+        cls = f' class="{css_class}"' if css_class else ""
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in self.columns)
+        body = []
+        for row in self.rows:
+            cells = "".join(
+                f'<td class="num">{self._unbroken(c)}</td>' if i in self.numeric else f"<td>{html.escape(c)}</td>"
+                for i, c in enumerate(row))
+            body.append(f"<tr>{cells}</tr>")
+        # the wrapper scrolls sideways on narrow screens instead of pushing the page wider
+        return (f'<div class="scroll"><table{cls}><thead><tr>{head}</tr></thead>'
+                f"<tbody>{''.join(body)}</tbody></table></div>")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Tables
+
+
+def task_groups(rows: list[dict[str, Any]]) -> list[tuple[str, list[dict[str, Any]]]]:
+    """Rows grouped by task version, in row order."""
+    groups: list[tuple[str, list[dict[str, Any]]]] = []
+    for row in rows:
+        label = task_label(row["task"], row["task_version"])
+        if not groups or groups[-1][0] != label:
+            groups.append((label, []))
+        groups[-1][1].append(row)
+    return groups
+
+
+def task_heading(label: str, rows: list[dict[str, Any]]) -> str:
+    first = next((r for r in rows if r["target"] is not None), None)
+    if first is None:
+        return label
+    op = "≥" if first["higher_is_better"] else "≤"
+    return f"{label} — target score {op} {first['target']:g}, budget {fmt(first['budget_steps'])} steps"
+
+
+def results_table(rows: list[dict[str, Any]]) -> Table:
+    columns = ["Algorithm", "Seeds", "Reached target", "Steps to target, median [IQR]",
+               "Samples to target", "NFE to target", "Wall-clock to target (s)", "Best score",
+               "Final score", f"Steps vs {REFERENCE_ALGORITHM} [95% CI]", "Samples ratio [95% CI]",
+               "Wall-clock ratio [95% CI]"]
+    body = [[row["algorithm"], fmt(row["seeds"]), fmt_reached(row), fmt_median_iqr(row, "steps"),
+             fmt_median_iqr(row, "samples"), fmt_median_iqr(row, "nfe"), fmt_median_iqr(row, "wall_s"),
+             fmt(row["best_score"]), fmt(row["final_score"]), fmt_ratio(row, "speedup_"),
+             fmt_ratio(row, "speedup_samples_"), fmt_ratio(row, "speedup_wall_s_")] for row in rows]
+    return Table(columns, body, numeric=set(range(1, len(columns))) - {2})
+
+
+def _measured(rows: list[dict[str, Any]], algorithm: str | None, field: str | None) -> str:
+    """The measured counterpart of a paper number, per task, or why there is none."""
+    if algorithm is None or field is None:
+        return "n/a (targets here are set per task; see the task tables)"
+    parts = []
+    for row in rows:
+        if row["algorithm"] != algorithm or row.get(field) is None:
+            continue
+        label = task_label(row["task"], row["task_version"])
+        if field.startswith("speedup"):
+            prefix = field.removesuffix("vs_flow_grpo")
+            parts.append(f"{label}: {fmt_ratio(row, prefix)}")
+        else:
+            parts.append(f"{label}: {fmt_pct(row[field])}")
+    return "; ".join(parts) if parts else f"not measured ({algorithm} has no finished runs with this field)"
+
+
+def paper_table(rows: list[dict[str, Any]], reference: list[dict[str, Any]]) -> Table:
+    columns = ["Model", "Setting", "Quantity", "Reported (paper)", "Measured here (this benchmark's tasks)"]
+    body = [[e["model"], e["setting"], e["quantity"], e["display"],
+             _measured(rows, e["compare_algorithm"], e["compare_field"])] for e in reference]
+    return Table(columns, body, numeric=set())
+
+
+def diagnostics_table(rows: list[dict[str, Any]]) -> Table | None:
+    keys = ("clipfrac_on_policy", "clipfrac_off_policy", "logw_range")
+    chosen = [r for r in rows if any(r.get(k) is not None for k in keys)]
+    if not chosen:
+        return None
+    body = [[task_label(r["task"], r["task_version"]), r["algorithm"], fmt_pct(r["clipfrac_on_policy"]),
+             fmt_pct(r["clipfrac_off_policy"]), fmt(r["logw_range"])] for r in chosen]
+    return Table(["Task", "Algorithm", "Clip fraction on-policy", "Clip fraction off-policy",
+                  "log w range (max − min)"], body, numeric={2, 3, 4})
+
+
+def incomplete_table(runs: list[dict[str, Any]]) -> Table | None:
+    if not runs:
+        return None
+    body = [[r["file"], task_label(r["task"], r["task_version"]), r["algorithm"], str(r["seed"]),
+             f"{fmt(r['last_step'])} / {fmt(r['budget_steps'])}", "yes" if r["reached_so_far"] else "no"]
+            for r in runs]
+    return Table(["File", "Task", "Algorithm", "Seed", "Last step / budget", "Reached target so far"],
+                 body, numeric={3, 4})
+
+
+LEGEND = (
+    f"Ratios are steps (samples, wall-clock) to target of the algorithm divided by those of "
+    f"{REFERENCE_ALGORITHM} on the same task version: lower is better (0.34× = 34% of the steps). "
+    f"Median over seeds of per-seed ratios when seeds are shared, 95% percentile-bootstrap interval over "
+    f"seeds ({BOOTSTRAP_RESAMPLES:,} resamples, fixed RNG seed). "
+    "“≥”: the median involves runs that never reached the target, counted at their budget (a lower "
+    "bound). “*”: censored runs enter the ratio. “†”: no shared seeds, ratio of medians. "
+    "IQR = 25th–75th percentile over seeds. Best/final score: median over seeds of each run's best/last "
+    "eval score. Unfinished runs (no run_end) are excluded and listed below."
+)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Document assembly
+
+
+def _incomplete_entries(runs: list[Run]) -> list[dict[str, Any]]:
+    """What is known of each unfinished run: its progress and whether it reached the target so far."""
+    out = []
+    for run in runs:
+        if run.finished:
+            continue
+        scored = [e for e in run.evals if e.get("score") is not None]
+        out.append({"file": run.path, "run_id": run.run_id, "task": run.task,
+                    "task_version": run.task_version, "algorithm": run.algorithm, "seed": run.seed,
+                    "last_step": run.last_step, "budget_steps": run.budget_steps,
+                    "reached_so_far": first_reaching(scored, run.target, run.higher_is_better) is not None})
+    return out
+
+
+def build_document(runs_dir: str, files: list[str], runs: list[Run], warnings: list[str],
+                   skipped: list[str]) -> dict[str, Any]:
+    """The leaderboard as one JSON-ready dict (the content of ``leaderboard.json``)."""
+    rows = compute_rows(runs)
+    return {
+        "schema": LEADERBOARD_SCHEMA,
+        "source_schema": SCHEMA,
+        "runs_dir": runs_dir,
+        "files_read": len(files),
+        "runs_used": sum(r.finished for r in runs),
+        "statistics": {
+            "reference_algorithm": REFERENCE_ALGORITHM,
+            "ratio": f"to_target(algorithm) / to_target({REFERENCE_ALGORITHM}); lower is better",
+            "center": "median over seeds (of paired per-seed ratios when seeds are shared)",
+            "interval": "95% percentile bootstrap over seeds",
+            "bootstrap_resamples": BOOTSTRAP_RESAMPLES,
+            "bootstrap_seed": BOOTSTRAP_SEED,
+            "censored": "runs that never reached the target count as budget_steps (steps) or as what they "
+                        "spent (samples, NFE, wall-clock) and are flagged",
+            "incomplete": "runs without run_end are excluded from all statistics and listed",
+        },
+        "rows": rows,
+        "paper_reference": paper_reference(),
+        "incomplete_runs": _incomplete_entries(runs),
+        "skipped_files": skipped,
+        "warnings": warnings,
+        "curves": eval_curves(runs),
+    }
+
+
+def render_markdown(doc: dict[str, Any]) -> str:
+    rows = doc["rows"]
+    lines = ["# opgrpo-bench leaderboard", "",
+             f"Computed from the results files under `{doc['runs_dir']}`: {doc['files_read']} file(s) read, "
+             f"{doc['runs_used']} finished run(s) used, {len(doc['incomplete_runs'])} incomplete run(s) "
+             f"excluded, {len(doc['skipped_files'])} file(s) skipped. Figures are in `index.html`.", "",
+             LEGEND, ""]
+    if not rows:
+        lines += ["*No finished runs: there is nothing to rank yet.*", ""]
+    for label, group in task_groups(rows):
+        lines += [f"## {task_heading(label, group)}", "", results_table(group).markdown(), ""]
+    notes = [f"- {r['algorithm']} on {task_label(r['task'], r['task_version'])}: {r['speedup_note']}"
+             for r in rows if r["speedup_note"]]
+    if notes:
+        lines += ["Notes on ratios:", "", *notes, ""]
+    lines += [f"## Paper reference ({PAPER_SOURCE})", "",
+              "Numbers the OP-GRPO paper reports for SD3.5-M and Wan2.1, beside the closest quantity measured "
+              "by this benchmark. The setups differ (models, tasks, targets, budgets): read them side by "
+              "side, not as a reproduction.", "", paper_table(rows, doc["paper_reference"]).markdown(), ""]
+    diag = diagnostics_table(rows)
+    lines += ["## OP-GRPO diagnostics (medians over seeds of per-run means)", ""]
+    lines += [diag.markdown() if diag else "*No run logs OP-GRPO diagnostics.*", ""]
+    inc = incomplete_table(doc["incomplete_runs"])
+    if inc:
+        lines += ["## Incomplete runs (excluded from statistics)", "", inc.markdown(), ""]
+    if doc["warnings"]:
+        lines += ["## Input warnings", "", *[f"- {w}" for w in doc["warnings"]], ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;margin:24px auto;
+max-width:1280px;padding:0 16px;color:#1b1f24;line-height:1.45}
+h1{font-size:1.6em;margin-bottom:.2em}h2{font-size:1.25em;margin-top:1.8em;border-bottom:1px solid #d0d7de;
+padding-bottom:.2em}h3{font-size:1.05em}
+table{border-collapse:collapse;margin:.6em 0 1em;font-size:.86em;width:100%}
+th,td{border:1px solid #d0d7de;padding:4px 7px;vertical-align:top}
+th{background:#f3f5f7;text-align:left}td.num{text-align:right;font-variant-numeric:tabular-nums}
+.scroll{overflow-x:auto}.nw{white-space:nowrap}
+tbody tr:nth-child(even){background:#fafbfc}
+.legend,.note{font-size:.85em;color:#444}
+.paper{border:2px dashed #9a6700;background:#fff8e6;padding:4px 14px 8px;margin-top:1.8em}
+.paper h2{border-bottom-color:#e6c77a;margin-top:.6em}
+.badge{display:inline-block;background:#9a6700;color:#fff;border-radius:3px;padding:0 6px;font-size:.8em}
+figure{margin:1em 0 1.6em}figure img{max-width:100%;height:auto;border:1px solid #eaeef2}
+figcaption{font-size:.85em;color:#444}
+nav ul{columns:2;font-size:.9em}ul.warnings{font-size:.85em}code{font-size:.92em}
+"""
+
+# Checks that every figure decoded; reports through <body data-plots-loaded> and the console.
+_SCRIPT = """
+window.addEventListener("load", function () {
+  var imgs = document.querySelectorAll("img.plot"), ok = 0;
+  for (var i = 0; i < imgs.length; i++) {
+    if (imgs[i].complete && imgs[i].naturalWidth > 0) { ok++; }
+    else { console.error("figure failed to load: " + imgs[i].id); }
+  }
+  document.body.setAttribute("data-plots-loaded", String(ok));
+});
+"""
+
+
+def _figure_html(plot: Plot) -> str:
+    data = base64.b64encode(plot.png).decode("ascii")
+    return (f'<figure id="fig-{html.escape(plot.id)}"><img class="plot" id="{html.escape(plot.id)}" '
+            f'data-kind="{plot.kind}" alt="{html.escape(plot.title)}" src="data:image/png;base64,{data}">'
+            f"<figcaption><b>{html.escape(plot.title)}.</b> {html.escape(plot.caption)}</figcaption></figure>")
+
+
+def render_html(doc: dict[str, Any], plots: list[Plot]) -> str:
+    rows = doc["rows"]
+    esc = html.escape
+    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+             '<meta name="viewport" content="width=device-width, initial-scale=1">',
+             "<title>opgrpo-bench leaderboard</title>", f"<style>{_CSS}</style></head>",
+             f'<body data-plots="{len(plots)}">', "<h1>opgrpo-bench leaderboard</h1>",
+             f'<p class="note">Computed from the results files under <code>{esc(doc["runs_dir"])}</code>: '
+             f'{doc["files_read"]} file(s) read, {doc["runs_used"]} finished run(s) used, '
+             f'{len(doc["incomplete_runs"])} incomplete run(s) excluded, {len(doc["skipped_files"])} file(s) '
+             f"skipped.</p>"]
+    toc = ['<li><a href="#results">Measured results</a></li>',
+           '<li><a href="#paper">Paper reference</a></li>',
+           '<li><a href="#curves">Eval-score curves</a></li>',
+           '<li><a href="#diagnostics">OP-GRPO diagnostics</a></li>']
+    if doc["incomplete_runs"]:
+        toc.append('<li><a href="#incomplete">Incomplete runs</a></li>')
+    if doc["warnings"]:
+        toc.append('<li><a href="#warnings">Input warnings</a></li>')
+    parts.append(f"<nav><ul>{''.join(toc)}</ul></nav>")
+
+    parts.append('<section id="results"><h2>Measured results</h2>')
+    parts.append(f'<p class="legend">{esc(LEGEND)}</p>')
+    if not rows:
+        parts.append("<p><em>No finished runs: there is nothing to rank yet.</em></p>")
+    for label, group in task_groups(rows):
+        parts.append(f"<h3>{esc(task_heading(label, group))}</h3>")
+        parts.append(results_table(group).html("results"))
+    notes = [f"{r['algorithm']} on {task_label(r['task'], r['task_version'])}: {r['speedup_note']}"
+             for r in rows if r["speedup_note"]]
+    if notes:
+        parts.append('<ul class="note">' + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>")
+    parts.append("</section>")
+
+    parts.append('<section id="paper" class="paper">')
+    parts.append(f'<h2>Paper reference <span class="badge">{esc(PAPER_SOURCE)}</span></h2>')
+    parts.append('<p class="note">Numbers the OP-GRPO paper reports for SD3.5-M and Wan2.1, beside the closest '
+                 "quantity measured by this benchmark. The setups differ (models, tasks, targets, budgets): "
+                 "read them side by side, not as a reproduction.</p>")
+    parts.append(paper_table(rows, doc["paper_reference"]).html("paper-table"))
+    parts.append("</section>")
+
+    by_kind = [p for p in plots if p.kind == "curve"]
+    parts.append('<section id="curves"><h2>Eval-score curves</h2>')
+    parts += [_figure_html(p) for p in by_kind] or ["<p><em>No eval records.</em></p>"]
+    parts.append("</section>")
+
+    parts.append('<section id="diagnostics"><h2>OP-GRPO diagnostics</h2>')
+    diag = diagnostics_table(rows)
+    parts.append(diag.html("diagnostics") if diag else "<p><em>No run logs OP-GRPO diagnostics.</em></p>")
+    parts += [_figure_html(p) for p in plots if p.kind != "curve"]
+    parts.append("</section>")
+
+    inc = incomplete_table(doc["incomplete_runs"])
+    if inc:
+        parts.append('<section id="incomplete"><h2>Incomplete runs (excluded from statistics)</h2>')
+        parts.append(inc.html("incomplete") + "</section>")
+    if doc["warnings"]:
+        parts.append('<section id="warnings"><h2>Input warnings</h2><ul class="warnings">')
+        parts += [f"<li>{esc(w)}</li>" for w in doc["warnings"]]
+        parts.append("</ul></section>")
+    parts.append(f"<script>{_SCRIPT}</script></body></html>")
+    return "\n".join(parts) + "\n"
+
+
+# ----------------------------------------------------------------------------------------------------
+# Writing
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same directory, then rename."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with tmp.open("w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def default_warn(message: str) -> None:
+    """Print a warning to stderr with rich (markup in file names is escaped, not interpreted)."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    Console(stderr=True, soft_wrap=True).print(f"[yellow]warning:[/yellow] {escape(message)}")
+
+
+def build_leaderboard(runs_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
+                      warn: Warn | None = None) -> dict[str, Any]:
+    """Read every results file under ``runs_dir`` and write the report into ``out_dir``.
+
+    Writes ``LEADERBOARD.md``, ``leaderboard.json`` and ``index.html`` and returns the JSON document
+    (a dict with ``rows``, ``paper_reference``, ``warnings`` ...). Warnings about the input go to ``warn``
+    (default: rich, to stderr) as they are found. Raises :class:`LeaderboardError` with a one-line message
+    for a user error: missing or empty runs directory, no usable results file, unwritable output.
+    """
+    warn = warn or default_warn
+    loaded = load_runs(runs_dir)
+    issues: list[Issue] = list(loaded.issues)
+    for run in loaded.runs:
+        if not run.finished:
+            issues.append(Issue(run.path, f"no run_end record (unfinished or crashed at step {run.last_step} "
+                                          f"of {run.budget_steps}); excluded from statistics"))
+    for issue in issues:
+        warn(str(issue))
+    if not loaded.runs:
+        raise LeaderboardError(f"no usable runs under '{loaded.runs_dir}': all {len(loaded.files)} results "
+                               "file(s) were skipped (see the warnings above)")
+    if not any(r.finished for r in loaded.runs):
+        warn("no finished runs yet: the report lists only the incomplete ones")
+
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise LeaderboardError(f"output path '{out}' exists and is not a directory")
+    doc = build_document(loaded.runs_dir, loaded.files, loaded.runs, [str(i) for i in issues],
+                         loaded.skipped_files)
+    labels = [label for label, _ in task_groups(doc["rows"])]
+    algorithms = sorted({r["algorithm"] for r in doc["rows"]}, key=algorithm_sort_key)  # fixes colours
+    # The per-step diagnostics series are plotted but not stored in the JSON: at one point per optimizer
+    # step they would make it megabytes; the results files hold them.
+    plots = all_plots(labels, doc["curves"], diagnostics(loaded.runs), algorithms)
+    doc["figures"] = [{"id": p.id, "kind": p.kind, "task": p.task, "title": p.title} for p in plots]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        write_atomic(out / MARKDOWN_FILE, render_markdown(doc))
+        write_atomic(out / JSON_FILE, json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
+        write_atomic(out / HTML_FILE, render_html(doc, plots))
+    except OSError as exc:
+        raise LeaderboardError(f"cannot write the report to '{out}': {exc.strerror or exc}") from exc
+    return doc
