@@ -24,11 +24,22 @@ import numpy as np
 import torch
 
 
-class RewardUnavailableError(RuntimeError):
+try:  # the project's user-facing errors (the CLI prints them as one line and exits with code 2)
+    from opgrpo_bench.errors import MissingWeightsError as _ProjectMissingWeightsError
+    from opgrpo_bench.errors import UserError as _UserError
+except ImportError:  # pragma: no cover - older checkouts without opgrpo_bench.errors
+    class _UserError(Exception):  # type: ignore[no-redef]
+        """Stand-in for ``opgrpo_bench.errors.UserError``."""
+
+    class _ProjectMissingWeightsError(_UserError, RuntimeError):  # type: ignore[no-redef]
+        """Stand-in for ``opgrpo_bench.errors.MissingWeightsError``."""
+
+
+class RewardUnavailableError(_UserError, RuntimeError):  # type: ignore[misc, valid-type]
     """A reward cannot be built here; ``str()`` is one user-facing line saying what is missing and how to fix it."""
 
 
-class MissingWeightsError(RewardUnavailableError):
+class MissingWeightsError(RewardUnavailableError, _ProjectMissingWeightsError):  # type: ignore[misc, valid-type]
     """Real weights/files a reward needs are absent; the message is one user-facing line."""
 
 
@@ -133,7 +144,8 @@ def check_inputs(
         metadata_l = [dict(m or {}) for m in metadata]
         if len(metadata_l) != len(prompts_l):
             raise ValueError(f"reward '{name}': {len(prompts_l)} prompts but {len(metadata_l)} metadata dicts")
-    images = images.detach().to(torch.float32).clamp(0.0, 1.0)
+    # NaN pixels (a diverged sample) become 0 so that they cannot poison batched kernels or other samples.
+    images = torch.nan_to_num(images.detach().to(torch.float32), nan=0.0).clamp(0.0, 1.0)
     return images, prompts_l, metadata_l
 
 

@@ -113,6 +113,8 @@ def blip_configs(
         max_position_embeddings=state[t + "embeddings.position_embeddings.weight"].shape[0],
         encoder_hidden_size=width_v, layer_norm_eps=med.get("layer_norm_eps", 1e-12),
         hidden_act=med.get("hidden_act", "gelu"), is_decoder=True, pad_token_id=med.get("pad_token_id", 0),
+        bos_token_id=vocab - 2,  # BLIP's added [DEC]
+        sep_token_id=102 if vocab > 102 else None,  # bert-base-uncased's [SEP]
     )
     return vision, text
 

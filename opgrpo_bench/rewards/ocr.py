@@ -65,14 +65,25 @@ class OcrReward(BaseReward):
     range = (0.0, 1.0)
     needs = "CPU; PP-OCRv4 weights inside the rapidocr-onnxruntime wheel (extra 'ocr')"
 
-    def __init__(self, use_cls: bool = False, text_score: float = 0.5, num_threads: int = -1, **engine_kwargs: Any):
+    def __init__(
+        self,
+        use_cls: bool = False,
+        text_score: float = 0.5,
+        num_threads: int = -1,
+        det_limit_side_len: int = 960,
+        det_limit_type: str = "max",
+        **engine_kwargs: Any,
+    ):
         """Build the OCR engine.
 
         Args:
             use_cls: run PP-OCR's 180-degree angle classifier (Flow-GRPO does not).
             text_score: minimum recognition confidence of a text line to be kept.
             num_threads: onnxruntime intra-op threads (-1: onnxruntime's default).
-            **engine_kwargs: passed to ``RapidOCR`` (e.g. ``det_limit_side_len=512``).
+            det_limit_side_len, det_limit_type: detector input sizing. The defaults are PaddleOCR's (the
+                longest side is shrunk to 960 when larger), which Flow-GRPO used; RapidOCR's own default
+                (shortest side grown to 736) upscales small images and is several times slower.
+            **engine_kwargs: passed to ``RapidOCR``.
         """
         try:
             from rapidocr_onnxruntime import RapidOCR
@@ -83,7 +94,8 @@ class OcrReward(BaseReward):
             ) from None
         self.use_cls = use_cls
         self.engine = RapidOCR(
-            use_cls=use_cls, text_score=text_score, intra_op_num_threads=num_threads, **engine_kwargs
+            use_cls=use_cls, text_score=text_score, intra_op_num_threads=num_threads,
+            det_limit_side_len=det_limit_side_len, det_limit_type=det_limit_type, **engine_kwargs,
         )
         # onnxruntime sessions are thread-safe, but RapidOCR keeps per-call state on the object.
         self._lock = threading.Lock()
