@@ -201,3 +201,36 @@ def test_parse_sets() -> None:
     assert parse_sets(["a=1", "b=x", "c=[1, 2]", "d=true"]) == {"a": 1, "b": "x", "c": [1, 2], "d": True}
     with pytest.raises(ValueError):
         parse_sets(["novalue"])
+
+
+def test_out_of_process_server() -> None:
+    """The server as its own process (as it runs beside a conflicting environment), reached over loopback."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "opgrpo_bench.rewards.server", "--reward", "jpeg-incompressibility", "--port", "0",
+         "--set", "quality=90"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    try:
+        line = proc.stdout.readline()  # type: ignore[union-attr]
+        assert "listening on 127.0.0.1:" in line, (line, proc.stderr.read() if proc.poll() is not None else "")  # type: ignore[union-attr]
+        port = int(line.rsplit(":", 1)[1])
+        remote = RemoteReward(address=f"127.0.0.1:{port}")
+        images = torch.rand(2, 3, 16, 16)
+        local = REWARDS.get("jpeg-incompressibility")(quality=90)(images, ["a", "b"])
+        assert torch.equal(remote(images, ["a", "b"]).scores, local.scores)
+        assert remote.range == (0.0, float("inf"))
+        remote.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_server_cli_rejects_bad_input() -> None:
+    from opgrpo_bench.rewards.server import main
+
+    assert main(["--reward", "nonexistent"]) == 2
+    assert main(["--reward", "jpeg-compressibility", "--host", "0.0.0.0"]) == 2
