@@ -1,1 +1,27 @@
-"""RL algorithms; importing this package registers the built-in algorithms and presets lazily."""
+"""RL algorithms. Importing this package registers the built-ins; classes are imported on first use.
+
+Each entry is a :class:`Preset`: an algorithm class and the config fields it changes. OP-GRPO's ablations
+(ALGORITHMS.md 3.4) differ from ``op-grpo`` in exactly one field each.
+"""
+
+from opgrpo_bench.algorithms.presets import Preset
+from opgrpo_bench.registry import ALGORITHMS
+
+_FLOW = "opgrpo_bench.algorithms.flow_grpo:FlowGRPO"
+_OP = "opgrpo_bench.algorithms.op_grpo:OPGRPO"
+
+PRESETS = {
+    "flow-grpo": Preset(_FLOW, {}, "Flow-GRPO: on-policy GRPO over SDE trajectories (baseline)"),
+    "op-grpo": Preset(_OP, {}, "OP-GRPO: replay + truncation at t_off + sequence-level weight"),
+    "op-grpo-no-replay": Preset(_OP, {"replay_proportion": 0.0}, "ablation: no replay (equals flow-grpo)"),
+    "op-grpo-no-correction": Preset(_OP, {"correction": "none"}, "ablation: replayed samples weighted w = 1"),
+    "op-grpo-naive-is": Preset(_OP, {"correction": "naive"}, "ablation: per-step ratio p_theta/p_off on the prefix"),
+    "op-grpo-no-truncation": Preset(_OP, {"t_off": 10**9}, "ablation: whole stored trajectory, stored reward"),
+    "op-grpo-rho5": Preset(_OP, {"replay_proportion": 0.05}, "ablation: replay proportion 5%"),
+    "op-grpo-rho25": Preset(_OP, {"replay_proportion": 0.25}, "ablation: replay proportion 25%"),
+}
+
+for _name, _preset in PRESETS.items():
+    ALGORITHMS.register(_name, _preset, description=_preset.description)
+
+__all__ = ["PRESETS", "Preset"]

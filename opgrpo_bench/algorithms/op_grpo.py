@@ -1,0 +1,148 @@
+"""OP-GRPO (arXiv 2604.04142): Flow-GRPO plus a high-reward replay buffer, truncation of the replayed
+trajectory at ``t_off`` and a sequence-level importance weight (ALGORITHMS.md section 3).
+
+How one iteration differs from Flow-GRPO:
+
+1. ``replay_entries``: ``round(replay_proportion * groups)`` groups take their prompt from the buffer.
+   Each such group has G-1 fresh samples and one *mixed* sample that follows the stored prefix
+   ``x_0..x_{t_off}`` and is continued from ``x_{t_off}`` under the current weights (the trainer's sampler
+   does both in the same batched pass, which also yields ``logp_old`` on the prefix without grad).
+2. ``adjust``: the mixed sample's whole clipped objective is multiplied by
+   ``w = exp(sum_{k < t_off} (logp_old[k] - logp_off[k]))`` (``correction="sequence"``), or the ratio on
+   the prefix divides by ``logp_off`` (``"naive"``), or neither (``"none"``).
+3. ``observe``: scores decay, then each group's best sample is offered to the buffer.
+
+Every **[decision]** of ALGORITHMS.md is a field below; the ablations are presets (registered in
+:mod:`opgrpo_bench.algorithms`) that change exactly one field.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+from opgrpo_bench.algorithms.flow_grpo import FlowGRPO, FlowGRPOConfig, Rollout, TrainBatch
+from opgrpo_bench.core.losses import sequence_log_weight
+from opgrpo_bench.core.replay import ReplayBuffer, ReplayEntry
+
+
+@dataclass
+class OPGRPOConfig(FlowGRPOConfig):
+    """OP-GRPO's additions; defaults are ALGORITHMS.md's decisions."""
+
+    replay_proportion: float = 0.125
+    """[decision] fraction of the batch's groups whose prompt comes from the buffer (paper: 5%, 25%)."""
+    buffer_capacity: int = 128
+    """[decision] maximum number of stored trajectories (one per prompt)."""
+    buffer_decay: float = 0.05
+    """[decision] per-iteration score decay, in units of the running reward std."""
+    reward_std_momentum: float = 0.9
+    """Momentum of the running reward std used as the decay's unit."""
+    t_off: int = 6
+    """[decision] replayed prefix length in transitions (6 of 10); t_off >= T replays whole trajectories."""
+    suffix: Literal["sde", "ode"] = "sde"
+    """How the mixed sample continues after t_off: SDE under theta_old (trained) or ODE (not trained)."""
+    correction: Literal["sequence", "naive", "none"] = "sequence"
+    """Off-policy correction: sequence-level weight, naive per-step p_theta/p_off on the prefix, or none."""
+    logw_clamp: float | None = None
+    """Optional clamp of |log w| (experiments only; off by default)."""
+
+
+class OPGRPO(FlowGRPO):
+    """Off-policy GRPO with high-reward replay, truncation and sequence-level correction."""
+
+    name = "op-grpo"
+    config_cls = OPGRPOConfig
+    config: OPGRPOConfig
+
+    def __init__(self, config: OPGRPOConfig | None = None):
+        super().__init__(config)
+        cfg = self.config
+        if cfg.correction not in ("sequence", "naive", "none"):
+            raise ValueError(f"correction must be 'sequence', 'naive' or 'none', not {cfg.correction!r}")
+        if cfg.suffix not in ("sde", "ode"):
+            raise ValueError(f"suffix must be 'sde' or 'ode', not {cfg.suffix!r}")
+        if not 0.0 <= cfg.replay_proportion < 1.0:
+            raise ValueError(f"replay_proportion must be in [0, 1), not {cfg.replay_proportion}")
+        self.buffer = ReplayBuffer(cfg.buffer_capacity, cfg.buffer_decay)
+        self.reward_std: float | None = None
+
+    def replay_groups(self, num_groups: int, generator: torch.Generator) -> int:
+        """Number of replay groups this iteration: ``replay_proportion * num_groups`` in expectation.
+
+        The fractional part is a Bernoulli draw, so small batches still honour 5% or 12.5%; no random
+        number is drawn when the product is an integer (``replay_proportion = 0`` replays nothing and
+        consumes no randomness, which keeps ``op-grpo-no-replay`` identical to ``flow-grpo``).
+        """
+        expected = self.config.replay_proportion * num_groups
+        n = math.floor(expected)
+        if expected > n:
+            n += int(torch.rand((), generator=generator).item() < expected - n)
+        return min(n, len(self.buffer), max(num_groups - 1, 0))
+
+    def replay_entries(self, num_groups: int, iteration: int, generator: torch.Generator) -> list[ReplayEntry]:
+        n = self.replay_groups(num_groups, generator)
+        return self.buffer.sample(n, generator) if n else []
+
+    def prefix_len(self, num_steps: int) -> int:
+        return min(self.config.t_off, num_steps)
+
+    def adjust(self, batch: TrainBatch) -> None:
+        rollout, cfg = batch.rollout, self.config
+        replayed = rollout.replayed
+        if not bool(replayed.any()):
+            return
+        steps = torch.arange(rollout.num_steps)
+        prefix = (steps[None, :] < rollout.forced_len[:, None]) & replayed[:, None]  # [N, T]
+        if cfg.suffix == "ode":  # ODE suffix steps carry no log-prob: never trained
+            batch.train_mask &= prefix | ~replayed[:, None]
+        log_w = sequence_log_weight(rollout.log_probs, rollout.behaviour_log_probs, mask=prefix)
+        if cfg.logw_clamp is not None:
+            log_w = log_w.clamp(-cfg.logw_clamp, cfg.logw_clamp)
+        if cfg.correction == "sequence":
+            batch.weights = torch.where(replayed, torch.exp(log_w), batch.weights)
+        elif cfg.correction == "naive":
+            batch.old_log_probs = torch.where(prefix, rollout.behaviour_log_probs, batch.old_log_probs)
+        lw = log_w[replayed]
+        diff = (rollout.log_probs - rollout.behaviour_log_probs).masked_fill(~prefix, float("nan"))
+        by_step = torch.nanmean(diff[replayed], dim=0)
+        batch.metrics.update({
+            "op/replayed_samples": int(replayed.sum()),
+            "op/logw_min": lw.min().item(), "op/logw_median": lw.median().item(), "op/logw_max": lw.max().item(),
+            "op/logratio_by_step": [None if math.isnan(v) else v for v in by_step.tolist()],
+        })
+
+    def observe(self, rollout: Rollout) -> dict[str, Any]:
+        cfg = self.config
+        rewards = rollout.rewards.float()
+        batch_std = rewards.std(unbiased=False).item() if len(rewards) > 1 else 0.0
+        self.reward_std = batch_std if self.reward_std is None else \
+            cfg.reward_std_momentum * self.reward_std + (1 - cfg.reward_std_momentum) * batch_std
+        self.buffer.decay_scores(self.reward_std)
+        k = self.prefix_len(rollout.num_steps)
+
+        def make_entry(i: int) -> ReplayEntry:
+            return ReplayEntry(
+                prompt_id=int(rollout.prompt_ids[i]), prompt=rollout.prompts[i],
+                latents=rollout.latents[i, : k + 1].clone(), log_probs=rollout.behaviour_log_probs[i, :k].clone(),
+                reward=float(rewards[i]), score=float(rewards[i]), step=rollout.iteration,
+            )
+
+        finite = torch.isfinite(rewards)
+        self.buffer.add_group_bests(rewards[finite], rollout.group_ids[finite],
+                                    lambda j: make_entry(int(torch.nonzero(finite)[j])))
+        return {
+            "op/buffer_size": len(self.buffer),
+            "op/buffer_mean_age": self.buffer.mean_age(rollout.iteration),
+            "op/buffer_mean_score": self.buffer.mean_score(),
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"buffer": self.buffer.state_dict(), "reward_std": self.reward_std}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.buffer.load_state_dict(state["buffer"])
+        self.reward_std = state["reward_std"]

@@ -1,0 +1,102 @@
+"""Reward of the CPU task: probability of the prompted digit under a classifier of 8x8 digits.
+
+The classifier is a small MLP trained by the project on scikit-learn's bundled handwritten digits
+(:func:`train_digit_classifier`; weights shipped in ``opgrpo_bench/assets/digits-v1``). Its held-out
+accuracy is recorded beside the weights.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, ClassVar, Sequence
+
+import torch
+from torch import nn
+
+from opgrpo_bench.rewards.base import RewardOutput
+
+DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+ASSETS = Path(__file__).resolve().parent.parent / "assets" / "digits-v1"
+
+
+class DigitClassifier(nn.Module):
+    """MLP on 8x8 grey images in [0, 1] ([B, 1, 8, 8] or [B, 64]) -> logits [B, 10]."""
+
+    def __init__(self, hidden: int = 256):
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(64, hidden), nn.ReLU(), nn.Dropout(0.2),
+                                 nn.Linear(hidden, 10))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images.reshape(images.shape[0], -1).float())
+
+
+def train_digit_classifier(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor,
+                           y_test: torch.Tensor, seed: int = 0, epochs: int = 400) -> tuple[DigitClassifier, float]:
+    """Train on images in [0, 1] [N, 1, 8, 8] with labels [N]; returns (model in eval mode, held-out accuracy).
+
+    Light pixel-noise augmentation makes the classifier less brittle on generated images.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = DigitClassifier()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-3)
+    n = x_train.shape[0]
+    for _ in range(epochs):
+        perm = torch.randperm(n, generator=gen)
+        for i in range(0, n, 256):
+            idx = perm[i:i + 256]
+            x = (x_train[idx] + 0.05 * torch.randn(x_train[idx].shape, generator=gen)).clamp(0, 1)
+            loss = nn.functional.cross_entropy(model(x), y_train[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+    with torch.no_grad():
+        acc = (model(x_test).argmax(-1) == y_test).float().mean().item()
+    return model, acc
+
+
+def prompted_digit(prompt: str, metadata: dict[str, Any] | None = None) -> int | None:
+    """The digit a prompt asks for (metadata ``digit`` first, else the first numeral or number word)."""
+    if metadata and "digit" in metadata:
+        return int(metadata["digit"])
+    match = re.search(r"\b(\d)\b|\b(" + "|".join(DIGIT_WORDS) + r")\b", prompt.lower())
+    if not match:
+        return None
+    return int(match.group(1)) if match.group(1) else DIGIT_WORDS.index(match.group(2))
+
+
+class DigitClassifierReward:
+    """P(prompted digit | image) under the digits-v1 classifier; NaN when the prompt names no digit."""
+
+    name: ClassVar[str] = "digit-classifier"
+    higher_is_better: ClassVar[bool] = True
+    range: ClassVar[tuple[float, float]] = (0.0, 1.0)
+
+    def __init__(self, path: str | Path | None = None):
+        from safetensors.torch import load_file
+
+        folder = Path(path) if path else ASSETS
+        self.model = DigitClassifier()
+        self.model.load_state_dict(load_file(folder / "classifier.safetensors"))
+        self.model.eval().requires_grad_(False)
+        info_file = folder / "classifier.json"
+        self.info = json.loads(info_file.read_text()) if info_file.exists() else {}
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor, prompts: Sequence[str],
+                 metadata: Sequence[dict[str, Any]] | None = None) -> RewardOutput:
+        """``images`` [B, 1, 8, 8] in [0, 1] -> scores [B] = p(prompted digit), plus ``correct`` (argmax hit)."""
+        metadata = metadata or [{}] * len(prompts)
+        probs = self.model(images).softmax(-1)
+        labels = [prompted_digit(p, m) for p, m in zip(prompts, metadata)]
+        scores = torch.full((len(prompts),), float("nan"))
+        correct = torch.full((len(prompts),), float("nan"))
+        for i, label in enumerate(labels):
+            if label is not None:
+                scores[i] = probs[i, label]
+                correct[i] = float(probs[i].argmax().item() == label)
+        return RewardOutput(scores=scores, components={"correct": correct})

@@ -1,0 +1,98 @@
+"""Samplers over a backbone: the SDE rollout with per-step log-probs, and the ODE used for evaluation.
+
+The step math is :mod:`opgrpo_bench.core.sde`; this module only loops over the schedule and calls the
+backbone. One feature serves OP-GRPO without a second sampler: *forced prefixes*. A row with
+``forced_len[i] = K`` follows a stored trajectory for its first ``K`` transitions (its log-probs are then
+those of the stored transitions under the current weights, i.e. ``logp_old`` on the replayed prefix) and
+continues with fresh SDE (or ODE) steps from ``x_K``. Noise is drawn for every row at every step, so the
+random stream does not depend on which rows are forced.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from opgrpo_bench.backbones.base import Backbone, Cond
+from opgrpo_bench.core.sde import ode_step, sde_step_with_logprob
+
+
+@dataclass
+class Trajectories:
+    """``latents`` [N, T+1, *latent_shape] (x_0 = noise ... x_T = sample), ``log_probs`` [N, T] float32."""
+
+    latents: torch.Tensor
+    log_probs: torch.Tensor
+
+
+def _rows(mask: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return mask.view(-1, *([1] * (x.ndim - 1)))
+
+
+@torch.no_grad()
+def sample_sde(
+    backbone: Backbone,
+    cond: Cond,
+    noise: torch.Tensor,
+    sigmas: torch.Tensor,
+    noise_level: float,
+    guidance: float = 1.0,
+    generator: torch.Generator | None = None,
+    forced: torch.Tensor | None = None,
+    forced_len: torch.Tensor | None = None,
+    ode_after_forced: bool = False,
+    logprob_reduction: str = "mean",
+) -> Trajectories:
+    """Roll out the Flow-GRPO SDE from ``noise`` [N, *shape] along ``sigmas`` [T+1].
+
+    Args:
+        forced: [N, K+1, *shape] stored trajectories (x_0..x_K) for rows with ``forced_len > 0``.
+        forced_len: [N] number of forced transitions per row (0 = a fresh trajectory).
+        ode_after_forced: continue forced rows with ODE (Euler) steps instead of the SDE; the log-probs of
+            those steps are meaningless and must not be trained (OP-GRPO's ``suffix = "ode"``).
+    """
+    n, steps = noise.shape[0], len(sigmas) - 1
+    x = noise.clone()
+    if forced is not None:
+        assert forced_len is not None
+        x = torch.where(_rows(forced_len > 0, x), forced[:, 0].to(x.dtype), x)
+    latents, log_probs = [x], []
+    for k in range(steps):
+        sigma, sigma_next = sigmas[k].expand(n), sigmas[k + 1].expand(n)
+        v = backbone.velocity(x, sigma, cond, guidance)
+        x_next, logp, _, _ = sde_step_with_logprob(
+            v, sigma, sigma_next, x, noise_level, generator=generator, sigma_max=sigmas[1],
+            logprob_reduction=logprob_reduction)
+        if forced is not None:
+            replay = forced_len > k  # still on the stored prefix
+            ode_rows = (forced_len > 0) & ~replay if ode_after_forced else torch.zeros_like(replay)
+            if bool(replay.any() or ode_rows.any()):
+                stored = forced[:, min(k + 1, forced.shape[1] - 1)].to(x.dtype)
+                x_next = torch.where(_rows(replay, x), stored, x_next)
+                x_next = torch.where(_rows(ode_rows, x), ode_step(v, sigma, sigma_next, x).to(x.dtype), x_next)
+                _, logp, _, _ = sde_step_with_logprob(
+                    v, sigma, sigma_next, x, noise_level, prev_sample=x_next, sigma_max=sigmas[1],
+                    logprob_reduction=logprob_reduction)
+        x = x_next
+        latents.append(x)
+        log_probs.append(logp)
+    return Trajectories(torch.stack(latents, 1), torch.stack(log_probs, 1))
+
+
+@torch.no_grad()
+def sample_ode(backbone: Backbone, cond: Cond, noise: torch.Tensor, sigmas: torch.Tensor,
+               guidance: float = 1.0, batch_size: int | None = None) -> torch.Tensor:
+    """Deterministic Euler sampling (evaluation): final latents [N, *shape]."""
+    n = noise.shape[0]
+    batch_size = batch_size or n
+    outs = []
+    for start in range(0, n, batch_size):
+        rows = slice(start, start + batch_size)
+        x = noise[rows].clone()
+        sub = {k: v[rows] for k, v in cond.items()}
+        for k in range(len(sigmas) - 1):
+            sigma, sigma_next = sigmas[k].expand(x.shape[0]), sigmas[k + 1].expand(x.shape[0])
+            x = ode_step(backbone.velocity(x, sigma, sub, guidance), sigma, sigma_next, x).to(x.dtype)
+        outs.append(x)
+    return torch.cat(outs)

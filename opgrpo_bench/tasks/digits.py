@@ -1,0 +1,218 @@
+"""``digits-v1``: the embedded CPU task. Real data, a real (tiny) SD3 flow model, no downloads.
+
+- Data: scikit-learn's bundled 1,797 real 8x8 handwritten digits (stratified 80/20 split, seed 0).
+- Base model: a 4-layer diffusers ``SD3Transformer2DModel`` in pixel space (8x8x1, patch 2) conditioned
+  by a 2-layer CLIP text encoder over a word-level tokenizer, both pretrained by the project with the
+  flow-matching loss (:func:`pretrain_base_model`), deliberately short so that the base model is mediocre.
+- Reward: probability of the prompted digit under the project's digit classifier (held-out accuracy
+  recorded in ``assets/digits-v1/classifier.json``).
+
+The shipped assets (``opgrpo_bench/assets/digits-v1``) are regenerated bit-for-bit on CPU by
+``python scripts/build_digits_assets.py``.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from opgrpo_bench.rewards.digits import ASSETS, DIGIT_WORDS, train_digit_classifier
+from opgrpo_bench.tasks.spec import Prompt
+
+TRAIN_TEMPLATES = ("a handwritten {d}", "the digit {d}", "a handwritten {w}", "the number {w}")
+EVAL_TEMPLATES = ("a {d} written by hand", "the handwritten digit {w}")
+MAX_TOKENS = 8
+IMAGE_SIZE = 8
+
+
+def make_prompts(templates: Sequence[str]) -> tuple[Prompt, ...]:
+    """Every template for every digit, with the digit in the metadata."""
+    return tuple(Prompt(t.format(d=d, w=DIGIT_WORDS[d]), {"digit": d}) for t in templates for d in range(10))
+
+
+def vocabulary() -> list[str]:
+    words = {w for t in TRAIN_TEMPLATES + EVAL_TEMPLATES for w in t.split() if "{" not in w}
+    return ["[PAD]", "[UNK]", "[BOS]", "[EOS]"] + sorted(words) + [str(d) for d in range(10)] + list(DIGIT_WORDS)
+
+
+@lru_cache(maxsize=1)
+def load_split() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x_train, y_train, x_test, y_test); images in [0, 1], shape [N, 1, 8, 8]."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    data = load_digits()
+    x = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    y = torch.tensor(data.target, dtype=torch.long)
+    idx_train, idx_test = train_test_split(range(len(y)), test_size=0.2, random_state=0, stratify=y.numpy())
+    return x[idx_train], y[idx_train], x[idx_test], y[idx_test]
+
+
+# -- model components ----------------------------------------------------------------------------
+def build_tokenizer():
+    """Word-level tokenizer built in process (no files): ``[BOS] words [EOS]``, padded to MAX_TOKENS."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(vocabulary())}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[BOS] $A [EOS]", special_tokens=[("[BOS]", vocab["[BOS]"]), ("[EOS]", vocab["[EOS]"])])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]",
+                                   bos_token="[BOS]", eos_token="[EOS]", model_max_length=MAX_TOKENS)
+
+
+def build_text_encoder(vocab_size: int):
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    cfg = CLIPTextConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=MAX_TOKENS, projection_dim=64,
+                         pad_token_id=0, bos_token_id=2, eos_token_id=3)
+    return CLIPTextModelWithProjection(cfg)
+
+
+def build_transformer():
+    from diffusers import SD3Transformer2DModel
+
+    return SD3Transformer2DModel(
+        sample_size=IMAGE_SIZE, patch_size=2, in_channels=1, out_channels=1, num_layers=4,
+        attention_head_dim=16, num_attention_heads=4, joint_attention_dim=64, caption_projection_dim=64,
+        pooled_projection_dim=64, pos_embed_max_size=IMAGE_SIZE // 2,
+    )
+
+
+def build_scheduler():
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
+
+
+class ClipPromptEncoder:
+    """prompts -> (last hidden states [B, MAX_TOKENS, 64], projected pooled embedding [B, 64])."""
+
+    def __init__(self, tokenizer, text_encoder):
+        self.tokenizer, self.text_encoder = tokenizer, text_encoder
+
+    def __call__(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        enc = self.tokenizer(list(prompts), padding="max_length", max_length=MAX_TOKENS, truncation=True,
+                             return_tensors="pt")
+        out = self.text_encoder(input_ids=enc.input_ids, attention_mask=enc.attention_mask)
+        return out.last_hidden_state, out.text_embeds
+
+
+def load_backbone(path: str | Path | None = None):
+    """The digits-v1 base model from its saved folder (the same ``from_pretrained`` path as real models)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+    from transformers import CLIPTextModelWithProjection, PreTrainedTokenizerFast
+
+    from opgrpo_bench.backbones.sd3 import SD3Backbone
+    from opgrpo_bench.errors import MissingWeightsError
+
+    folder = Path(path) if path else ASSETS
+    if not (folder / "transformer").is_dir():
+        raise MissingWeightsError(f"digits-v1 base model not found in '{folder}'; regenerate it with "
+                                  f"'python scripts/build_digits_assets.py'.")
+    transformer = SD3Transformer2DModel.from_pretrained(folder / "transformer")
+    text_encoder = CLIPTextModelWithProjection.from_pretrained(folder / "text_encoder").eval()
+    text_encoder.requires_grad_(False)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(folder / "tokenizer")
+    scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(folder / "scheduler")
+    return SD3Backbone(transformer, ClipPromptEncoder(tokenizer, text_encoder), scheduler)
+
+
+# -- pretraining (the project's own base model) ----------------------------------------------------
+def pretrain_base_model(steps: int, seed: int = 0, batch_size: int = 128, lr: float = 1e-3,
+                        caption_dropout: float = 0.1):
+    """Flow-matching pretraining of transformer + text encoder on the training split.
+
+    Captions are random train/eval templates of each image's label (the base model knows every phrasing;
+    RL later trains on the train templates only). Returns (transformer, text_encoder, tokenizer, scheduler).
+    """
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    x_train, y_train, _, _ = load_split()
+    data = x_train * 2 - 1  # pixel space in [-1, 1]
+    tokenizer = build_tokenizer()
+    text_encoder = build_text_encoder(len(tokenizer))
+    transformer = build_transformer()
+    encoder = ClipPromptEncoder(tokenizer, text_encoder)
+    templates = TRAIN_TEMPLATES + EVAL_TEMPLATES
+    params = list(transformer.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
+    for _ in range(steps):
+        idx = torch.randint(len(data), (batch_size,), generator=gen)
+        x0 = data[idx]
+        t_idx = torch.randint(len(templates), (batch_size,), generator=gen)
+        drop = torch.rand(batch_size, generator=gen) < caption_dropout
+        prompts = ["" if drop[i] else templates[t_idx[i]].format(d=int(y_train[j]), w=DIGIT_WORDS[int(y_train[j])])
+                   for i, j in enumerate(idx.tolist())]
+        # logit-normal sigma (SD3's training density), flow-matching velocity target
+        sigma = torch.sigmoid(torch.randn(batch_size, generator=gen))
+        noise = torch.randn(x0.shape, generator=gen)
+        s = sigma.view(-1, 1, 1, 1)
+        x_t = (1 - s) * x0 + s * noise
+        embeds, pooled = encoder(prompts)
+        v = transformer(hidden_states=x_t, timestep=sigma * 1000, encoder_hidden_states=embeds,
+                        pooled_projections=pooled, return_dict=False)[0]
+        loss = torch.nn.functional.mse_loss(v, noise - x0)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+    transformer.eval()
+    text_encoder.eval()
+    return transformer, text_encoder, tokenizer, build_scheduler()
+
+
+def build_assets(out: str | Path = ASSETS, steps: int = 600, seed: int = 0) -> dict:
+    """Train the classifier and the base model and save them under ``out`` (safetensors folders)."""
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    x_train, y_train, x_test, y_test = load_split()
+    classifier, acc = train_digit_classifier(x_train, y_train, x_test, y_test, seed=seed)
+    save_file({k: v.contiguous() for k, v in classifier.state_dict().items()}, out / "classifier.safetensors")
+    info = {"heldout_accuracy": acc, "n_train": len(y_train), "n_test": len(y_test), "seed": seed}
+    (out / "classifier.json").write_text(json.dumps(info, indent=2) + "\n")
+    transformer, text_encoder, tokenizer, scheduler = pretrain_base_model(steps, seed=seed)
+    transformer.save_pretrained(out / "transformer")
+    text_encoder.save_pretrained(out / "text_encoder")
+    tokenizer.save_pretrained(out / "tokenizer")
+    scheduler.save_pretrained(out / "scheduler")
+    meta = {"pretrain_steps": steps, "seed": seed, **{f"classifier_{k}": v for k, v in info.items()}}
+    (out / "base_model.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return meta
+
+
+# -- the task spec ---------------------------------------------------------------------------------
+DIGITS_V1 = None  # set below; kept at module level so the registry can point at it
+
+
+def _digits_v1():
+    from opgrpo_bench.tasks.spec import TaskSpec
+
+    return TaskSpec(
+        id="digits-v1",
+        description="8x8 handwritten digits (scikit-learn) with a tiny SD3 transformer; reward = p(prompted digit)",
+        build_backbone=load_backbone,
+        reward="digit-classifier",
+        train_prompts=make_prompts(TRAIN_TEMPLATES),
+        eval_prompts=make_prompts(EVAL_TEMPLATES),
+        eval_noises_per_prompt=4,
+        target=0.80,
+        budget_steps=200,
+        eval_every=10,
+        default_seeds=(0, 1, 2),
+        train_defaults=dict(prompts_per_iter=8, group_size=8, num_steps=10, eval_num_steps=20,
+                            lora_rank=8, lora_alpha=16, lr=1e-3, num_threads=1),
+        needs="CPU; assets shipped in the package",
+    )
+
+
+DIGITS_V1 = _digits_v1()

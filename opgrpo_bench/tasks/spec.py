@@ -1,0 +1,68 @@
+"""Task specs: what a benchmark run trains on, how it is scored, and what "reaching the target" means.
+
+A task id carries its version (``digits-v1``). Changing prompts, reward, target or base model makes a
+new version: results of different versions are never compared.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One prompt and the metadata a reward may need (e.g. the digit asked for)."""
+
+    text: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A benchmark task.
+
+    Attributes:
+        id: versioned id, e.g. ``digits-v1``.
+        description: one line for ``opgrpo-bench list tasks``.
+        build_backbone: zero-argument factory returning a Backbone (base weights, no LoRA yet).
+        reward: registered reward name; ``reward_args`` its constructor kwargs.
+        train_prompts / eval_prompts: the RL prompt set and the held-out evaluation set.
+        eval_noises_per_prompt: evaluation draws this many fixed initial noises per eval prompt.
+        target: eval score that counts as "reached" (main metric = mean reward on eval prompts).
+        higher_is_better: direction of the main metric.
+        budget_steps: default optimizer-step budget of a run.
+        eval_every: evaluation cadence in optimizer steps.
+        default_seeds: seeds of the reference suite.
+        train_defaults: trainer/algorithm settings scaled to this task (override library defaults).
+        needs: what the task needs to run (shown by ``list tasks``).
+    """
+
+    id: str
+    description: str
+    build_backbone: Callable[[], Any]
+    reward: str
+    train_prompts: tuple[Prompt, ...]
+    eval_prompts: tuple[Prompt, ...]
+    target: float
+    reward_args: dict[str, Any] = field(default_factory=dict)
+    eval_noises_per_prompt: int = 4
+    higher_is_better: bool = True
+    budget_steps: int = 200
+    eval_every: int = 10
+    default_seeds: tuple[int, ...] = (0, 1, 2)
+    train_defaults: dict[str, Any] = field(default_factory=dict)
+    needs: str = "CPU"
+
+    @property
+    def version(self) -> str:
+        return self.id.rsplit("-", 1)[-1]
+
+    @property
+    def prompt_hash(self) -> str:
+        """Content hash of both prompt sets (recorded in every run)."""
+        payload = json.dumps([[(p.text, p.meta) for p in self.train_prompts],
+                              [(p.text, p.meta) for p in self.eval_prompts]], sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]

@@ -1,0 +1,381 @@
+"""The one training loop, shared by every algorithm and every backbone.
+
+Read :func:`train` top to bottom: each iteration samples groups of SDE trajectories with the current
+weights (theta_old), scores them, lets the algorithm turn them into a :class:`TrainBatch`, takes
+``optimizer_steps_per_iter`` optimizer steps over disjoint shares of the samples, and evaluates every
+``eval_every`` optimizer steps with deterministic ODE sampling from fixed noises.
+
+Counting conventions (recorded in every ``step``/``eval`` record):
+
+- ``step``: optimizer steps taken (a "training step"); an iteration whose groups all carry no signal still
+  spends its steps (nothing to optimise), so sparse rewards cost steps as they should.
+- ``samples``: fresh samples generated (replayed samples are not fresh).
+- ``nfe``: per-sample network evaluations in rollouts and updates (CFG counts 2; evaluation excluded).
+- ``wall_s``: training wall-clock seconds, evaluation excluded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+import opgrpo_bench
+from opgrpo_bench.algorithms.flow_grpo import FlowGRPO, Rollout, TrainBatch
+from opgrpo_bench.backbones.base import Backbone, index_cond
+from opgrpo_bench.core.losses import approx_kl, clipped_surrogate, kl_to_reference
+from opgrpo_bench.core.sde import sde_step_with_logprob
+from opgrpo_bench.registry import REWARDS
+from opgrpo_bench.results import ResultsWriter, first_reaching, read_records, truncate_after_step
+from opgrpo_bench.sampling import sample_ode, sample_sde
+from opgrpo_bench.tasks.spec import TaskSpec
+
+EVAL_NOISE_SEED = 20261126
+"""Evaluation noises are the same for every run of a task (seed- and algorithm-independent)."""
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class TrainConfig:
+    """Trainer settings (algorithm-independent). Tasks scale these in ``TaskSpec.train_defaults``."""
+
+    steps: int = 200
+    """Budget in optimizer steps."""
+    prompts_per_iter: int = 8
+    """Groups (prompts) per iteration."""
+    group_size: int = 8
+    """Samples per group, G."""
+    num_steps: int = 10
+    """SDE denoising steps per rollout, T."""
+    noise_level: float = 0.7
+    """SDE noise level a."""
+    guidance: float = 1.0
+    """CFG scale during rollouts and training (1 = no CFG)."""
+    eval_num_steps: int = 20
+    """ODE steps for evaluation."""
+    eval_guidance: float = 1.0
+    """CFG scale for evaluation."""
+    eval_every: int = 10
+    """Evaluate every this many optimizer steps (and at step 0)."""
+    optimizer_steps_per_iter: int = 2
+    """Optimizer steps per iteration, each over a disjoint share of the samples (gradient accumulation)."""
+    lr: float = 3e-4
+    weight_decay: float = 1e-4
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = 1.0
+    lora_rank: int = 32
+    lora_alpha: int = 64
+    ema_decay: float = 0.9
+    """EMA of the trainable weights used for evaluation; 0 evaluates the raw weights."""
+    logprob_reduction: str = "mean"
+    """"mean" (Flow-GRPO's scale) or "sum" over latent dimensions."""
+    seed: int = 0
+    num_threads: int = 0
+    """torch intra-op threads (0 = leave torch's default)."""
+
+
+@dataclass
+class RunState:
+    """Counters of a run (checkpointed)."""
+
+    iteration: int = 0
+    step: int = 0
+    samples: int = 0
+    nfe: int = 0
+    wall_s: float = 0.0
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("opgrpo-bench", "torch", "diffusers", "transformers", "peft", "accelerate"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def _git_sha() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                              cwd=Path(opgrpo_bench.__file__).parent).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+class Trainer:
+    """Trains one (task, algorithm, seed) run and writes ``run_dir/metrics.jsonl``."""
+
+    def __init__(self, task: TaskSpec, algorithm: FlowGRPO, config: TrainConfig, run_dir: str | Path,
+                 algorithm_name: str | None = None,
+                 progress: Callable[[dict[str, Any]], None] | None = None):
+        self.task, self.algorithm, self.cfg = task, algorithm, config
+        self.algorithm_name = algorithm_name or algorithm.name
+        self.run_dir = Path(run_dir)
+        self.progress = progress or (lambda record: None)
+        if config.num_threads:
+            torch.set_num_threads(config.num_threads)
+        torch.manual_seed(config.seed)  # LoRA initialisation
+        self.backbone: Backbone = task.build_backbone()
+        self.backbone.add_lora(config.lora_rank, config.lora_alpha)
+        self.params = self.backbone.trainable_parameters()
+        self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay,
+                                           betas=config.adam_betas)
+        self.ema = None
+        if config.ema_decay > 0:
+            from diffusers.training_utils import EMAModel
+
+            self.ema = EMAModel(self.params, decay=config.ema_decay)
+        self.reward = REWARDS.get(task.reward)(**task.reward_args)
+        self.prompt_gen = torch.Generator().manual_seed(config.seed)
+        self.noise_gen = torch.Generator().manual_seed(config.seed + 1_000_003)
+        self.sigmas = self.backbone.sigmas(config.num_steps)
+        self.eval_sigmas = self.backbone.sigmas(config.eval_num_steps)
+        self.train_cond = self.backbone.encode([p.text for p in task.train_prompts])
+        self.state = RunState()
+        self.writer = ResultsWriter(self.run_dir)
+        self._build_eval_set()
+
+    # -- evaluation ----------------------------------------------------------------------------
+    def _build_eval_set(self) -> None:
+        k = self.task.eval_noises_per_prompt
+        self.eval_prompts = [p for p in self.task.eval_prompts for _ in range(k)]
+        gen = torch.Generator().manual_seed(EVAL_NOISE_SEED)
+        self.eval_noise = torch.randn((len(self.eval_prompts), *self.backbone.latent_shape), generator=gen)
+        self.eval_cond = self.backbone.encode([p.text for p in self.eval_prompts])
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, Any]:
+        """Mean reward of ODE samples of the held-out prompts from fixed noises (EMA weights)."""
+        if self.ema is not None:
+            self.ema.store(self.params)
+            self.ema.copy_to(self.params)
+        try:
+            x = sample_ode(self.backbone, self.eval_cond, self.eval_noise, self.eval_sigmas,
+                           self.cfg.eval_guidance, batch_size=256)
+            out = self.reward(self.backbone.decode(x), [p.text for p in self.eval_prompts],
+                              [p.meta for p in self.eval_prompts])
+        finally:
+            if self.ema is not None:
+                self.ema.restore(self.params)
+        record = {"score": torch.nanmean(out.scores.float()).item()}
+        record.update({f"eval/{k}": torch.nanmean(v.float()).item() for k, v in out.components.items()})
+        return record
+
+    def _log_eval(self) -> dict[str, Any]:
+        s = self.state
+        rec = self.writer.write("eval", step=s.step, samples=s.samples, nfe=s.nfe, wall_s=round(s.wall_s, 3),
+                                **self.evaluate())
+        self.progress(rec)
+        return rec
+
+    # -- one iteration -------------------------------------------------------------------------
+    def rollout(self) -> Rollout:
+        """Sample P groups of G trajectories with the current weights and score them."""
+        cfg, task = self.cfg, self.task
+        P, G, T = cfg.prompts_per_iter, cfg.group_size, cfg.num_steps
+        replay = self.algorithm.replay_entries(P, self.state.iteration, self.prompt_gen)
+        n_fresh = P - len(replay)
+        fresh_ids = torch.randperm(len(task.train_prompts), generator=self.prompt_gen)[:n_fresh]
+        if len(fresh_ids) < n_fresh:  # fewer prompts than groups: sample with replacement
+            fresh_ids = torch.randint(len(task.train_prompts), (n_fresh,), generator=self.prompt_gen)
+        group_prompts = fresh_ids.tolist() + [e.prompt_id for e in replay]
+        prompt_ids = torch.tensor(group_prompts).repeat_interleave(G)
+        group_ids = torch.arange(P).repeat_interleave(G)
+        N = P * G
+        noise = torch.randn((N, *self.backbone.latent_shape), generator=self.noise_gen)
+
+        # the last sample of each replay group follows the stored prefix
+        forced_len = torch.zeros(N, dtype=torch.long)
+        forced = behaviour_prefix = None
+        if replay:
+            K = max(len(e.log_probs) for e in replay)
+            forced = torch.zeros((N, K + 1, *self.backbone.latent_shape))
+            behaviour_prefix = torch.zeros((N, T))
+            for g, entry in enumerate(replay):
+                i = (n_fresh + g) * G + G - 1
+                k = len(entry.log_probs)
+                forced[i, : k + 1] = entry.latents
+                forced_len[i] = k
+                behaviour_prefix[i, :k] = entry.log_probs
+        cond = index_cond(self.train_cond, prompt_ids)
+        traj = sample_sde(self.backbone, cond, noise, self.sigmas, cfg.noise_level, cfg.guidance,
+                          self.noise_gen, forced, forced_len,
+                          ode_after_forced=getattr(self.algorithm.config, "suffix", "sde") == "ode",
+                          logprob_reduction=cfg.logprob_reduction)
+        behaviour = traj.log_probs.clone()
+        if behaviour_prefix is not None:
+            prefix = torch.arange(T)[None, :] < forced_len[:, None]
+            behaviour = torch.where(prefix, behaviour_prefix, behaviour)
+
+        prompts = [task.train_prompts[i] for i in prompt_ids.tolist()]
+        out = self.reward(self.backbone.decode(traj.latents[:, -1]), [p.text for p in prompts],
+                          [p.meta for p in prompts])
+        rewards = out.scores.float().clone()
+        for g, entry in enumerate(replay):  # a fully replayed trajectory keeps its stored reward
+            if len(entry.log_probs) >= T:
+                rewards[(n_fresh + g) * G + G - 1] = entry.reward
+
+        self.state.samples += int((forced_len == 0).sum())
+        self.state.nfe += N * T * self.backbone.nfe_per_sample(cfg.guidance)
+        return Rollout(prompt_ids, group_ids, [p.text for p in prompts], [p.meta for p in prompts],
+                       traj.latents, self.sigmas, traj.log_probs, behaviour, forced_len, rewards,
+                       iteration=self.state.iteration)
+
+    def update(self, batch: TrainBatch, rows: torch.Tensor) -> dict[str, Any]:
+        """One optimizer step over the trained (sample, step) pairs of ``rows``; returns its metrics."""
+        cfg, alg_cfg, ro = self.cfg, self.algorithm.config, batch.rollout
+        mask = batch.train_mask[rows]
+        pair_rows, pair_steps = torch.nonzero(mask, as_tuple=True)
+        idx = rows[pair_rows]
+        metrics: dict[str, Any] = {}
+        self.optimizer.zero_grad(set_to_none=True)
+        if len(idx) == 0:  # no signal in this share: the step is spent without an update
+            return {"loss/total": 0.0, "train/trained_pairs": 0}
+        x = ro.latents[idx, pair_steps]
+        x_next = ro.latents[idx, pair_steps + 1]
+        sigma, sigma_next = ro.sigmas[pair_steps], ro.sigmas[pair_steps + 1]
+        cond = index_cond(self.train_cond, ro.prompt_ids[idx])
+        v = self.backbone.velocity(x, sigma, cond, cfg.guidance)
+        _, logp, mean, std = sde_step_with_logprob(v, sigma, sigma_next, x, cfg.noise_level, prev_sample=x_next,
+                                                   sigma_max=ro.sigmas[1], logprob_reduction=cfg.logprob_reduction)
+        old = batch.old_log_probs[idx, pair_steps]
+        pg, ratio, clipped = clipped_surrogate(logp, old, batch.advantages[idx], alg_cfg.clip_range,
+                                               weight=batch.weights[idx])
+        loss = pg.mean()
+        kl = torch.zeros(())
+        nfe = len(idx) * self.backbone.nfe_per_sample(cfg.guidance)
+        if alg_cfg.beta > 0:
+            with torch.no_grad(), self.backbone.reference():
+                v_ref = self.backbone.velocity(x, sigma, cond, cfg.guidance)
+            ref_mean = sde_step_with_logprob(v_ref, sigma, sigma_next, x, cfg.noise_level, prev_sample=x_next,
+                                             sigma_max=ro.sigmas[1])[2]
+            dt = (sigma_next - sigma) if alg_cfg.kl_include_dt else None
+            kl = kl_to_reference(mean, ref_mean, std, dt).mean()
+            loss = loss + alg_cfg.beta * kl
+            nfe *= 2
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
+        self.optimizer.step()
+        if self.ema is not None:
+            self.ema.step(self.params)
+        self.state.nfe += nfe
+
+        off = ro.replayed[idx]
+        metrics.update({
+            "loss/total": loss.item(), "loss/policy": pg.mean().item(), "loss/kl": kl.item(),
+            "ratio/mean": ratio.mean().item(), "ratio/min": ratio.min().item(), "ratio/max": ratio.max().item(),
+            "clipfrac/on_policy": clipped[~off].float().mean().item() if (~off).any() else None,
+            "clipfrac/off_policy": clipped[off].float().mean().item() if off.any() else None,
+            "approx_kl": approx_kl(logp, old).item(), "grad_norm": grad_norm.item(),
+            "train/trained_pairs": len(idx),
+        })
+        return metrics
+
+    def iteration(self) -> None:
+        t0 = time.perf_counter()
+        rollout = self.rollout()
+        batch = self.algorithm.prepare(rollout)
+        rewards = rollout.rewards[torch.isfinite(rollout.rewards)]
+        common = {"train/reward_mean": rewards.mean().item() if len(rewards) else None,
+                  "train/reward_std": rewards.std(unbiased=False).item() if len(rewards) > 1 else None,
+                  **batch.metrics}
+        order = torch.randperm(len(rollout.rewards), generator=self.prompt_gen)
+        shares = torch.tensor_split(order, self.cfg.optimizer_steps_per_iter)
+        step_metrics = [self.update(batch, rows) for rows in shares]
+        common.update(self.algorithm.observe(rollout))
+        self.state.iteration += 1
+        self.state.wall_s += time.perf_counter() - t0
+        for metrics in step_metrics:
+            self.state.step += 1
+            s = self.state
+            rec = self.writer.write("step", step=s.step, iteration=s.iteration, samples=s.samples, nfe=s.nfe,
+                                    wall_s=round(s.wall_s, 3), **common, **metrics)
+            self.progress(rec)
+            if s.step % self.cfg.eval_every == 0:
+                self._log_eval()
+                self.save_checkpoint()
+
+    # -- the run -------------------------------------------------------------------------------
+    def run_start_record(self, run_id: str) -> dict[str, Any]:
+        algo_cfg = dataclasses.asdict(self.algorithm.config)
+        return dict(
+            run_id=run_id, task=self.task.id, task_version=self.task.version, prompt_hash=self.task.prompt_hash,
+            algorithm=self.algorithm_name, algorithm_class=type(self.algorithm).__name__, seed=self.cfg.seed,
+            config={"train": dataclasses.asdict(self.cfg), "algorithm": algo_cfg},
+            target=self.task.target, higher_is_better=self.task.higher_is_better, budget_steps=self.cfg.steps,
+            reward=self.task.reward, world_size=1, precision="float32", versions=_versions(), git_sha=_git_sha(),
+            device=f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+            start_time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        )
+
+    def run(self, run_id: str, resume: bool = False) -> dict[str, Any]:
+        """Train to the step budget (or continue a checkpointed run) and write ``run_end``."""
+        if resume and self.load_checkpoint():
+            truncate_after_step(self.writer.path, self.state.step)
+        else:
+            if self.writer.path.exists():
+                self.writer.path.unlink()
+            self.writer.write("run_start", **self.run_start_record(run_id))
+            self._log_eval()
+        while self.state.step < self.cfg.steps:
+            self.iteration()
+        return self.finish()
+
+    def finish(self) -> dict[str, Any]:
+        evals = [r for r in read_records(self.writer.path) if r.get("type") == "eval"]
+        hit = first_reaching(evals, self.task.target, self.task.higher_is_better)
+        rec = self.writer.write(
+            "run_end", status="completed", steps_to_target=hit["step"] if hit else None,
+            samples_to_target=hit["samples"] if hit else None, nfe_to_target=hit["nfe"] if hit else None,
+            wall_s_to_target=hit["wall_s"] if hit else None, censored=hit is None,
+            final_score=evals[-1]["score"] if evals else None,
+            best_score=max((e["score"] for e in evals), default=None), steps=self.state.step,
+            wall_s=round(self.state.wall_s, 3),
+        )
+        self.progress(rec)
+        ckpt = self.run_dir / CHECKPOINT
+        if ckpt.exists():
+            ckpt.unlink()
+        return rec
+
+    # -- checkpoints (resume) ------------------------------------------------------------------
+    def save_checkpoint(self) -> None:
+        state = {
+            "state": dataclasses.asdict(self.state),
+            "params": [p.detach().clone() for p in self.params],
+            "optimizer": self.optimizer.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "algorithm": self.algorithm.state_dict(),
+            "prompt_gen": self.prompt_gen.get_state(), "noise_gen": self.noise_gen.get_state(),
+        }
+        tmp = self.run_dir / (CHECKPOINT + ".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.run_dir / CHECKPOINT)
+
+    def load_checkpoint(self) -> bool:
+        path = self.run_dir / CHECKPOINT
+        if not path.exists():
+            return False
+        state = torch.load(path, weights_only=False)
+        self.state = RunState(**state["state"])
+        with torch.no_grad():
+            for p, saved in zip(self.params, state["params"]):
+                p.copy_(saved)
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.ema is not None and state["ema"] is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.algorithm.load_state_dict(state["algorithm"])
+        self.prompt_gen.set_state(state["prompt_gen"])
+        self.noise_gen.set_state(state["noise_gen"])
+        return True
+
