@@ -196,7 +196,7 @@ class PickScoreReward(_ClipReward):
     """PickScore v1: logit_scale * cosine(image, prompt) (about 18-24 for good images; /26 with normalize)."""
 
     name = "pickscore"
-    range = (0.0, 100.0)
+    range = (-100.0, 100.0)  # logit_scale is capped at 100
     needs = (
         "GPU recommended; weights: yuvalkirstain/PickScore_v1 + tokenizer laion/CLIP-ViT-H-14-laion2B-s32B-b79K "
         "(path=/processor_path= or $OPGRPO_PICKSCORE_PATH/$OPGRPO_PICKSCORE_PROCESSOR_PATH)"
@@ -211,7 +211,7 @@ class PickScoreReward(_ClipReward):
         super().__init__(**kwargs)
         self.normalize = normalize
         if normalize:
-            self.range = (0.0, 100.0 / 26.0)  # type: ignore[misc]
+            self.range = (-100.0 / 26.0, 100.0 / 26.0)  # type: ignore[misc]
 
     def score(self, images: torch.Tensor, prompts: list[str], metadata: list[dict[str, Any]]) -> RewardOutput:
         scale = self.clip.model.logit_scale.exp().float().item()

@@ -25,6 +25,7 @@ def _empty_hf_cache(tmp_path_factory: pytest.TempPathFactory):
         from huggingface_hub import constants
 
         saved = constants.HF_HUB_CACHE
+        standins.REAL_HF_CACHE = saved  # the `weights` tests look there
         constants.HF_HUB_CACHE = str(cache)
     except ImportError:  # pragma: no cover
         saved = None

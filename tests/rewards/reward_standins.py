@@ -17,6 +17,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 CHARS = list("abcdefghijklmnopqrstuvwxyz0123456789.,!?'\"-")
 WORDS = ["a", "photo", "of", "the", "cat", "dog", "red", "blue", "sign", "says", "hello", "object", "colored"]
+REAL_HF_CACHE: str | None = None  # set by conftest before it points the HF cache at an empty folder
 COCO_SUBSET = ["person", "bicycle", "car", "dog", "cat", "mouse", "remote", "bench"]
 
 
