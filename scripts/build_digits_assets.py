@@ -1,6 +1,6 @@
 """Regenerate the digits-v1 assets (classifier + base flow model) deterministically on CPU.
 
-    python scripts/build_digits_assets.py [--out opgrpo_bench/assets/digits-v1] [--steps 250]
+    python scripts/build_digits_assets.py [--out opgrpo_bench/assets/digits-v1] [--steps 200]
 
 Single-threaded so that the result does not depend on the machine's core count.
 """
@@ -15,7 +15,7 @@ from opgrpo_bench.tasks.digits import ASSETS, build_assets
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(ASSETS))
-    parser.add_argument("--steps", type=int, default=250, help="flow-matching pretraining steps")
+    parser.add_argument("--steps", type=int, default=200, help="flow-matching pretraining steps")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(1)

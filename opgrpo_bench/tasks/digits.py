@@ -169,7 +169,7 @@ def pretrain_base_model(steps: int, seed: int = 0, batch_size: int = 128, lr: fl
     return transformer, text_encoder, tokenizer, build_scheduler()
 
 
-def build_assets(out: str | Path = ASSETS, steps: int = 600, seed: int = 0) -> dict:
+def build_assets(out: str | Path = ASSETS, steps: int = 200, seed: int = 0) -> dict:
     """Train the classifier and the base model and save them under ``out`` (safetensors folders)."""
     from safetensors.torch import save_file
 
@@ -205,12 +205,12 @@ def _digits_v1():
         train_prompts=make_prompts(TRAIN_TEMPLATES),
         eval_prompts=make_prompts(EVAL_TEMPLATES),
         eval_noises_per_prompt=4,
-        target=0.80,
-        budget_steps=200,
-        eval_every=10,
+        target=0.70,
+        budget_steps=150,
+        eval_every=5,
         default_seeds=(0, 1, 2),
         train_defaults=dict(prompts_per_iter=8, group_size=8, num_steps=10, eval_num_steps=20,
-                            lora_rank=8, lora_alpha=16, lr=1e-3, num_threads=1),
+                            lora_rank=16, lora_alpha=32, lr=3e-3, num_threads=1),
         needs="CPU; assets shipped in the package",
     )
 
