@@ -142,3 +142,11 @@ def test_short_run_eval_score_rises(tmp_path):
              if r["type"] == "eval"]
     assert evals[-1]["score"] > evals[0]["score"] + 0.02
     assert end["best_score"] >= evals[-1]["score"]
+
+
+def test_chunked_rollout_scores_each_sample_with_its_own_image(tmp_path):
+    trainer = make_trainer(tmp_path, sets=["rollout_chunks=3"])
+    rollout = trainer.rollout()
+    again = trainer.reward(trainer.backbone.decode(rollout.latents[:, -1]), rollout.prompts, rollout.metas)
+    assert torch.equal(again.scores, rollout.rewards)
+    assert rollout.latents.shape[0] == 8 and len(set(rollout.group_ids.tolist())) == 2
