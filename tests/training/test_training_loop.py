@@ -148,5 +148,6 @@ def test_chunked_rollout_scores_each_sample_with_its_own_image(tmp_path):
     trainer = make_trainer(tmp_path, sets=["rollout_chunks=3"])
     rollout = trainer.rollout()
     again = trainer.reward(trainer.backbone.decode(rollout.latents[:, -1]), rollout.prompts, rollout.metas)
-    assert torch.equal(again.scores, rollout.rewards)
+    # same values up to float rounding of a different batch size in the classifier
+    assert torch.allclose(again.scores, rollout.rewards, atol=1e-6, rtol=0)
     assert rollout.latents.shape[0] == 8 and len(set(rollout.group_ids.tolist())) == 2
