@@ -7,4 +7,18 @@ TASKS.register("digits-v1", "opgrpo_bench.tasks.digits:DIGITS_V1", aliases=("dig
                description="8x8 handwritten digits, tiny SD3 transformer, reward = p(prompted digit)",
                needs="CPU")
 
+TASKS.register("tiny-sd3-jpeg-v1", "opgrpo_bench.tasks.sd3_tasks:TINY_SD3_JPEG_V1", aliases=("tiny-sd3",),
+               description="tiny in-code SD3 pipeline (3 text encoders, VAE, CFG), 32 px; reward = -JPEG kB",
+               needs="CPU; built in code on first use")
+for _family, _reward in (("ocr", "OCR"), ("pickscore", "PickScore"), ("geneval", "GenEval")):
+    TASKS.register(f"{_family}-sd35m-v1", f"opgrpo_bench.tasks.sd3_tasks:{_family.upper()}_SD35M_V1",
+                   description=f"SD3.5-Medium 512 px, reward = {_reward}, Flow-GRPO prompts and settings",
+                   needs="GPU; SD3.5-M weights ($OPGRPO_SD35M_PATH or HF cache); prompt files "
+                         "($OPGRPO_PROMPTS_DIR); reward weights")
+    TASKS.register(f"{_family}-sd35m-smoke-v1", f"opgrpo_bench.tasks.sd3_tasks:{_family.upper()}_SD35M_SMOKE_V1",
+                   description=f"SMOKE: SD3.5-Medium, reward = {_reward}, built-in sample prompts, 4 steps "
+                               "(wiring check, not comparable)",
+                   needs="GPU; SD3.5-M weights ($OPGRPO_SD35M_PATH or HF cache); reward weights")
+del _family, _reward
+
 __all__ = ["Prompt", "TaskSpec", "TASKS"]

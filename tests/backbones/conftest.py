@@ -1,0 +1,48 @@
+"""Fixtures for the backbone tests: one tiny SD3 folder per session, built in code, loaded offline."""
+
+from __future__ import annotations
+
+import os
+
+# Read by huggingface_hub / transformers / diffusers at import time: nothing may reach the hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``$OPGRPO_CACHE_DIR`` for the session, so the tiny task builds into a temporary folder, not ~/.cache."""
+    path = tmp_path_factory.mktemp("opgrpo-cache")
+    old = os.environ.get("OPGRPO_CACHE_DIR")
+    os.environ["OPGRPO_CACHE_DIR"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("OPGRPO_CACHE_DIR", None)
+    else:
+        os.environ["OPGRPO_CACHE_DIR"] = old
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(cache_dir: Path) -> Path:
+    """The tiny-sd3-jpeg-v1 pipeline folder (the same one the task loads)."""
+    from opgrpo_bench.backbones.tiny import TinySD3Config, tiny_sd3_folder
+    from opgrpo_bench.tasks.sd3_tasks import TINY_RESOLUTION, TINY_SEED
+
+    return tiny_sd3_folder(TinySD3Config(resolution=TINY_RESOLUTION), seed=TINY_SEED)
+
+
+@pytest.fixture()
+def backbone(tiny_folder: Path):
+    """A fresh backbone loaded from the tiny folder (no LoRA yet); one torch thread (tiny ops: threads cost more)."""
+    from opgrpo_bench.backbones.sd3 import SD3Backbone
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield SD3Backbone.from_pretrained(tiny_folder, resolution=32, max_sequence_length=16)
+    torch.set_num_threads(threads)
