@@ -69,7 +69,9 @@ class TrainConfig:
     """Sample each iteration in this many batches; scoring of batch c (on a background thread) overlaps
     the sampling of batch c + 1. Worth it for slow rewards (OCR, GenEval); 1 for the digits task."""
     optimizer_steps_per_iter: int = 2
-    """Optimizer steps per iteration, each over a disjoint share of the samples (gradient accumulation)."""
+    """Optimizer steps per iteration, each over a disjoint share of the samples."""
+    train_micro_batch: int = 0
+    """(sample, step) pairs per forward/backward inside an optimizer step (0 = all at once)."""
     lr: float = 3e-4
     weight_decay: float = 1e-4
     adam_betas: tuple[float, float] = (0.9, 0.999)
@@ -128,8 +130,12 @@ class Trainer:
         self.progress = progress or (lambda record: None)
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
+        # the reward first: a missing reward model should fail before a large backbone loads
+        self.reward = REWARDS.get(task.reward)(**task.reward_args)
+        self.scorer = AsyncRewardWorker(self.reward, max_pending=2)
         torch.manual_seed(config.seed)  # LoRA initialisation
         self.backbone: Backbone = task.build_backbone()
+        self.device = getattr(self.backbone, "device", torch.device("cpu"))
         self.backbone.add_lora(config.lora_rank, config.lora_alpha)
         self.params = self.backbone.trainable_parameters()
         self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay,
@@ -139,13 +145,10 @@ class Trainer:
             from diffusers.training_utils import EMAModel
 
             self.ema = EMAModel(self.params, decay=config.ema_decay)
-        self.reward = REWARDS.get(task.reward)(**task.reward_args)
-        self.scorer = AsyncRewardWorker(self.reward, max_pending=2)
         self.prompt_gen = torch.Generator().manual_seed(config.seed)
         self.noise_gen = torch.Generator().manual_seed(config.seed + 1_000_003)
-        self.sigmas = self.backbone.sigmas(config.num_steps)
-        self.eval_sigmas = self.backbone.sigmas(config.eval_num_steps)
-        self.train_cond = self.backbone.encode([p.text for p in task.train_prompts])
+        self.sigmas = self.backbone.sigmas(config.num_steps).to(self.device)
+        self.eval_sigmas = self.backbone.sigmas(config.eval_num_steps).to(self.device)
         self.state = RunState()
         self.writer = ResultsWriter(self.run_dir)
         self._build_eval_set()
@@ -154,9 +157,11 @@ class Trainer:
     def _build_eval_set(self) -> None:
         k = self.task.eval_noises_per_prompt
         self.eval_prompts = [p for p in self.task.eval_prompts for _ in range(k)]
-        gen = torch.Generator().manual_seed(EVAL_NOISE_SEED)
-        self.eval_noise = torch.randn((len(self.eval_prompts), *self.backbone.latent_shape), generator=gen)
-        self.eval_cond = self.backbone.encode([p.text for p in self.eval_prompts])
+        gen = torch.Generator().manual_seed(EVAL_NOISE_SEED)  # CPU draws: the same noises on any device
+        self.eval_noise = torch.randn((len(self.eval_prompts), *self.backbone.latent_shape),
+                                      generator=gen).to(self.device)
+        rows = torch.arange(len(self.task.eval_prompts)).repeat_interleave(k).to(self.device)
+        self.eval_cond = index_cond(self.backbone.encode([p.text for p in self.task.eval_prompts]), rows)
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, Any]:
@@ -197,22 +202,26 @@ class Trainer:
         prompt_ids = torch.tensor(group_prompts).repeat_interleave(G)
         group_ids = torch.arange(P).repeat_interleave(G)
         N = P * G
-        noise = torch.randn((N, *self.backbone.latent_shape), generator=self.noise_gen)
+        noise = torch.randn((N, *self.backbone.latent_shape), generator=self.noise_gen).to(self.device)
 
         # the last sample of each replay group follows the stored prefix
-        forced_len = torch.zeros(N, dtype=torch.long)
+        forced_len = torch.zeros(N, dtype=torch.long, device=self.device)
         forced = behaviour_prefix = None
         if replay:
             K = max(len(e.log_probs) for e in replay)
-            forced = torch.zeros((N, K + 1, *self.backbone.latent_shape))
-            behaviour_prefix = torch.zeros((N, T))
+            forced = torch.zeros((N, K + 1, *self.backbone.latent_shape), device=self.device)
+            behaviour_prefix = torch.zeros((N, T), device=self.device)
             for g, entry in enumerate(replay):
                 i = (n_fresh + g) * G + G - 1
                 k = len(entry.log_probs)
                 forced[i, : k + 1] = entry.latents
                 forced_len[i] = k
                 behaviour_prefix[i, :k] = entry.log_probs
-        cond = index_cond(self.train_cond, prompt_ids)
+        # conditioning is encoded per iteration, one row per group (real prompt sets are too large to
+        # keep encoded); samples index their group's row
+        group_cond = self.backbone.encode([task.train_prompts[i].text for i in group_prompts])
+        cond_index = group_ids.to(self.device)
+        cond = index_cond(group_cond, cond_index)
         prompts = [task.train_prompts[i] for i in prompt_ids.tolist()]
         ode_suffix = getattr(self.algorithm.config, "suffix", "sde") == "ode"
         latents, log_probs, pending = [], [], []
@@ -229,9 +238,9 @@ class Trainer:
         traj = Trajectories(torch.cat(latents), torch.cat(log_probs))
         behaviour = traj.log_probs.clone()
         if behaviour_prefix is not None:
-            prefix = torch.arange(T)[None, :] < forced_len[:, None]
+            prefix = torch.arange(T, device=self.device)[None, :] < forced_len[:, None]
             behaviour = torch.where(prefix, behaviour_prefix, behaviour)
-        scores = torch.cat([p.result().scores for p in pending])
+        scores = torch.cat([p.result().scores for p in pending]).to(self.device)
         rewards = scores.float().clone()
         for g, entry in enumerate(replay):  # a fully replayed trajectory keeps its stored reward
             if len(entry.log_probs) >= T:
@@ -241,7 +250,7 @@ class Trainer:
         self.state.nfe += N * T * self.backbone.nfe_per_sample(cfg.guidance)
         return Rollout(prompt_ids, group_ids, [p.text for p in prompts], [p.meta for p in prompts],
                        traj.latents, self.sigmas, traj.log_probs, behaviour, forced_len, rewards,
-                       iteration=self.state.iteration)
+                       iteration=self.state.iteration, cond=group_cond, cond_index=cond_index)
 
     def update(self, batch: TrainBatch, rows: torch.Tensor) -> dict[str, Any]:
         """One optimizer step over the trained (sample, step) pairs of ``rows``; returns its metrics."""
@@ -249,49 +258,54 @@ class Trainer:
         mask = batch.train_mask[rows]
         pair_rows, pair_steps = torch.nonzero(mask, as_tuple=True)
         idx = rows[pair_rows]
-        metrics: dict[str, Any] = {}
         self.optimizer.zero_grad(set_to_none=True)
         if len(idx) == 0:  # no signal in this share: the step is spent without an update
             return {"loss/total": 0.0, "train/trained_pairs": 0}
-        x = ro.latents[idx, pair_steps]
-        x_next = ro.latents[idx, pair_steps + 1]
-        sigma, sigma_next = ro.sigmas[pair_steps], ro.sigmas[pair_steps + 1]
-        cond = index_cond(self.train_cond, ro.prompt_ids[idx])
+        micro = self.cfg.train_micro_batch or len(idx)
+        parts = [self._micro_step(batch, idx[s:s + micro], pair_steps[s:s + micro], len(idx))
+                 for s in range(0, len(idx), micro)]
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
+        self.optimizer.step()
+        if self.ema is not None:
+            self.ema.step(self.params)
+        pg, ratio, clipped, logp, old, kl = (torch.cat([p[i] for p in parts]) for i in range(6))
+        self.state.nfe += len(idx) * self.backbone.nfe_per_sample(cfg.guidance) * (2 if alg_cfg.beta > 0 else 1)
+        loss = pg.mean() + alg_cfg.beta * kl.mean()
+        off = ro.replayed[idx]
+        return {
+            "loss/total": loss.item(), "loss/policy": pg.mean().item(), "loss/kl": kl.mean().item(),
+            "ratio/mean": ratio.mean().item(), "ratio/min": ratio.min().item(), "ratio/max": ratio.max().item(),
+            "clipfrac/on_policy": clipped[~off].float().mean().item() if (~off).any() else None,
+            "clipfrac/off_policy": clipped[off].float().mean().item() if off.any() else None,
+            "approx_kl": approx_kl(logp, old).item(), "grad_norm": grad_norm.item(),
+            "train/trained_pairs": len(idx),
+        }
+
+    def _micro_step(self, batch: TrainBatch, idx: torch.Tensor, steps: torch.Tensor, total: int):
+        """Forward + backward of one micro-batch of (sample, step) pairs; the loss is scaled by its share of
+        ``total`` pairs so that the accumulated gradient is that of the mean over all pairs."""
+        cfg, alg_cfg, ro = self.cfg, self.algorithm.config, batch.rollout
+        x, x_next = ro.latents[idx, steps], ro.latents[idx, steps + 1]
+        sigma, sigma_next = ro.sigmas[steps], ro.sigmas[steps + 1]
+        cond = index_cond(ro.cond, ro.cond_index[idx])
         v = self.backbone.velocity(x, sigma, cond, cfg.guidance)
         _, logp, mean, std = sde_step_with_logprob(v, sigma, sigma_next, x, cfg.noise_level, prev_sample=x_next,
                                                    sigma_max=ro.sigmas[1], logprob_reduction=cfg.logprob_reduction)
-        old = batch.old_log_probs[idx, pair_steps]
+        old = batch.old_log_probs[idx, steps]
         pg, ratio, clipped = clipped_surrogate(logp, old, batch.advantages[idx], alg_cfg.clip_range,
                                                weight=batch.weights[idx])
-        loss = pg.mean()
-        kl = torch.zeros(())
-        nfe = len(idx) * self.backbone.nfe_per_sample(cfg.guidance)
+        loss = pg.sum()
+        kl = torch.zeros_like(pg)
         if alg_cfg.beta > 0:
             with torch.no_grad(), self.backbone.reference():
                 v_ref = self.backbone.velocity(x, sigma, cond, cfg.guidance)
             ref_mean = sde_step_with_logprob(v_ref, sigma, sigma_next, x, cfg.noise_level, prev_sample=x_next,
                                              sigma_max=ro.sigmas[1])[2]
             dt = (sigma_next - sigma) if alg_cfg.kl_include_dt else None
-            kl = kl_to_reference(mean, ref_mean, std, dt).mean()
-            loss = loss + alg_cfg.beta * kl
-            nfe *= 2
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
-        self.optimizer.step()
-        if self.ema is not None:
-            self.ema.step(self.params)
-        self.state.nfe += nfe
-
-        off = ro.replayed[idx]
-        metrics.update({
-            "loss/total": loss.item(), "loss/policy": pg.mean().item(), "loss/kl": kl.item(),
-            "ratio/mean": ratio.mean().item(), "ratio/min": ratio.min().item(), "ratio/max": ratio.max().item(),
-            "clipfrac/on_policy": clipped[~off].float().mean().item() if (~off).any() else None,
-            "clipfrac/off_policy": clipped[off].float().mean().item() if off.any() else None,
-            "approx_kl": approx_kl(logp, old).item(), "grad_norm": grad_norm.item(),
-            "train/trained_pairs": len(idx),
-        })
-        return metrics
+            kl = kl_to_reference(mean, ref_mean, std, dt)
+            loss = loss + alg_cfg.beta * kl.sum()
+        (loss / total).backward()
+        return pg.detach(), ratio.detach(), clipped, logp.detach(), old, kl.detach()
 
     def iteration(self) -> None:
         t0 = time.perf_counter()
@@ -325,10 +339,15 @@ class Trainer:
             algorithm=self.algorithm_name, algorithm_class=type(self.algorithm).__name__, seed=self.cfg.seed,
             config={"train": dataclasses.asdict(self.cfg), "algorithm": algo_cfg},
             target=self.task.target, higher_is_better=self.task.higher_is_better, budget_steps=self.cfg.steps,
-            reward=self.task.reward, world_size=1, precision="float32", versions=_versions(), git_sha=_git_sha(),
-            device=f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+            reward=self.task.reward, world_size=1, precision=str(getattr(self.backbone, "dtype", torch.float32)),
+            versions=_versions(), git_sha=_git_sha(), device=self._device_name(),
             start_time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         )
+
+    def _device_name(self) -> str:
+        if self.device.type == "cuda":
+            return torch.cuda.get_device_name(self.device)
+        return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
     def run(self, run_id: str, resume: bool = False) -> dict[str, Any]:
         """Train to the step budget (or continue a checkpointed run) and write ``run_end``."""

@@ -51,6 +51,8 @@ class Rollout:
             (equal to ``log_probs`` except on replayed prefixes, where they are the stored ``logp_off``).
         forced_len: [N] transitions taken from the replay buffer (0 = fresh sample).
         rewards: [N] scores (float32).
+        iteration: the iteration that produced it.
+        cond / cond_index: prompt conditioning, one row per group, and each sample's row [N].
     """
 
     prompt_ids: torch.Tensor
@@ -64,6 +66,8 @@ class Rollout:
     forced_len: torch.Tensor
     rewards: torch.Tensor
     iteration: int = 0
+    cond: dict[str, torch.Tensor] = field(default_factory=dict)
+    cond_index: torch.Tensor | None = None
 
     @property
     def replayed(self) -> torch.Tensor:
