@@ -1,8 +1,5 @@
 """The trainer on the real digits-v1 task, at a reduced batch size."""
 
-import subprocess
-import sys
-
 import pytest
 import torch
 
