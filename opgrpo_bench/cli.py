@@ -36,7 +36,9 @@ def run(
     out: Annotated[Path, typer.Option("--out", "-o", help="results directory")] = Path("runs"),
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="setting key=value (repeatable)")] = None,
     jobs: Annotated[int, typer.Option("--jobs", "-j", help="parallel worker processes")] = 2,
-    quick: Annotated[bool, typer.Option("--quick", help="the ~2-minute suite")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="the ~2-minute suite (same as --suite quick)")] = False,
+    suite: Annotated[Optional[str], typer.Option("--suite", help="a named suite: default, quick, reference")]
+    = None,
     fresh: Annotated[bool, typer.Option("--fresh", help="retrain runs that already exist")] = False,
     leaderboard_out: Annotated[Path, typer.Option("--leaderboard-out", help="report directory (suites)")]
     = Path("leaderboard-out"),
@@ -47,12 +49,18 @@ def run(
     from opgrpo_bench.suite import SUITES, run_grid, run_suite
 
     console = Console(stderr=True)
-    if not task and not algorithm and not seed and not set_ and steps is None:
-        name = "quick" if quick else "default"
+    if suite is not None or (not task and not algorithm and not seed and not set_ and steps is None):
+        name = suite or ("quick" if quick else "default")
+        if name not in SUITES:
+            import difflib
+
+            from opgrpo_bench.registry import UnknownNameError
+
+            raise UnknownNameError("suite", name, difflib.get_close_matches(name, list(SUITES), n=2), list(SUITES))
         s = SUITES[name]
         console.print(f"suite '{name}': {len(s.combos())} runs ({', '.join(s.tasks)} x {len(s.algorithms)} "
                       f"algorithms x seeds {list(s.seeds)}, {s.steps or 'task'} steps each), {jobs} jobs -> {out}")
-        result = run_suite(name, out, leaderboard_out, jobs=jobs, console=console)
+        result = run_suite(name, out, leaderboard_out, jobs=jobs, console=console, resume=not fresh)
         console.print(f"suite '{name}' finished in {result['wall_s']:.0f} s; report in {leaderboard_out}/")
         return
     from opgrpo_bench.tasks.digits import DIGITS_V1

@@ -143,11 +143,11 @@ class _Board:
 
 
 def run_suite(name: str, out: str | Path, leaderboard_out: str | Path | None, jobs: int = 2,
-              console: Any = None) -> dict[str, Any]:
+              console: Any = None, resume: bool = True) -> dict[str, Any]:
     """Run a named suite, then write the leaderboard of ``out``; returns timing and the report dict."""
     suite = SUITES[name]
     t0 = time.perf_counter()
-    ends = run_grid(suite.combos(), out, suite.steps, list(suite.sets), jobs=jobs, console=console)
+    ends = run_grid(suite.combos(), out, suite.steps, list(suite.sets), jobs=jobs, console=console, resume=resume)
     doc = None
     if leaderboard_out is not None:
         from opgrpo_bench.leaderboard import build_leaderboard
