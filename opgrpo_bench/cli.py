@@ -58,8 +58,8 @@ def run(
 
             raise UnknownNameError("suite", name, difflib.get_close_matches(name, list(SUITES), n=2), list(SUITES))
         s = SUITES[name]
-        console.print(f"suite '{name}': {len(s.combos())} runs ({', '.join(s.tasks)} x {len(s.algorithms)} "
-                      f"algorithms x seeds {list(s.seeds)}, {s.steps or 'task'} steps each), {jobs} jobs -> {out}")
+        console.print(f"suite '{name}': {len(s.combos())} runs ({s.describe()}; {s.steps or 'task budget'} steps "
+                      f"each), {jobs} jobs -> {out}")
         result = run_suite(name, out, leaderboard_out, jobs=jobs, console=console, resume=not fresh)
         console.print(f"suite '{name}' finished in {result['wall_s']:.0f} s; report in {leaderboard_out}/")
         return

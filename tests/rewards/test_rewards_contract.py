@@ -102,6 +102,8 @@ CASES: dict[str, Case] = {
     "composite": Case(lambda r: REWARDS.get("composite")(
         weights={"jpeg-compressibility": 1.0, "jpeg-incompressibility": 0.5})),
     "digit-classifier": Case(_digits, digit_inputs),
+    "threshold": Case(lambda request: REWARDS.get("threshold")(reward="digit-classifier", threshold=0.1),
+                      digit_inputs),
     "remote": Case(_remote),
     "clipscore": Case(lambda r: REWARDS.get("clipscore")(path=_fx(r, "clip_dir"))),
     "pickscore": Case(lambda r: REWARDS.get("pickscore")(
