@@ -33,10 +33,11 @@ from pathlib import Path
 from typing import Any
 
 from opgrpo_bench import SCHEMA
+from opgrpo_bench.errors import UserError
 from opgrpo_bench.results import METRICS_FILE
 
 
-class LeaderboardError(Exception):
+class LeaderboardError(UserError):
     """A user error (bad runs directory, nothing to report); ``str()`` is a one-line message."""
 
 

@@ -39,7 +39,7 @@ PAPER_REFERENCE: tuple[dict[str, Any], ...] = (
         "model": "SD3.5-M", "setting": "average over GenEval, OCR, PickScore",
         "quantity": "OP-GRPO steps to reach Flow-GRPO's best score, as a fraction of Flow-GRPO's steps",
         "value": 0.342, "display": "34.2% (ratio 0.342)",
-        "compare_algorithm": "op-grpo", "compare_field": "speedup_vs_flow_grpo",
+        "compare_algorithm": "op-grpo", "compare_field": "paper_speedup",
     },
     {
         "id": "wan21-video-ocr-time-fraction",

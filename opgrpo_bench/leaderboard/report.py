@@ -70,25 +70,41 @@ def fmt_pct(value: float | None) -> str:
     return "—" if value is None else f"{100 * value:.1f}%"
 
 
-def fmt_median_iqr(row: dict[str, Any], metric: str) -> str:
-    """``median [q25–q75]``; a median that involves censored runs is a lower bound, shown ``≥``."""
-    median = row[f"{metric}_to_target_median"]
+def fmt_median_iqr(row: dict[str, Any], metric: str, stem: str = "{}_to_target") -> str:
+    """``median [q25–q75]``; a median that involves censored runs is a lower bound, shown ``≥``.
+
+    ``stem`` names the keys: ``steps_to_target_median`` ... by default, ``paper_steps_median`` ... with
+    ``"paper_{}"``.
+    """
+    base = stem.format(metric)
+    median = row[f"{base}_median"]
     if median is None:
         return "—"
-    bound = "≥" if row[f"{metric}_to_target_median_censored"] else ""
-    return f"{bound}{fmt(median)} [{fmt(row[f'{metric}_to_target_q25'])}–{fmt(row[f'{metric}_to_target_q75'])}]"
+    bound = "≥" if row[f"{base}_median_censored"] else ""
+    return f"{bound}{fmt(median)} [{fmt(row[f'{base}_q25'])}–{fmt(row[f'{base}_q75'])}]"
+
+
+def _ratio_text(ratio: float | None, low: float | None, high: float | None, method: str,
+                censored: bool) -> str:
+    if ratio is None:
+        return "—"
+    if method == "reference":
+        return "1 (reference)"
+    marks = "*" if censored else ""
+    marks += "†" if method == "ratio-of-medians" else ""
+    return f"{ratio:.2f}×{marks} [{low:.2f}–{high:.2f}]"
 
 
 def fmt_ratio(row: dict[str, Any], prefix: str) -> str:
     """``0.45× [0.30–0.60]`` plus markers: ``*`` censored runs involved, ``†`` not paired by seed."""
-    ratio = row[f"{prefix}vs_flow_grpo"]
-    if ratio is None:
-        return "—"
-    if row["speedup_method"] == "reference":
-        return "1 (reference)"
-    marks = "*" if row["speedup_censored"] else ""
-    marks += "†" if row["speedup_method"] == "ratio-of-medians" else ""
-    return f"{ratio:.2f}×{marks} [{row[f'{prefix}ci_low']:.2f}–{row[f'{prefix}ci_high']:.2f}]"
+    return _ratio_text(row[f"{prefix}vs_flow_grpo"], row[f"{prefix}ci_low"], row[f"{prefix}ci_high"],
+                       row["speedup_method"], row["speedup_censored"])
+
+
+def fmt_paper_ratio(row: dict[str, Any]) -> str:
+    """The paper-protocol steps ratio, formatted like :func:`fmt_ratio`."""
+    return _ratio_text(row["paper_speedup"], row["paper_speedup_ci_low"], row["paper_speedup_ci_high"],
+                       row["paper_speedup_method"], row["paper_speedup_censored"])
 
 
 def fmt_reached(row: dict[str, Any]) -> str:
@@ -172,6 +188,29 @@ def results_table(rows: list[dict[str, Any]]) -> Table:
     return Table(columns, body, numeric=set(range(1, len(columns))) - {2})
 
 
+def paper_protocol_heading(rows: list[dict[str, Any]]) -> str:
+    """The heading of a task's paper-protocol section (its target, or why the protocol is n/a)."""
+    target = next((r["paper_target"] for r in rows if r["paper_target"] is not None), None)
+    if target is None:
+        return (f"Paper protocol: n/a (no finished {REFERENCE_ALGORITHM} run with an eval score on this "
+                "task version)")
+    return f"Paper protocol: steps to reach Flow-GRPO's final score ({target:.3f})"
+
+
+def paper_protocol_table(rows: list[dict[str, Any]]) -> Table:
+    columns = ["Algorithm", "Seeds", "Reached Flow-GRPO's final score", "Steps, median [IQR]",
+               "Samples", "Wall-clock (s)", f"Steps vs {REFERENCE_ALGORITHM} [95% CI]"]
+    body = []
+    for row in rows:
+        reached = "—" if row["paper_reached"] is None else f"{row['paper_reached']}/{row['seeds']}"
+        if row["paper_censored"]:
+            reached += f" ({row['paper_censored']} censored)"
+        body.append([row["algorithm"], fmt(row["seeds"]), reached,
+                     *(fmt_median_iqr(row, m, "paper_{}") for m in ("steps", "samples", "wall_s")),
+                     fmt_paper_ratio(row)])
+    return Table(columns, body, numeric=set(range(1, len(columns))) - {2})
+
+
 def _measured(rows: list[dict[str, Any]], algorithm: str | None, field: str | None) -> str:
     """The measured counterpart of a paper number, per task, or why there is none."""
     if algorithm is None or field is None:
@@ -181,7 +220,10 @@ def _measured(rows: list[dict[str, Any]], algorithm: str | None, field: str | No
         if row["algorithm"] != algorithm or row.get(field) is None:
             continue
         label = task_label(row["task"], row["task_version"])
-        if field.startswith("speedup"):
+        if field == "paper_speedup":
+            parts.append(f"{label}: {fmt_paper_ratio(row)} (paper protocol: steps to reach "
+                         f"{REFERENCE_ALGORITHM}'s final score {row['paper_target']:.3f})")
+        elif field.startswith("speedup"):
             prefix = field.removesuffix("vs_flow_grpo")
             parts.append(f"{label}: {fmt_ratio(row, prefix)}")
         else:
@@ -228,6 +270,27 @@ LEGEND = (
     "eval score. Unfinished runs (no run_end) are excluded and listed below."
 )
 
+PAPER_PROTOCOL_LEGEND = (
+    "Paper protocol (the comparison arXiv 2604.04142 reports, shown as a second table per task): the "
+    f"target is not the task's but {REFERENCE_ALGORITHM}'s final score, the median over finished "
+    f"{REFERENCE_ALGORITHM} seeds of each run's last eval score. Every algorithm, {REFERENCE_ALGORITHM} "
+    "included, is timed to first reach it, with the same censoring, markers, pairing and bootstrap as "
+    "above."
+)
+
+
+def ratio_notes(rows: list[dict[str, Any]]) -> list[str]:
+    """Why a ratio is missing or approximate, per row: the main statistic, then the paper protocol."""
+    notes = []
+    for r in rows:
+        where = f"{r['algorithm']} on {task_label(r['task'], r['task_version'])}"
+        if r["speedup_note"]:
+            notes.append(f"{where}: {r['speedup_note']}")
+        if r["paper_speedup_note"] and r["paper_speedup_note"] != r["speedup_note"]:
+            text = r["paper_speedup_note"]
+            notes.append(f"{where}: {text if text.startswith('paper protocol') else 'paper protocol: ' + text}")
+    return notes
+
 
 # ----------------------------------------------------------------------------------------------------
 # Document assembly
@@ -267,6 +330,9 @@ def build_document(runs_dir: str, files: list[str], runs: list[Run], warnings: l
             "censored": "runs that never reached the target count as budget_steps (steps) or as what they "
                         "spent (samples, NFE, wall-clock) and are flagged",
             "incomplete": "runs without run_end are excluded from all statistics and listed",
+            "paper_protocol": f"paper_* keys: the same statistics with the target replaced by paper_target, "
+                              f"the median over finished {REFERENCE_ALGORITHM} runs of each run's final "
+                              f"eval score (null when there is none)",
         },
         "rows": rows,
         "paper_reference": paper_reference(),
@@ -283,13 +349,15 @@ def render_markdown(doc: dict[str, Any]) -> str:
              f"Computed from the results files under `{doc['runs_dir']}`: {doc['files_read']} file(s) read, "
              f"{doc['runs_used']} finished run(s) used, {len(doc['incomplete_runs'])} incomplete run(s) "
              f"excluded, {len(doc['skipped_files'])} file(s) skipped. Figures are in `index.html`.", "",
-             LEGEND, ""]
+             LEGEND, "", PAPER_PROTOCOL_LEGEND, ""]
     if not rows:
         lines += ["*No finished runs: there is nothing to rank yet.*", ""]
     for label, group in task_groups(rows):
-        lines += [f"## {task_heading(label, group)}", "", results_table(group).markdown(), ""]
-    notes = [f"- {r['algorithm']} on {task_label(r['task'], r['task_version'])}: {r['speedup_note']}"
-             for r in rows if r["speedup_note"]]
+        lines += [f"## {task_heading(label, group)}", "", results_table(group).markdown(), "",
+                  f"### {paper_protocol_heading(group)}", ""]
+        if any(r["paper_target"] is not None for r in group):
+            lines += [paper_protocol_table(group).markdown(), ""]
+    notes = [f"- {note}" for note in ratio_notes(rows)]
     if notes:
         lines += ["Notes on ratios:", "", *notes, ""]
     lines += [f"## Paper reference ({PAPER_SOURCE})", "",
@@ -369,13 +437,16 @@ def render_html(doc: dict[str, Any], plots: list[Plot]) -> str:
 
     parts.append('<section id="results"><h2>Measured results</h2>')
     parts.append(f'<p class="legend">{esc(LEGEND)}</p>')
+    parts.append(f'<p class="legend">{esc(PAPER_PROTOCOL_LEGEND)}</p>')
     if not rows:
         parts.append("<p><em>No finished runs: there is nothing to rank yet.</em></p>")
     for label, group in task_groups(rows):
         parts.append(f"<h3>{esc(task_heading(label, group))}</h3>")
         parts.append(results_table(group).html("results"))
-    notes = [f"{r['algorithm']} on {task_label(r['task'], r['task_version'])}: {r['speedup_note']}"
-             for r in rows if r["speedup_note"]]
+        parts.append(f'<h4 class="paper-protocol">{esc(paper_protocol_heading(group))}</h4>')
+        if any(r["paper_target"] is not None for r in group):
+            parts.append(paper_protocol_table(group).html("paper-protocol"))
+    notes = ratio_notes(rows)
     if notes:
         parts.append('<ul class="note">' + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>")
     parts.append("</section>")

@@ -39,6 +39,23 @@ Speed-up against ``flow-grpo`` (same task and task version)
     value of 0 (target met at step 0) makes the ratio undefined (null, with a note). The ``flow-grpo`` row
     itself has ratio 1 (method ``reference``).
 
+Paper protocol (a second comparison, the one arXiv 2604.04142 reports)
+    The paper times OP-GRPO to reach *Flow-GRPO's final score* ("34.2% of the training steps"), not a
+    fixed task target. Per task version, ``paper_target`` is the median (numpy, the mean of the two
+    middle values for an even count) over the finished ``flow-grpo`` runs of each run's final score (the
+    score of its last eval record; runs without a scored eval are left out). Every row is then recomputed
+    against ``paper_target`` instead of the task target, with the same rules as above: per run, steps /
+    samples / wall-clock to the first eval whose score reaches it (``>=``, or ``<=`` when lower is
+    better), censored at the budget (steps) or at what was spent (samples, wall-clock) when never
+    reached; per row ``paper_reached``, ``paper_censored``, ``paper_reached_fraction``, median and IQR
+    ``paper_{steps,samples,wall_s}_{median,q25,q75}`` with ``*_median_censored`` flags, and the steps
+    ratio against ``flow-grpo`` on the same per-seed values, same pairing and bootstrap
+    (``paper_speedup``, ``paper_speedup_ci_low`` / ``_ci_high``, ``paper_speedup_method``, ``_n``,
+    ``_censored``, ``_note``). The ``flow-grpo`` row is timed to its own median final score too, so its
+    seeds below the median are censored unless they passed it earlier. With no finished ``flow-grpo``
+    run (or none with a scored eval) the protocol is n/a: ``paper_target`` and every ``paper_*`` value
+    are null and ``paper_speedup_note`` says why.
+
 Row order
     Task id, then task version (numeric versions numerically), then algorithm: ``flow-grpo`` first,
     ``op-grpo`` second, the rest alphabetically.
@@ -94,10 +111,11 @@ def _last_value(run: Run, key: str) -> float | None:
     return None if latest is None else float(latest[1])
 
 
-def outcome(run: Run) -> Outcome:
-    """Steps, samples, NFE and wall-clock to target of one run, recomputed from its eval records."""
+def outcome(run: Run, target: float | None = None) -> Outcome:
+    """Steps, samples, NFE and wall-clock to ``target`` (default: the run's own target) of one run,
+    recomputed from its eval records."""
     scored = [e for e in run.evals if e.get("score") is not None]
-    hit = first_reaching(scored, run.target, run.higher_is_better)
+    hit = first_reaching(scored, run.target if target is None else target, run.higher_is_better)
     if hit is not None:
         to_target = {"steps": float(hit["step"])}
         for key in ("samples", "nfe", "wall_s"):
@@ -229,6 +247,56 @@ def group_key(run: Run) -> tuple[Any, ...]:
     return (run.task, version_sort_key(run.task_version), algorithm_sort_key(run.algorithm))
 
 
+def _per_seed(outs: list[Outcome], metric: str) -> dict[int, tuple[float | None, bool]]:
+    return {o.run.seed: (o.to_target[metric], o.censored) for o in outs}
+
+
+def row_speedup(algorithm: str, outs: list[Outcome], ref: list[Outcome], metric: str) -> Speedup:
+    """The ratio of one row against the ``flow-grpo`` row of its task version (outcomes of one target)."""
+    if not outs:
+        return Speedup(None, None, None, "none", 0, False, "no finished runs")
+    if algorithm == REFERENCE_ALGORITHM:
+        return Speedup(1.0, 1.0, 1.0, "reference", len(outs), False)
+    if not ref:
+        return Speedup(None, None, None, "none", 0, False,
+                       f"no finished {REFERENCE_ALGORITHM} runs on this task version")
+    return speedup(_per_seed(outs, metric), _per_seed(ref, metric))
+
+
+PAPER_METRICS = ("steps", "samples", "wall_s")
+
+
+def paper_target(ref: list[Outcome]) -> float | None:
+    """The paper protocol's target: median over finished ``flow-grpo`` runs of their final eval score."""
+    finals = [o.final_score for o in ref if o.final_score is not None]
+    return float(np.median(finals)) if finals else None
+
+
+def paper_fields(algorithm: str, outs: list[Outcome], ref: list[Outcome],
+                 target: float | None) -> dict[str, Any]:
+    """A row's ``paper_*`` values: ``outs`` and ``ref`` re-timed to ``target`` (None: protocol n/a)."""
+    if target is not None:
+        outs = [outcome(o.run, target) for o in outs]
+        ref = [outcome(o.run, target) for o in ref]
+        sp = row_speedup(algorithm, outs, ref, "steps")
+    else:
+        outs = ref = []
+        sp = Speedup(None, None, None, "none", 0, False,
+                     f"paper protocol n/a: no finished {REFERENCE_ALGORITHM} run with an eval score")
+    n, reached = len(outs), sum(o.reached for o in outs)
+    fields: dict[str, Any] = {"paper_target": target, "paper_reached": reached if n else None,
+                              "paper_censored": n - reached if n else None,
+                              "paper_reached_fraction": reached / n if n else None}
+    for metric in PAPER_METRICS:
+        s = summarize((o.to_target[metric], o.censored) for o in outs)
+        fields.update({f"paper_{metric}_median": s["median"], f"paper_{metric}_q25": s["q25"],
+                       f"paper_{metric}_q75": s["q75"], f"paper_{metric}_median_censored": s["median_censored"]})
+    fields.update({"paper_speedup": sp.ratio, "paper_speedup_ci_low": sp.low, "paper_speedup_ci_high": sp.high,
+                   "paper_speedup_method": sp.method, "paper_speedup_n": sp.n,
+                   "paper_speedup_censored": sp.censored, "paper_speedup_note": sp.note})
+    return fields
+
+
 def _speedup_fields(prefix: str, sp: Speedup) -> dict[str, Any]:
     return {f"{prefix}vs_flow_grpo": sp.ratio, f"{prefix}ci_low": sp.low, f"{prefix}ci_high": sp.high}
 
@@ -243,9 +311,6 @@ def compute_rows(runs: list[Run]) -> list[dict[str, Any]]:
     for run in runs:
         if not run.finished:
             incomplete[(run.task, run.task_version, run.algorithm)] += 1
-
-    def per_seed(outs: list[Outcome], metric: str) -> dict[int, tuple[float | None, bool]]:
-        return {o.run.seed: (o.to_target[metric], o.censored) for o in outs}
 
     order = sorted(set(groups) | set(incomplete),
                    key=lambda k: (k[0], version_sort_key(k[1]), algorithm_sort_key(k[2])))
@@ -287,20 +352,13 @@ def compute_rows(runs: list[Run]) -> list[dict[str, Any]]:
         row["final_score"] = _median_or_none(o.final_score for o in outs)
         for metric in METRICS:
             prefix = "speedup_" if metric == "steps" else f"speedup_{metric}_"
-            if not outs:
-                sp = Speedup(None, None, None, "none", 0, False, "no finished runs")
-            elif algorithm == REFERENCE_ALGORITHM:
-                sp = Speedup(1.0, 1.0, 1.0, "reference", n, False)
-            elif not ref:
-                sp = Speedup(None, None, None, "none", 0, False,
-                             f"no finished {REFERENCE_ALGORITHM} runs on this task version")
-            else:
-                sp = speedup(per_seed(outs, metric), per_seed(ref, metric))
+            sp = row_speedup(algorithm, outs, ref, metric)
             row.update(_speedup_fields(prefix, sp))
             if metric == "steps":
                 row.update({"speedup_method": sp.method, "speedup_n": sp.n,
                             "speedup_censored": sp.censored, "speedup_note": sp.note})
         row.update(diagnostics_summary(outs))
+        row.update(paper_fields(algorithm, outs, ref, paper_target(ref)))
         rows.append(row)
     return rows
 

@@ -33,6 +33,12 @@ def metrics_of(suite: Path, algorithm: str, seed: int) -> Path:
     return suite / f"toy-v1-{algorithm}-s{seed}" / "metrics.jsonl"
 
 
+def test_leaderboard_error_is_a_user_error() -> None:
+    from opgrpo_bench.errors import UserError
+
+    assert issubclass(LeaderboardError, UserError) and issubclass(LeaderboardError, Exception)
+
+
 def test_missing_runs_directory(tmp_path: Path) -> None:
     with pytest.raises(LeaderboardError, match=r"runs directory '.*nope' does not exist"):
         build_leaderboard(tmp_path / "nope", tmp_path / "out")

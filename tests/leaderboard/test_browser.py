@@ -69,7 +69,7 @@ def test_report_loads_with_every_table_and_plot(built_report: tuple[Path, Path, 
     assert re.findall(r'<img class="plot" id="([^"]+)"', dom) == [f["id"] for f in figures]
     for section in ("results", "paper", "curves", "diagnostics", "incomplete", "warnings"):
         assert f'<section id="{section}"' in dom
-    assert dom.count("<table") == 4
+    assert dom.count("<table") == 5
     for algorithm in ("flow-grpo", "op-grpo", "op-grpo-no-replay"):
         assert f"<td>{algorithm}</td>" in dom
     assert "reported in arXiv 2604.04142, not measured here" in dom

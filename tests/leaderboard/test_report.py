@@ -15,7 +15,9 @@ from opgrpo_bench.leaderboard import build_leaderboard
 from opgrpo_bench.leaderboard.cli import leaderboard
 
 REQUIRED_ROW_KEYS = {"task", "algorithm", "seeds", "steps_to_target_median", "reached_fraction",
-                     "speedup_vs_flow_grpo", "speedup_ci_low", "speedup_ci_high", "best_score"}
+                     "speedup_vs_flow_grpo", "speedup_ci_low", "speedup_ci_high", "best_score",
+                     "paper_target", "paper_steps_median", "paper_reached_fraction", "paper_speedup",
+                     "paper_speedup_ci_low", "paper_speedup_ci_high", "paper_speedup_censored"}
 PAPER_LABEL = "reported in arXiv 2604.04142, not measured here"
 
 
@@ -40,9 +42,9 @@ def test_paper_reference_section_is_labelled(built_report: tuple[Path, Path, dic
     assert f"## Paper reference ({PAPER_LABEL})" in md
     for reported in ("34.2%", "30.1%", "0.95", "0.92", "23.32", "23.1%", "11.8%", "> 40%"):
         assert reported in md
-    # the measured op-grpo ratio sits beside the paper's 34.2%
+    # the paper-protocol op-grpo ratio (target: flow-grpo's final score) sits beside the paper's 34.2%
     line = next(l for l in md.splitlines() if "34.2%" in l)
-    assert "toy-v1: 0.50×" in line
+    assert "toy-v1: 0.59×* [0.50–1.00] (paper protocol: steps to reach flow-grpo's final score 0.855)" in line
     assert all(e["measured_here"] is False and e["source"] == PAPER_LABEL for e in doc["paper_reference"])
     html = (out / "index.html").read_text(encoding="utf-8")
     assert PAPER_LABEL in html
@@ -55,6 +57,10 @@ def test_markdown_tables(built_report: tuple[Path, Path, dict[str, Any]]) -> Non
     assert "| flow-grpo | 4 | 3/4 (1 censored) | 55 [47.5–70] |" in md
     assert "| op-grpo | 4 | 4/4 (+1 incomplete, excluded) | 25 [20–35] |" in md
     assert "0.50×* [0.40–0.50]" in md
+    # the paper protocol, a second table per task (values in test_stats.py)
+    assert "### Paper protocol: steps to reach Flow-GRPO's final score (0.855)" in md
+    assert "| flow-grpo | 4 | 2/4 (2 censored) | ≥85 [67.5–100] |" in md
+    assert "| op-grpo | 4 | 3/4 (1 censored) | 50 [37.5–70] | 800 [600–1,120] | 75 [56.25–105] | 0.59×* [0.50–1.00] |" in md
 
 
 def test_html_is_self_contained_with_every_plot(built_report: tuple[Path, Path, dict[str, Any]]) -> None:
@@ -72,7 +78,8 @@ def test_html_is_self_contained_with_every_plot(built_report: tuple[Path, Path, 
     assert [i for i, _ in images] == [f["id"] for f in doc["figures"]]
     for _, data in images:
         assert base64.b64decode(data).startswith(b"\x89PNG\r\n\x1a\n")
-    assert html.count("<table") == 4  # results, paper reference, diagnostics, incomplete runs
+    assert html.count("<table") == 5  # results, paper protocol, paper reference, diagnostics, incomplete runs
+    assert "Paper protocol: steps to reach Flow-GRPO&#x27;s final score (0.855)" in html
 
 
 def test_output_is_reproducible(built_report: tuple[Path, Path, dict[str, Any]], tmp_path: Path) -> None:

@@ -135,3 +135,89 @@ def test_lower_is_better_targets(tmp_path: Path) -> None:
     (row,) = compute_rows(load_runs(tmp_path / "runs").runs)
     assert row["steps_to_target_median"] == 20
     assert row["best_score"] == 0.1 and row["final_score"] == 0.1
+
+
+# Paper protocol (target = median of flow-grpo's final scores). In the suite the final scores are the caps
+# 0.85, 0.86, 0.87 (seeds 0-2) and 0.5 (seed 3, never near the target): median (0.85 + 0.86) / 2 = 0.855.
+# A run with reach r and cap c scores min(c, 0.8 s / r) at eval step s (every 10), so it first reaches
+# 0.855 at the first multiple of 10 >= 0.855 r / 0.8, provided c >= 0.855.
+
+
+def test_paper_target_is_the_median_of_flow_grpo_final_scores(suite: Path) -> None:
+    rows = rows_by_algorithm(suite)
+    assert [r["paper_target"] for r in rows.values()] == [pytest.approx(0.855)] * 3
+
+
+def test_paper_protocol_steps_and_censoring(suite: Path) -> None:
+    rows = rows_by_algorithm(suite)
+    flow, op, unpaired = rows["flow-grpo"], rows["op-grpo"], rows["op-grpo-no-replay"]
+    # flow-grpo: seed 0 (cap 0.85) never, seed 1 (r 60) at 70, seed 2 (r 50) at 60, seed 3 never
+    assert (flow["paper_reached"], flow["paper_censored"], flow["paper_reached_fraction"]) == (2, 2, 0.5)
+    # sorted 60 70 100* 100*: median 85, a lower bound (a censored run sits at the median position)
+    assert (flow["paper_steps_median"], flow["paper_steps_q25"], flow["paper_steps_q75"]) == (85, 67.5, 100)
+    assert flow["paper_steps_median_censored"] is True
+    assert flow["paper_samples_median"] == 16 * 85 and flow["paper_wall_s_median"] == 2 * 85
+    # op-grpo: seed 0 (cap 0.85) never, seed 1 (r 30) at 40, seed 2 (r 20) at 30, seed 3 (r 50) at 60
+    assert (op["paper_reached"], op["paper_censored"], op["paper_reached_fraction"]) == (3, 1, 0.75)
+    # sorted 30 40 60 100*: median 50, exact (the censored run is above the median)
+    assert (op["paper_steps_median"], op["paper_steps_median_censored"]) == (50, False)
+    assert op["paper_wall_s_median"] == 1.5 * 50
+    # op-grpo-no-replay: seeds 5 (r 40) at 50 and 6 (r 60) at 70
+    assert (unpaired["paper_reached_fraction"], unpaired["paper_steps_median"]) == (1.0, 60)
+    # the main statistic is untouched
+    assert op["steps_to_target_median"] == 25 and op["speedup_vs_flow_grpo"] == 0.5
+
+
+def test_paper_protocol_ratio(suite: Path) -> None:
+    rows = rows_by_algorithm(suite)
+    flow, op, unpaired = rows["flow-grpo"], rows["op-grpo"], rows["op-grpo-no-replay"]
+    assert (flow["paper_speedup"], flow["paper_speedup_method"]) == (1.0, "reference")
+    # paired per seed: 100*/100* = 1, 40/70, 30/60 = 0.5, 60/100* = 0.6 -> median (4/7 + 0.6) / 2
+    assert op["paper_speedup_method"] == "paired" and op["paper_speedup_n"] == 4
+    assert op["paper_speedup"] == pytest.approx((4 / 7 + 0.6) / 2)
+    assert op["paper_speedup_censored"] is True
+    # the same bootstrap as the main ratio, on the same per-seed values
+    ref = speedup({0: (100.0, True), 1: (40.0, False), 2: (30.0, False), 3: (60.0, False)},
+                  {0: (100.0, True), 1: (70.0, False), 2: (60.0, False), 3: (100.0, True)})
+    assert (op["paper_speedup_ci_low"], op["paper_speedup_ci_high"]) == (ref.low, ref.high)
+    assert op["paper_speedup_ci_low"] == pytest.approx(0.5) and op["paper_speedup_ci_high"] == pytest.approx(1.0)
+    # no shared seeds: ratio of medians 60 / 85
+    assert unpaired["paper_speedup_method"] == "ratio-of-medians"
+    assert unpaired["paper_speedup"] == pytest.approx(60 / 85)
+
+
+def test_paper_protocol_is_na_without_flow_grpo(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    write_run(runs, "op-grpo", 0, 20, task="solo-v1")
+    write_run(runs, "flow-grpo", 0, 40, task="toy-v1", finished=False, last_step=50)  # unfinished: ignored
+    write_run(runs, "op-grpo", 0, 20, task="toy-v1")
+    for row in compute_rows(load_runs(runs).runs):
+        if row["algorithm"] != "op-grpo":
+            continue
+        assert row["paper_target"] is None and row["paper_speedup"] is None
+        assert row["paper_steps_median"] is None and row["paper_reached_fraction"] is None
+        assert "paper protocol n/a" in row["paper_speedup_note"]
+        assert row["steps_to_target_median"] == 20  # the main statistic is still there
+
+
+def test_paper_protocol_lower_is_better(tmp_path: Path) -> None:
+    from opgrpo_bench.results import ResultsWriter
+
+    def run(algorithm: str, seed: int, scores: list[float]) -> None:
+        w = ResultsWriter(tmp_path / "runs" / f"{algorithm}-{seed}")
+        w.write("run_start", run_id=f"{algorithm}-{seed}", task="loss-v1", task_version=1, algorithm=algorithm,
+                seed=seed, config={}, target=0.2, higher_is_better=False, budget_steps=50)
+        for step, score in zip(range(0, 50, 10), scores):
+            w.write("eval", step=step, samples=step, nfe=step, wall_s=step, score=score)
+        w.write("run_end", status="completed")
+
+    run("flow-grpo", 0, [1.0, 0.6, 0.4, 0.3, 0.25])  # final 0.25
+    run("flow-grpo", 1, [1.0, 0.5, 0.3, 0.2, 0.15])  # final 0.15 -> paper target 0.2
+    run("op-grpo", 0, [1.0, 0.3, 0.2, 0.2, 0.2])  # <= 0.2 at 20
+    run("op-grpo", 1, [1.0, 0.1, 0.1, 0.1, 0.1])  # at 10
+    rows = {r["algorithm"]: r for r in compute_rows(load_runs(tmp_path / "runs").runs)}
+    assert rows["flow-grpo"]["paper_target"] == pytest.approx(0.2)
+    # flow-grpo: seed 0 never (censored at 50), seed 1 at 30; op-grpo: 20, 10 -> ratios 0.4, 1/3
+    assert rows["flow-grpo"]["paper_censored"] == 1
+    assert rows["op-grpo"]["paper_steps_median"] == 15
+    assert rows["op-grpo"]["paper_speedup"] == pytest.approx((0.4 + 1 / 3) / 2)
