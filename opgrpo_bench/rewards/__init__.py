@@ -57,6 +57,8 @@ _register("image-reward", "image_reward:ImageRewardReward", "ImageReward v1.0 (B
 _register("geneval", "geneval:GenEvalReward", "GenEval rules (objects, counting, colour, position) on Mask2Former",
           "GPU recommended", "facebook/mask2former-swin-small-coco-instance + openai/clip-vit-large-patch14 "
           "(path=, $OPGRPO_GENEVAL_DETECTOR_PATH)")
+_register("threshold", "threshold:ThresholdReward", "success = 1[wrapped reward >= threshold] (sparse rewards)",
+          "as the wrapped reward", "as the wrapped reward", aliases=("binary",))
 _register("remote", "server:RemoteReward", "a reward scored by a reward server on 127.0.0.1",
           "as the served reward", "on the server's side")
 

@@ -21,4 +21,7 @@ for _family, _reward in (("ocr", "OCR"), ("pickscore", "PickScore"), ("geneval",
                    needs="GPU; SD3.5-M weights ($OPGRPO_SD35M_PATH or HF cache); reward weights")
 del _family, _reward
 
+TASKS.register("digits-sparse-v1", "opgrpo_bench.tasks.digits_sparse:DIGITS_SPARSE_V1",
+               description="digits-v1 base model, hardest digits, binary success (sparse rewards)", needs="CPU")
+
 __all__ = ["Prompt", "TaskSpec", "TASKS"]
