@@ -1,4 +1,8 @@
-"""Reward of the CPU task: probability of the prompted digit under a classifier of 8x8 digits.
+"""Rewards of the CPU tasks, both read by one classifier of 8x8 digits.
+
+- ``digit-classifier`` (``digits-v1``): probability of the prompted digit.
+- ``digit-pair`` (``digits-pair-v1``): 1 when both halves of an 8x16 image show the prompted digits in the
+  prompted order, else 0.
 
 The classifier is a small MLP trained by the project on scikit-learn's bundled handwritten digits
 (:func:`train_digit_classifier`; weights shipped in ``opgrpo_bench/assets/digits-v1``). Its held-out
@@ -19,6 +23,7 @@ from opgrpo_bench.rewards.base import RewardOutput
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 ASSETS = Path(__file__).resolve().parent.parent / "assets" / "digits-v1"
+PAIR_ASSETS = ASSETS.parent / "digits-pair-v1"
 
 
 class DigitClassifier(nn.Module):
@@ -100,3 +105,69 @@ class DigitClassifierReward:
                 scores[i] = probs[i, label]
                 correct[i] = float(probs[i].argmax().item() == label)
         return RewardOutput(scores=scores, components={"correct": correct})
+
+
+_DIGIT = r"(\d|" + "|".join(DIGIT_WORDS) + r")"
+_PAIR_RE = re.compile(r"\b" + _DIGIT + r"\s+(left|right)\s+of\s+(?:an?\s+|the\s+)?" + _DIGIT + r"\b")
+
+
+def _digit_value(token: str) -> int:
+    return int(token) if token.isdigit() else DIGIT_WORDS.index(token)
+
+
+def prompted_pair(prompt: str, metadata: dict[str, Any] | None = None) -> tuple[int, int] | None:
+    """(left digit, right digit) a prompt asks for, or None when it names no such pair.
+
+    Metadata ``left``/``right`` first; else ``"<X> left of <Y>"`` means X on the left, ``"<X> right of <Y>"``
+    means X on the right (numerals or number words, e.g. "a 3 left of a 7", "a seven right of a three").
+    """
+    if metadata and "left" in metadata and "right" in metadata:
+        return int(metadata["left"]), int(metadata["right"])
+    match = _PAIR_RE.search(prompt.lower())
+    if not match:
+        return None
+    first, side, second = _digit_value(match.group(1)), match.group(2), _digit_value(match.group(3))
+    return (first, second) if side == "left" else (second, first)
+
+
+class DigitPairReward:
+    """Binary success of an 8x16 two-digit image under the digits-v1 classifier; NaN for unparsable prompts.
+
+    Score 1.0 when the classifier's argmax on the left 8x8 half is the prompted left digit and on the right
+    half the prompted right digit, else 0.0. Components: ``p_left``, ``p_right`` (probability of each prompted
+    digit on its half) and ``p_both`` (their product), a dense diagnostic of how close a failure was.
+    Images with non-finite pixels score NaN (nothing to read), without touching the other rows.
+    """
+
+    name: ClassVar[str] = "digit-pair"
+    higher_is_better: ClassVar[bool] = True
+    range: ClassVar[tuple[float, float]] = (0.0, 1.0)
+
+    def __init__(self, path: str | Path | None = None):
+        self.classifier = DigitClassifierReward(path)
+        self.model, self.info = self.classifier.model, self.classifier.info
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor, prompts: Sequence[str],
+                 metadata: Sequence[dict[str, Any]] | None = None) -> RewardOutput:
+        """``images`` [B, 1, 8, 16] in [0, 1] -> scores [B] in {0, 1} (NaN: no pair in the prompt)."""
+        if images.shape[-2:] != (8, 16):
+            raise ValueError(f"digit-pair expects [B, 1, 8, 16] images, got {tuple(images.shape)}")
+        metadata = metadata or [{}] * len(prompts)
+        n = len(prompts)
+        halves = torch.cat([images[..., :8], images[..., 8:]]).float()  # [2B, 1, 8, 8]: lefts then rights
+        # One row at a time: a sample's score must not depend on its batch (BLAS may block the matmul
+        # differently for other batch sizes, which can flip an argmax tie). The MLP is tiny, so this is cheap.
+        probs = torch.cat([self.model(halves[i : i + 1]) for i in range(2 * n)]).softmax(-1)
+        finite = torch.isfinite(halves.reshape(2 * n, -1)).all(-1)
+        scores, p_left, p_right = (torch.full((n,), float("nan")) for _ in range(3))
+        for i, (prompt, meta) in enumerate(zip(prompts, metadata)):
+            pair = prompted_pair(prompt, meta)
+            if pair is None or not (finite[i] and finite[n + i]):
+                continue
+            left, right = pair
+            pl, pr = probs[i], probs[n + i]
+            p_left[i], p_right[i] = pl[left], pr[right]
+            scores[i] = float(int(pl.argmax()) == left and int(pr.argmax()) == right)
+        return RewardOutput(scores=scores, components={"p_left": p_left, "p_right": p_right,
+                                                       "p_both": p_left * p_right})

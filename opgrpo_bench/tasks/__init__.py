@@ -6,6 +6,9 @@ from opgrpo_bench.tasks.spec import Prompt, TaskSpec
 TASKS.register("digits-v1", "opgrpo_bench.tasks.digits:DIGITS_V1", aliases=("digits",),
                description="8x8 handwritten digits, tiny SD3 transformer, reward = p(prompted digit)",
                needs="CPU")
+TASKS.register("digits-pair-v1", "opgrpo_bench.tasks.digits_pair:DIGITS_PAIR_V1", aliases=("digits-pair",),
+               description="two digits side by side as prompted (8x16), reward = both right (binary, sparse)",
+               needs="CPU")
 
 TASKS.register("tiny-sd3-jpeg-v1", "opgrpo_bench.tasks.sd3_tasks:TINY_SD3_JPEG_V1", aliases=("tiny-sd3",),
                description="tiny in-code SD3 pipeline (3 text encoders, VAE, CFG), 32 px; reward = -JPEG kB",

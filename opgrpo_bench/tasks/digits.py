@@ -53,12 +53,16 @@ def load_split() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor
 
 
 # -- model components ----------------------------------------------------------------------------
-def build_tokenizer():
-    """Word-level tokenizer built in process (no files): ``[BOS] words [EOS]``, padded to MAX_TOKENS."""
+def build_tokenizer(words: Sequence[str] | None = None):
+    """Word-level tokenizer built in process (no files): ``[BOS] words [EOS]``, padded to MAX_TOKENS.
+
+    ``words`` is the vocabulary, special tokens first (default: digits-v1's :func:`vocabulary`); other tasks
+    (``digits-pair-v1``) pass their own.
+    """
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {w: i for i, w in enumerate(vocabulary())}
+    vocab = {w: i for i, w in enumerate(vocabulary() if words is None else words)}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.post_processor = processors.TemplateProcessing(
@@ -76,13 +80,18 @@ def build_text_encoder(vocab_size: int):
     return CLIPTextModelWithProjection(cfg)
 
 
-def build_transformer():
+def build_transformer(sample_size: int = IMAGE_SIZE):
+    """The tiny pixel-space SD3 transformer (patch 2, 1 channel) for images up to ``sample_size`` a side.
+
+    The position-embedding grid is ``sample_size // 2`` patches a side; diffusers crops its centre to the
+    input's patch grid, so non-square inputs (``digits-pair-v1``: 8x16) work when their longer side fits.
+    """
     from diffusers import SD3Transformer2DModel
 
     return SD3Transformer2DModel(
-        sample_size=IMAGE_SIZE, patch_size=2, in_channels=1, out_channels=1, num_layers=4,
+        sample_size=sample_size, patch_size=2, in_channels=1, out_channels=1, num_layers=4,
         attention_head_dim=16, num_attention_heads=4, joint_attention_dim=64, caption_projection_dim=64,
-        pooled_projection_dim=64, pos_embed_max_size=IMAGE_SIZE // 2,
+        pooled_projection_dim=64, pos_embed_max_size=sample_size // 2,
     )
 
 
@@ -107,22 +116,32 @@ class ClipPromptEncoder:
 
 def load_backbone(path: str | Path | None = None):
     """The digits-v1 base model from its saved folder (the same ``from_pretrained`` path as real models)."""
+    return load_pixel_backbone(Path(path) if path else ASSETS, task="digits-v1",
+                               script="scripts/build_digits_assets.py")
+
+
+def load_pixel_backbone(folder: Path, task: str, script: str, latent_shape: tuple[int, ...] | None = None):
+    """A pixel-space SD3 backbone (transformer, CLIP text encoder, tokenizer, scheduler) saved in ``folder``.
+
+    ``latent_shape`` [C, H, W] defaults to the transformer's square ``sample_size``; ``task`` and ``script``
+    only name what is missing and how to rebuild it.
+    """
     from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
     from transformers import CLIPTextModelWithProjection, PreTrainedTokenizerFast
 
     from opgrpo_bench.backbones.sd3 import SD3Backbone
     from opgrpo_bench.errors import MissingWeightsError
 
-    folder = Path(path) if path else ASSETS
     if not (folder / "transformer").is_dir():
-        raise MissingWeightsError(f"digits-v1 base model not found in '{folder}'; regenerate it with "
-                                  f"'python scripts/build_digits_assets.py'.")
+        raise MissingWeightsError(f"{task} base model not found in '{folder}'; regenerate it with "
+                                  f"'python {script}'.")
     transformer = SD3Transformer2DModel.from_pretrained(folder / "transformer")
     text_encoder = CLIPTextModelWithProjection.from_pretrained(folder / "text_encoder").eval()
     text_encoder.requires_grad_(False)
     tokenizer = PreTrainedTokenizerFast.from_pretrained(folder / "tokenizer")
     scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(folder / "scheduler")
-    return SD3Backbone(transformer, ClipPromptEncoder(tokenizer, text_encoder), scheduler)
+    return SD3Backbone(transformer, ClipPromptEncoder(tokenizer, text_encoder), scheduler,
+                       latent_shape=latent_shape)
 
 
 # -- pretraining (the project's own base model) ----------------------------------------------------

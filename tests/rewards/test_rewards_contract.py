@@ -52,6 +52,11 @@ def digit_inputs(b: int) -> tuple[torch.Tensor, list[str], list[dict[str, Any]] 
     return _images(b, c=1, h=8, w=8), [f"the digit {i % 10}" if i % 3 else "no digit" for i in range(b)], None
 
 
+def digit_pair_inputs(b: int) -> tuple[torch.Tensor, list[str], list[dict[str, Any]] | None]:
+    return _images(b, c=1, h=8, w=16), [f"a {i % 10} left of a {(i + 3) % 10}" if i % 3 else "no digits"
+                                        for i in range(b)], None
+
+
 def geneval_inputs(b: int) -> tuple[torch.Tensor, list[str], list[dict[str, Any]] | None]:
     metas: list[dict[str, Any]] = [
         {"tag": "single_object", "include": [{"class": "dog", "count": 1}]},
@@ -102,6 +107,7 @@ CASES: dict[str, Case] = {
     "composite": Case(lambda r: REWARDS.get("composite")(
         weights={"jpeg-compressibility": 1.0, "jpeg-incompressibility": 0.5})),
     "digit-classifier": Case(_digits, digit_inputs),
+    "digit-pair": Case(lambda request: REWARDS.get("digit-pair")(), digit_pair_inputs),
     "threshold": Case(lambda request: REWARDS.get("threshold")(reward="digit-classifier", threshold=0.1),
                       digit_inputs),
     "remote": Case(_remote),
