@@ -213,6 +213,11 @@ def build_assets(out: str | Path = ASSETS, steps: int = 200, seed: int = 0) -> d
 DIGITS_V1 = None  # set below; kept at module level so the registry can point at it
 
 
+PIXEL_TASK_DEFAULTS = dict(prompts_per_iter=8, group_size=8, num_steps=10, eval_num_steps=20, lora_rank=16,
+                           lora_alpha=32, lr=3e-3, num_threads=1)
+"""Flow-GRPO's recipe scaled to the tiny pixel-space digits models (shared by the digits tasks)."""
+
+
 def _digits_v1():
     from opgrpo_bench.tasks.spec import TaskSpec
 
@@ -228,8 +233,7 @@ def _digits_v1():
         budget_steps=150,
         eval_every=5,
         default_seeds=(0, 1, 2),
-        train_defaults=dict(prompts_per_iter=8, group_size=8, num_steps=10, eval_num_steps=20,
-                            lora_rank=16, lora_alpha=32, lr=3e-3, num_threads=1),
+        train_defaults=dict(PIXEL_TASK_DEFAULTS),
         needs="CPU; assets shipped in the package",
     )
 

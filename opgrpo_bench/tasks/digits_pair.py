@@ -27,6 +27,7 @@ import torch
 
 from opgrpo_bench.rewards.digits import DIGIT_WORDS, PAIR_ASSETS
 from opgrpo_bench.tasks.digits import (
+    PIXEL_TASK_DEFAULTS,
     ClipPromptEncoder,
     build_scheduler,
     build_text_encoder,
@@ -153,8 +154,7 @@ def _digits_pair_v1():
         budget_steps=200,
         eval_every=5,
         default_seeds=(0, 1, 2),
-        train_defaults=dict(prompts_per_iter=8, group_size=8, num_steps=10, eval_num_steps=20,
-                            lora_rank=16, lora_alpha=32, lr=3e-3, num_threads=1),
+        train_defaults=dict(PIXEL_TASK_DEFAULTS),
         needs="CPU; assets shipped in the package",
     )
 

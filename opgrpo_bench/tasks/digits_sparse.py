@@ -9,7 +9,13 @@ successes. Measured base success rates are in the README.
 
 from __future__ import annotations
 
-from opgrpo_bench.tasks.digits import EVAL_TEMPLATES, TRAIN_TEMPLATES, load_backbone, make_prompts
+from opgrpo_bench.tasks.digits import (
+    EVAL_TEMPLATES,
+    PIXEL_TASK_DEFAULTS,
+    TRAIN_TEMPLATES,
+    load_backbone,
+    make_prompts,
+)
 from opgrpo_bench.tasks.spec import TaskSpec
 
 HARD_DIGITS = (1, 5, 7, 8, 9)
@@ -33,7 +39,6 @@ DIGITS_SPARSE_V1 = TaskSpec(
     budget_steps=200,
     eval_every=5,
     default_seeds=(0, 1, 2, 3, 4),
-    train_defaults=dict(prompts_per_iter=16, group_size=4, num_steps=10, eval_num_steps=20,
-                        lora_rank=16, lora_alpha=32, lr=3e-3, num_threads=1),
+    train_defaults={**PIXEL_TASK_DEFAULTS, "prompts_per_iter": 16, "group_size": 4},
     needs="CPU; assets shipped in the package",
 )
