@@ -12,6 +12,12 @@ Counting conventions (recorded in every ``step``/``eval`` record):
 - ``samples``: fresh samples generated (replayed samples are not fresh).
 - ``nfe``: per-sample network evaluations in rollouts and updates (CFG counts 2; evaluation excluded).
 - ``wall_s``: training wall-clock seconds, evaluation excluded.
+
+Known limitation: evaluations run at the end of an iteration. With two optimizer steps per iteration
+and an odd ``eval_every`` (digits tasks: 5), the evaluation recorded at an odd step ``s`` sees the weights
+after step ``s + 1``; even steps are exact. The bias is at most one step and the same for every
+algorithm. Fixing it (evaluating between the optimizer steps of an iteration) changes the recorded scores
+at odd steps, so it waits for the next re-run of the reference suite.
 """
 
 from __future__ import annotations
