@@ -130,6 +130,36 @@ def test_base_model_generates_pairs(backbone, reward: DigitPairReward) -> None:
 
 def test_pretraining_is_deterministic() -> None:
     torch.set_num_threads(1)
-    a = dp.pretrain_pair_model(steps=2, batch_size=8)[0].state_dict()
-    b = dp.pretrain_pair_model(steps=2, batch_size=8)[0].state_dict()
+    # one centred step, then one jittered step: both phases
+    a = dp.pretrain_pair_model(steps=2, jitter_steps=1, batch_size=8)[0].state_dict()
+    b = dp.pretrain_pair_model(steps=2, jitter_steps=1, batch_size=8)[0].state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_jitter_shifts_by_at_most_one_pixel() -> None:
+    img = torch.full((64, 1, 8, 8), -1.0)
+    img[:, :, 3:5, 3:5] = 1.0  # a 2x2 blob in the centre
+    out = dp.jitter(img, torch.Generator().manual_seed(0))
+    assert out.shape == img.shape
+    again = dp.jitter(img, torch.Generator().manual_seed(0))
+    assert torch.equal(out, again)
+    for o in out:
+        ys, xs = torch.nonzero(o[0] > 0, as_tuple=True)
+        assert len(ys) == 4 and 2 <= int(ys.min()) <= 4 and 2 <= int(xs.min()) <= 4
+    # all nine offsets occur in a batch of 64
+    assert len({(int(torch.nonzero(o[0] > 0)[0, 0]), int(torch.nonzero(o[0] > 0)[0, 1])) for o in out}) == 9
+
+
+def test_base_model_puts_digits_in_the_prompted_order(backbone, reward: DigitPairReward) -> None:
+    """The shipped base model learnt the order: the swapped pair is rarer than the right one (it fails by placement)."""
+    from opgrpo_bench.sampling import sample_ode
+
+    prompts = dp.make_pair_prompts(dp.EVAL_TEMPLATE)
+    noise = torch.randn((len(prompts), *backbone.latent_shape), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        images = backbone.decode(sample_ode(backbone, backbone.encode([p.text for p in prompts]), noise,
+                                            backbone.sigmas(20), 1.0))
+    right = reward(images, [p.text for p in prompts], [p.meta for p in prompts]).scores.mean()
+    swapped = reward(images, [""] * len(prompts),
+                     [{"left": p.meta["right"], "right": p.meta["left"]} for p in prompts]).scores.mean()
+    assert 0.0 < right < 0.3 and swapped < right
