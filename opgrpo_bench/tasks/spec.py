@@ -37,6 +37,9 @@ class TaskSpec:
         eval_every: evaluation cadence in optimizer steps.
         default_seeds: seeds of the reference suite.
         train_defaults: trainer/algorithm settings scaled to this task (override library defaults).
+        eval_metric: the reward component (a key of ``RewardOutput.components``) that is the eval score;
+            None = the reward's ``scores``. Lets a task train on a shaped reward and evaluate a strict one
+            (GenEval: partial score for training, all-or-nothing correctness for evaluation).
         needs: what the task needs to run (shown by ``list tasks``).
     """
 
@@ -54,6 +57,7 @@ class TaskSpec:
     eval_every: int = 10
     default_seeds: tuple[int, ...] = (0, 1, 2)
     train_defaults: dict[str, Any] = field(default_factory=dict)
+    eval_metric: str | None = None
     needs: str = "CPU"
 
     @property
