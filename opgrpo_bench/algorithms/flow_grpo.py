@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from opgrpo_bench.core.advantages import group_advantages, nonzero_std_group_mask
+from opgrpo_bench.core.advantages import finite_group_mask, group_advantages, nonzero_std_group_mask
 from opgrpo_bench.core.replay import ReplayEntry
 
 
@@ -50,7 +50,7 @@ class Rollout:
         behaviour_log_probs: [N, T] log-probs under the policy that generated each transition
             (equal to ``log_probs`` except on replayed prefixes, where they are the stored ``logp_off``).
         forced_len: [N] transitions taken from the replay buffer (0 = fresh sample).
-        rewards: [N] scores (float32).
+        rewards: [N] scores (float32); NaN means "not applicable" (masked out of advantages and buffer).
         iteration: the iteration that produced it.
         cond / cond_index: prompt conditioning, one row per group, and each sample's row [N].
     """
@@ -113,19 +113,27 @@ class FlowGRPO:
         return mask
 
     def prepare(self, rollout: Rollout) -> TrainBatch:
-        """Advantages (group-relative), ratio denominators, weights and the trained (sample, step) mask."""
+        """Advantages (group-relative), ratio denominators, weights and the trained (sample, step) mask.
+
+        NaN rewards ("not applicable") are masked out: such samples get advantage 0 and are never trained,
+        the group means and the batch std use the finite rewards only, and a group with fewer than two finite
+        rewards carries no signal (not trained, counted in ``train/zero_std_group_frac``). An all-NaN
+        rollout yields a batch with nothing to train. ``train/nan_reward_frac`` is the fraction of
+        non-finite rewards.
+        """
         cfg = self.config
         rewards = rollout.rewards.float()
         advantages = group_advantages(rewards, rollout.group_ids, global_std=cfg.global_std,
                                       clip=cfg.adv_clip).float()
-        keep = nonzero_std_group_mask(rewards, rollout.group_ids) if cfg.filter_zero_std \
-            else torch.ones_like(rewards, dtype=torch.bool)
+        informative = nonzero_std_group_mask(rewards, rollout.group_ids)  # finite, group not all equal
+        keep = informative if cfg.filter_zero_std else finite_group_mask(rewards, rollout.group_ids)
         train_mask = self.trained_steps(rollout.num_steps).expand(len(rewards), -1) & keep[:, None]
         batch = TrainBatch(rollout, advantages, rollout.log_probs.clone(), torch.ones_like(rewards),
                            train_mask.clone())
         groups = torch.unique(rollout.group_ids)
-        kept_groups = torch.unique(rollout.group_ids[keep]) if keep.any() else groups[:0]
+        kept_groups = torch.unique(rollout.group_ids[informative]) if informative.any() else groups[:0]
         batch.metrics["train/zero_std_group_frac"] = 1.0 - len(kept_groups) / len(groups)
+        batch.metrics["train/nan_reward_frac"] = (~torch.isfinite(rewards)).float().mean().item()
         self.adjust(batch)
         return batch
 
@@ -133,7 +141,8 @@ class FlowGRPO:
         """Off-policy corrections (OP-GRPO overrides); Flow-GRPO trains everything on-policy."""
 
     def observe(self, rollout: Rollout) -> dict[str, Any]:
-        """Called after the update with the iteration's rollout; returns diagnostics for step records."""
+        """Called once per iteration with its rollout, right after :meth:`prepare` and before the optimizer
+        steps (it never depends on the weights); returns diagnostics for step records."""
         return {}
 
     # -- checkpointing -----------------------------------------------------------------------------

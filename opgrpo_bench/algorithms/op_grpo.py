@@ -10,7 +10,8 @@ How one iteration differs from Flow-GRPO:
 2. ``adjust``: the mixed sample's whole clipped objective is multiplied by
    ``w = exp(sum_{k < t_off} (logp_old[k] - logp_off[k]))`` (``correction="sequence"``), or the ratio on
    the prefix divides by ``logp_off`` (``"naive"``), or neither (``"none"``).
-3. ``observe``: scores decay, then each group's best sample is offered to the buffer.
+3. ``observe``: scores decay, then each group's best sample is offered to the buffer, unless it is the
+   replayed (mixed) one: a stored prefix keeps its birth iteration and its decayed score while it is replayed.
 
 Every **[decision]** of ALGORITHMS.md is a field below; the ablations are presets (registered in
 :mod:`opgrpo_bench.algorithms`) that change exactly one field.
@@ -115,29 +116,52 @@ class OPGRPO(FlowGRPO):
             "op/logratio_by_step": [None if math.isnan(v) else v for v in by_step.tolist()],
         })
 
+    def replay_ages(self, rollout: Rollout) -> list[int]:
+        """Ages ``rollout.iteration - birth`` (in iterations) of the stored prefixes this rollout replays.
+
+        Read from the buffer, which holds exactly the replayed entries between :meth:`replay_entries` and
+        :meth:`observe` (at most one entry per prompt, and only ``observe`` changes the buffer).
+        """
+        ages = []
+        for i in torch.nonzero(rollout.replayed.cpu()).flatten().tolist():
+            entry = self.buffer.get(int(rollout.prompt_ids[i]))
+            if entry is not None:
+                ages.append(rollout.iteration - entry.birth)
+        return ages
+
     def observe(self, rollout: Rollout) -> dict[str, Any]:
+        """Decay every score, then offer each group's best sample unless it is replayed (ALGORITHMS.md 3.1).
+
+        Only finite rewards count (a NaN reward is "not applicable"): the running reward std is updated from
+        the finite rewards' population std, and kept as is when fewer than two are finite; NaN-reward samples
+        are never offered. A group won by its replayed (mixed) sample offers nothing, so a stored prefix keeps
+        its birth and its decayed score however often it is replayed.
+        """
         cfg = self.config
         rewards = rollout.rewards.float()
-        batch_std = rewards.std(unbiased=False).item() if len(rewards) > 1 else 0.0
-        self.reward_std = batch_std if self.reward_std is None else \
-            cfg.reward_std_momentum * self.reward_std + (1 - cfg.reward_std_momentum) * batch_std
-        self.buffer.decay_scores(self.reward_std)
+        finite_rewards = rewards[torch.isfinite(rewards)]
+        ages = self.replay_ages(rollout)  # before any entry is replaced
+        if len(finite_rewards) > 1:
+            batch_std = finite_rewards.std(unbiased=False).item()
+            self.reward_std = batch_std if self.reward_std is None else \
+                cfg.reward_std_momentum * self.reward_std + (1 - cfg.reward_std_momentum) * batch_std
+        self.buffer.decay_scores(self.reward_std if self.reward_std is not None else 0.0)
         k = self.prefix_len(rollout.num_steps)
 
-        def make_entry(i: int) -> ReplayEntry:
+        def make_entry(i: int) -> ReplayEntry:  # only for fresh samples: their prefix is born now
             return ReplayEntry(
                 prompt_id=int(rollout.prompt_ids[i]), prompt=rollout.prompts[i],
                 latents=rollout.latents[i, : k + 1].clone(), log_probs=rollout.behaviour_log_probs[i, :k].clone(),
-                reward=float(rewards[i]), score=float(rewards[i]), step=rollout.iteration,
+                reward=float(rewards[i]), score=float(rewards[i]), birth=rollout.iteration,
             )
 
-        finite = torch.isfinite(rewards)
-        self.buffer.add_group_bests(rewards[finite], rollout.group_ids[finite],
-                                    lambda j: make_entry(int(torch.nonzero(finite)[j])))
+        self.buffer.add_group_bests(rewards, rollout.group_ids, make_entry, replayed=rollout.replayed)
         return {
             "op/buffer_size": len(self.buffer),
             "op/buffer_mean_age": self.buffer.mean_age(rollout.iteration),
             "op/buffer_mean_score": self.buffer.mean_score(),
+            "op/replay_age_mean": sum(ages) / len(ages) if ages else None,
+            "op/replay_age_max": max(ages) if ages else None,
         }
 
     def state_dict(self) -> dict[str, Any]:

@@ -5,6 +5,11 @@ behaviour log-probs ``logp_off`` (needed later for the sequence-level importance
 on a *score* that starts at the reward and decays every iteration, so that an old entry is eventually
 replaced by a newer, slightly worse one: the stored trajectories stay close to the current policy.
 
+An entry's age is the age of its *prefix*: ``birth`` is the iteration at which the stored prefix was sampled.
+Replaying a prefix never renews it: when the mixed trajectory built on a stored prefix wins its group again,
+nothing is offered (:meth:`ReplayBuffer.add_group_bests` with ``replayed``), so the entry keeps its birth
+and its decayed score; only a trajectory with a new (fresh) prefix replaces it.
+
 The buffer is pure bookkeeping: it never moves or copies tensors (store them detached and, for large
 latents, on the CPU), and it holds no model state.
 """
@@ -33,7 +38,8 @@ class ReplayEntry:
         log_probs: [K] behaviour log-probs ``logp_off`` of the K stored transitions.
         reward: reward of the trajectory's final sample.
         score: replacement score; starts at ``reward`` and decays every iteration.
-        step: iteration at which the entry entered the buffer.
+        birth: iteration at which the stored prefix was sampled (its age is ``iteration - birth``). Replaying
+            the prefix does not change it.
         extra: further named tensors, e.g. cached prompt conditioning.
     """
 
@@ -43,7 +49,7 @@ class ReplayEntry:
     log_probs: torch.Tensor
     reward: float
     score: float
-    step: int
+    birth: int
     extra: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def to_state(self) -> dict[str, Any]:
@@ -55,13 +61,13 @@ class ReplayEntry:
             "log_probs": self.log_probs.detach().cpu(),
             "reward": float(self.reward),
             "score": float(self.score),
-            "step": int(self.step),
+            "birth": int(self.birth),
             "extra": {str(k): v.detach().cpu() for k, v in self.extra.items()},
         }
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> "ReplayEntry":
-        """Inverse of :meth:`to_state`."""
+        """Inverse of :meth:`to_state`; also reads older states, which named ``birth`` ``"step"``."""
         return cls(
             prompt_id=int(state["prompt_id"]),
             prompt=str(state["prompt"]),
@@ -69,7 +75,7 @@ class ReplayEntry:
             log_probs=state["log_probs"],
             reward=float(state["reward"]),
             score=float(state["score"]),
-            step=int(state["step"]),
+            birth=int(state["birth"] if "birth" in state else state["step"]),
             extra=dict(state.get("extra", {})),
         )
 
@@ -148,36 +154,50 @@ class ReplayBuffer:
         rewards: torch.Tensor,
         group_ids: torch.Tensor,
         make_entry: Callable[[int], ReplayEntry],
+        replayed: torch.Tensor | None = None,
     ) -> int:
         """Offer each group's best sample; returns how many were stored.
 
-        Per group, the candidate is the sample of highest reward (the lowest batch index on ties).
-        Groups whose rewards are all equal are skipped. Groups are visited in increasing group id, which
-        fixes the outcome when candidates compete for the last free slots.
+        Only finite rewards take part: a NaN ("not applicable") reward is never offered and does not count
+        towards its group. Per group, the candidate is the sample of highest finite reward; on ties a fresh
+        sample wins over a replayed one, then the lowest batch index. Groups whose finite rewards are all
+        equal (including groups with fewer than two finite rewards) are skipped. When the candidate is a
+        replayed sample (it continues a stored prefix), nothing is offered for its group: the stored entry
+        keeps its ``birth`` and its decayed score, since it is the same prefix and not a new trajectory.
+        Groups are visited in increasing group id, which fixes the outcome when candidates compete for the
+        last free slots.
 
         Args:
-            rewards: [N] rewards (must be finite).
+            rewards: [N] rewards; NaN (any non-finite value) means "not applicable".
             group_ids: [N] integer group ids.
-            make_entry: builds the candidate for batch index i; called only for candidates, so the
+            make_entry: builds the candidate for batch index i; called only for offered candidates, so the
                 caller can defer slicing latents and log-probs until they are needed.
+            replayed: [N] bool, True for samples that continue a stored prefix (None: all fresh).
         """
         if rewards.ndim != 1 or rewards.shape != group_ids.shape:
             raise ValueError(
                 f"rewards and group_ids must both be [N]; got {tuple(rewards.shape)} and {tuple(group_ids.shape)}"
             )
+        if replayed is not None and replayed.shape != rewards.shape:
+            raise ValueError(f"replayed must be [N] like rewards; got {tuple(replayed.shape)}")
         r = rewards.detach().to("cpu", torch.float64)
-        if not bool(torch.isfinite(r).all()):
-            raise ValueError("rewards must be finite to choose replay candidates")
+        off = torch.zeros(r.shape, dtype=torch.bool) if replayed is None else replayed.detach().cpu().bool()
         index, num_groups = group_index(group_ids.detach().cpu())
+        finite = torch.isfinite(r)
         stored = 0
         for g in range(num_groups):
-            members = torch.nonzero(index == g).flatten()  # ascending batch indices
+            members = torch.nonzero((index == g) & finite).flatten()  # ascending batch indices
+            if len(members) < 2:
+                continue
             group_rewards = r[members]
             best_value = group_rewards.max()
             if bool(group_rewards.min() == best_value):
                 continue
-            best = int(members[torch.nonzero(group_rewards == best_value)[0, 0]])
-            stored += int(self.offer(make_entry(best)))
+            tied = members[group_rewards == best_value]
+            fresh_tied = tied[~off[tied]]
+            if len(fresh_tied) == 0:  # a replayed prefix won: the entry keeps its birth and decayed score
+                continue
+            stored += int(self.offer(make_entry(int(fresh_tied[0]))))
         return stored
 
     # -- ageing and sampling ------------------------------------------------------------------------
@@ -222,11 +242,11 @@ class ReplayBuffer:
 
     # -- diagnostics --------------------------------------------------------------------------------
 
-    def mean_age(self, step: int) -> float:
-        """Mean of ``step - entry.step`` over entries (NaN if empty)."""
+    def mean_age(self, iteration: int) -> float:
+        """Mean prefix age ``iteration - entry.birth`` over entries, in iterations (NaN if empty)."""
         if not self._entries:
             return float("nan")
-        return sum(step - e.step for e in self._entries) / len(self._entries)
+        return sum(iteration - e.birth for e in self._entries) / len(self._entries)
 
     def mean_score(self) -> float:
         """Mean replacement score (NaN if empty)."""

@@ -107,4 +107,4 @@ def _entry(i):
     from opgrpo_bench.core.replay import ReplayEntry
 
     return ReplayEntry(prompt_id=i, prompt=f"p{i}", latents=torch.zeros(7, 1, 2, 2), log_probs=torch.zeros(6),
-                       reward=float(i), score=float(i), step=0)
+                       reward=float(i), score=float(i), birth=0)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from opgrpo_bench.core.advantages import group_advantages, group_index, nonzero_std_group_mask
+from opgrpo_bench.core.advantages import finite_group_mask, group_advantages, group_index, nonzero_std_group_mask
 
 # Two groups with unsorted, non-contiguous ids: group 7 = {1, 3} (mean 2), group 3 = {2, 6} (mean 4).
 REWARDS = torch.tensor([1.0, 3.0, 2.0, 6.0])
@@ -87,6 +87,40 @@ def test_nonzero_std_group_mask() -> None:
     assert nonzero_std_group_mask(torch.tensor([1, 1, 0, 2]), torch.tensor([0, 0, 1, 1])).tolist() == [
         False, False, True, True,
     ]
+
+
+NAN = float("nan")
+
+
+def test_nan_rewards_are_left_out_hand_computed() -> None:
+    # rewards [1, NaN, 3, 5] in groups [0, 0, 1, 1]: group 0 keeps one finite reward -> no signal (0, 0);
+    # batch std over the finite [1, 3, 5] = sqrt(8/3) = 1.6329932; group 1 mean 4 -> -+1 / 1.6330932
+    rewards, ids = torch.tensor([1.0, NAN, 3.0, 5.0]), torch.tensor([0, 0, 1, 1])
+    adv = group_advantages(rewards, ids)
+    torch.testing.assert_close(adv, torch.tensor([0.0, 0.0, -0.6123349, 0.6123349]))
+    # per-group std: group 1's population std is 1 -> -+1 / 1.0001
+    torch.testing.assert_close(group_advantages(rewards, ids, global_std=False),
+                               torch.tensor([0.0, 0.0, -1 / 1.0001, 1 / 1.0001]))
+    assert nonzero_std_group_mask(rewards, ids).tolist() == [False, False, True, True]
+    assert finite_group_mask(rewards, ids).tolist() == [False, False, True, True]
+
+
+def test_nan_inside_a_group_leaves_the_rest_of_the_group_alone() -> None:
+    # group 0 = {2, NaN, 4} (finite mean 3), group 1 = {1, 1}; batch std over [2, 4, 1, 1]:
+    # mean 2, population variance (0 + 4 + 1 + 1) / 4 = 1.5 -> std 1.2247449
+    rewards, ids = torch.tensor([2.0, NAN, 4.0, 1.0, 1.0]), torch.tensor([0, 0, 0, 1, 1])
+    adv = group_advantages(rewards, ids)
+    torch.testing.assert_close(adv, torch.tensor([-1 / 1.2248449, 0.0, 1 / 1.2248449, 0.0, 0.0]))
+    assert nonzero_std_group_mask(rewards, ids).tolist() == [True, False, True, False, False]
+    assert finite_group_mask(rewards, ids).tolist() == [True, False, True, True, True]
+
+
+def test_all_nan_rewards_give_zero_advantages() -> None:
+    rewards, ids = torch.full((4,), NAN), torch.tensor([0, 0, 1, 1])
+    for global_std in (True, False):
+        assert group_advantages(rewards, ids, global_std=global_std).tolist() == [0.0] * 4
+    assert not nonzero_std_group_mask(rewards, ids).any()
+    assert not finite_group_mask(rewards, ids).any()
 
 
 def test_group_index_and_input_checks() -> None:

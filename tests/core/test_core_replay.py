@@ -11,7 +11,7 @@ import torch
 from opgrpo_bench.core.replay import ReplayBuffer, ReplayEntry
 
 
-def entry(prompt_id: int, score: float, step: int = 0, reward: float | None = None) -> ReplayEntry:
+def entry(prompt_id: int, score: float, birth: int = 0, reward: float | None = None) -> ReplayEntry:
     return ReplayEntry(
         prompt_id=prompt_id,
         prompt=f"prompt {prompt_id}",
@@ -19,7 +19,7 @@ def entry(prompt_id: int, score: float, step: int = 0, reward: float | None = No
         log_probs=torch.full((3,), -float(prompt_id)),
         reward=score if reward is None else reward,
         score=score,
-        step=step,
+        birth=birth,
     )
 
 
@@ -104,7 +104,7 @@ def test_add_group_bests() -> None:
 
     def make_entry(i: int) -> ReplayEntry:
         built.append(i)
-        return entry(prompt_id=100 + int(group_ids[i]), score=float(rewards[i]), step=3)
+        return entry(prompt_id=100 + int(group_ids[i]), score=float(rewards[i]), birth=3)
 
     stored = buffer.add_group_bests(rewards, group_ids, make_entry)
     assert stored == 2
@@ -115,9 +115,51 @@ def test_add_group_bests() -> None:
     assert buffer.add_group_bests(rewards - 0.5, group_ids, make_entry) == 0
 
 
-def test_add_group_bests_rejects_non_finite_rewards() -> None:
-    with pytest.raises(ValueError):
-        ReplayBuffer().add_group_bests(torch.tensor([0.1, float("nan")]), torch.tensor([0, 0]), lambda i: entry(i, 0))
+def test_add_group_bests_never_offers_nan_rewards() -> None:
+    # NaN = "not applicable": never a candidate and not counted in its group
+    buffer = ReplayBuffer(capacity=10)
+    rewards = torch.tensor([0.1, float("nan"), 0.3, 0.2, float("nan"), float("nan"), 0.5])
+    group_ids = torch.tensor([0, 0, 0, 1, 1, 2, 2])  # group 0 best 0.3 (index 2); groups 1 and 2: one finite
+    built: list[int] = []
+
+    def make_entry(i: int) -> ReplayEntry:
+        built.append(i)
+        return entry(prompt_id=int(group_ids[i]), score=float(rewards[i]))
+
+    assert buffer.add_group_bests(rewards, group_ids, make_entry) == 1
+    assert built == [2] and ids(buffer) == [0]
+    assert buffer.add_group_bests(torch.full((4,), float("nan")), torch.tensor([0, 0, 1, 1]), make_entry) == 0
+
+
+def test_replayed_winner_keeps_birth_and_decayed_score() -> None:
+    # prompt 3's prefix was born at iteration 0; it is replayed (the mixed sample, index 3) and wins its group
+    # at iterations 1..4: the entry keeps its birth, its score keeps decaying, and its age grows
+    buffer = ReplayBuffer(capacity=4, decay=0.1)
+    stored = entry(3, score=1.0, birth=0)
+    buffer.offer(stored)
+    group_ids = torch.zeros(4, dtype=torch.long)
+    replayed = torch.tensor([False, False, False, True])
+    for it in range(1, 5):
+        buffer.decay_scores(reward_std=1.0)
+        rewards = torch.tensor([0.2, 0.3, 0.1, 1.5])  # the mixed sample wins, far above the decayed score
+        made: list[int] = []
+        assert buffer.add_group_bests(rewards, group_ids, lambda i: made.append(i) or entry(3, 1.5, birth=it),
+                                      replayed=replayed) == 0
+        assert made == []  # nothing is even built
+        assert buffer.get(3) is stored and stored.birth == 0
+        assert stored.score == pytest.approx(1.0 - 0.1 * it)
+        assert buffer.mean_age(it) == it
+    # a fresh sample that beats the decayed score (0.6) replaces it and is born now
+    rewards = torch.tensor([0.2, 0.7, 0.1, 0.65])
+    assert buffer.add_group_bests(rewards, group_ids, lambda i: entry(3, float(rewards[i]), birth=5),
+                                  replayed=replayed) == 1
+    assert buffer.get(3).birth == 5 and buffer.get(3).score == pytest.approx(0.7) and buffer.mean_age(5) == 0
+    # ties between a fresh and a replayed sample go to the fresh one, whatever the batch order
+    tie = torch.tensor([0.9, 0.1, 0.1, 0.9])
+    made = []
+    buffer.add_group_bests(tie, group_ids, lambda i: made.append(i) or entry(3, 0.9, birth=6),
+                           replayed=torch.tensor([True, False, False, False]))
+    assert made == [3]
 
 
 def test_sampling_without_and_with_replacement_is_deterministic() -> None:
@@ -155,8 +197,8 @@ def test_sampling_is_uniform() -> None:
 def test_mean_age_and_score() -> None:
     buffer = ReplayBuffer(capacity=4)
     assert math.isnan(buffer.mean_age(5)) and math.isnan(buffer.mean_score())
-    buffer.offer(entry(1, 0.5, step=2))
-    buffer.offer(entry(2, 1.5, step=6))
+    buffer.offer(entry(1, 0.5, birth=2))
+    buffer.offer(entry(2, 1.5, birth=6))
     assert buffer.mean_age(10) == pytest.approx(6.0)  # (8 + 4) / 2
     assert buffer.mean_score() == pytest.approx(1.0)
     assert buffer.mean_reward() == pytest.approx(1.0)
@@ -165,10 +207,10 @@ def test_mean_age_and_score() -> None:
 def test_state_dict_round_trip_through_torch_save() -> None:
     buffer = ReplayBuffer(capacity=3, decay=0.1)
     for pid, score in [(4, 0.5), (9, 0.2), (2, 0.9)]:
-        e = entry(pid, score, step=pid)
+        e = entry(pid, score, birth=pid)
         e.extra["prompt_embeds"] = torch.randn(2, 5)
         buffer.offer(e)
-    buffer.offer(entry(7, 0.3, step=11))  # evicts 9: slot order [4, 7, 2]
+    buffer.offer(entry(7, 0.3, birth=11))  # evicts 9: slot order [4, 7, 2]
     buffer.decay_scores(1.0)
 
     stream = io.BytesIO()
@@ -180,7 +222,7 @@ def test_state_dict_round_trip_through_torch_save() -> None:
     assert restored.capacity == 3 and restored.decay == 0.1
     assert ids(restored) == ids(buffer) == [4, 7, 2]
     for a, b in zip(buffer, restored):
-        assert (a.prompt_id, a.prompt, a.reward, a.score, a.step) == (b.prompt_id, b.prompt, b.reward, b.score, b.step)
+        assert (a.prompt_id, a.prompt, a.reward, a.score, a.birth) == (b.prompt_id, b.prompt, b.reward, b.score, b.birth)
         assert torch.equal(a.latents, b.latents) and torch.equal(a.log_probs, b.log_probs)
         assert a.extra.keys() == b.extra.keys()
         assert all(torch.equal(a.extra[k], b.extra[k]) for k in a.extra)
@@ -188,6 +230,13 @@ def test_state_dict_round_trip_through_torch_save() -> None:
     g1, g2 = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
     assert [e.prompt_id for e in buffer.sample(2, g1)] == [e.prompt_id for e in restored.sample(2, g2)]
     assert restored.offer(entry(4, 5.0)) and ids(restored) == [4, 7, 2]
+
+
+def test_older_states_with_step_load_as_birth() -> None:
+    state = entry(1, 0.5, birth=7).to_state()
+    assert state["birth"] == 7
+    state["step"] = state.pop("birth")  # checkpoints written before the field was renamed
+    assert ReplayEntry.from_state(state).birth == 7
 
 
 def test_constructor_and_state_checks() -> None:
