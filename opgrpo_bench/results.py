@@ -26,6 +26,7 @@ from typing import Any, Iterable
 from opgrpo_bench import SCHEMA
 
 METRICS_FILE = "metrics.jsonl"
+LOCK_FILE = ".lock"
 
 
 def _clean(value: Any) -> Any:
@@ -42,7 +43,11 @@ def _clean(value: Any) -> Any:
 
 
 class ResultsWriter:
-    """Appends records to ``run_dir/metrics.jsonl``; each line is flushed and fsynced when written."""
+    """Appends records to ``run_dir/metrics.jsonl``; each line is flushed and fsynced when written.
+
+    A failed write (e.g. a full disk) truncates the file back to its last complete record before the
+    error propagates, so the file never ends in half a line.
+    """
 
     def __init__(self, run_dir: str | os.PathLike[str]):
         self.run_dir = Path(run_dir)
@@ -51,10 +56,16 @@ class ResultsWriter:
 
     def write(self, type_: str, **fields: Any) -> dict[str, Any]:
         record = {"schema": SCHEMA, "type": type_, **_clean(fields)}
+        line = json.dumps(record, sort_keys=False) + "\n"
         with self.path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(record, sort_keys=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+            size = f.tell()
+            try:
+                f.write(line)
+                f.flush()
+                os.fsync(f.fileno())
+            except OSError:
+                f.truncate(size)
+                raise
         return record
 
 
@@ -73,14 +84,71 @@ def read_records(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     return records
 
 
-def truncate_after_step(path: str | os.PathLike[str], step: int) -> None:
-    """Drop records beyond optimizer step ``step`` (and any ``run_end``): used when resuming."""
+def truncate_after_step(path: str | os.PathLike[str], step: int, budget_steps: int | None = None) -> None:
+    """Drop records beyond optimizer step ``step`` (and any ``run_end``): used when resuming.
+
+    ``budget_steps`` replaces the budget in ``run_start`` (a finished run continued to a larger budget).
+    The file is rewritten atomically (temporary file, fsync, rename).
+    """
     p = Path(path)
-    kept = [r for r in read_records(p)
-            if r.get("type") == "run_start" or (r.get("type") in ("step", "eval") and r["step"] <= step)]
+    kept = []
+    for r in read_records(p):
+        if r.get("type") == "run_start":
+            kept.append(r if budget_steps is None else {**r, "budget_steps": budget_steps})
+        elif r.get("type") in ("step", "eval") and r["step"] <= step:
+            kept.append(r)
     tmp = p.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
-    tmp.replace(p)
+    try:
+        with tmp.open("w", encoding="utf-8") as f:
+            f.write("".join(json.dumps(r) + "\n" for r in kept))
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(p)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+class RunLock:
+    """An exclusive lock on a run directory, so that two processes never write the same run.
+
+    ``fcntl.flock`` on ``run_dir/.lock``: the kernel releases it when the holder exits, even after
+    ``kill -9``, so a stale lock file never blocks a resume. The file holds the holder's pid for the message.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike[str]):
+        self.path = Path(run_dir) / LOCK_FILE
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        import fcntl
+
+        from opgrpo_bench.errors import UserError
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise UserError(f"run {self.path.parent} is being written by another process (pid {holder}, lock "
+                            f"{self.path}); wait for it or use another --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing releases the flock; the file stays (removing it would race)
+            self._fd = None
+
+    def __enter__(self) -> "RunLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
 
 
 def first_reaching(

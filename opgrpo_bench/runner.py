@@ -75,40 +75,95 @@ class ResolvedRun:
 
 def resolve(task: str, algorithm: str, seed: int, steps: int | None = None,
             sets: list[str] | None = None) -> ResolvedRun:
-    """Look up task and algorithm and build both configs (raises UserError / UnknownNameError)."""
-    from opgrpo_bench.trainer import TrainConfig
+    """Look up task and algorithm and build both configs (raises UserError / UnknownNameError).
+
+    Every setting is merged and checked by :func:`opgrpo_bench.validation.build_settings` (types, ranges,
+    unknown keys, also in the task's ``train_defaults``) before anything loads.
+    """
+    from opgrpo_bench.validation import build_settings
 
     spec = TASKS.get(task)
     preset = ALGORITHMS.get(algorithm)
-    train_fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    algo_fields = preset.config_fields()
-    algo_cls = preset.algorithm_class().config_cls
-    train_values: dict[str, Any] = {"steps": spec.budget_steps, "eval_every": spec.eval_every}
-    algo_values: dict[str, Any] = {}
-    for key, value in spec.train_defaults.items():
-        (train_values if key in train_fields else algo_values)[key] = value
-    for key, raw in parse_sets(sets).items():
-        if key in train_fields:
-            train_values[key] = _parse_value(raw, train_fields[key], TrainConfig)
-        elif key in algo_fields:
-            algo_values[key] = _parse_value(raw, algo_fields[key], algo_cls)
-        else:
-            known = sorted(train_fields) + sorted(algo_fields)
-            close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
-            hint = f" Did you mean: {', '.join(close)}?" if close else ""
-            raise UserError(f"unknown setting '{key}' for algorithm '{algorithm}'.{hint}")
-    if steps is not None:
-        train_values["steps"] = steps
-    train_values["seed"] = seed
-    if train_values["steps"] <= 0:
-        raise UserError(f"--steps must be positive, got {train_values['steps']}")
-    try:
-        algo = preset.build(**{k: v for k, v in algo_values.items() if k in algo_fields})
-    except (TypeError, ValueError) as err:
-        raise UserError(f"invalid settings for '{algorithm}': {err}") from None
     entry = ALGORITHMS.entry(algorithm)
-    return ResolvedRun(spec, spec.id, entry.name, algo, TrainConfig(**train_values),
-                       run_id_for(spec.id, entry.name, seed))
+    train_config, algo = build_settings(spec, preset, entry.name, seed, steps, parse_sets(sets))
+    return ResolvedRun(spec, spec.id, entry.name, algo, train_config, run_id_for(spec.id, entry.name, seed))
+
+
+def resolved_config(resolved: ResolvedRun) -> dict[str, Any]:
+    """Everything that determines a run's numbers except its budget: task (id, version, prompt sets),
+    algorithm (preset name, class, every config field), every trainer setting, and the seed."""
+    task = resolved.task
+    train = dataclasses.asdict(resolved.train_config)
+    train.pop("steps")
+    return {
+        "task": task.id, "task_version": task.version, "prompt_hash": task.prompt_hash,
+        "target": task.target, "eval_metric": task.eval_metric,
+        "algorithm": resolved.algorithm_name, "algorithm_class": type(resolved.algorithm).__name__,
+        "algorithm_config": dataclasses.asdict(resolved.algorithm.config), "train": train,
+        "seed": resolved.train_config.seed,
+    }
+
+
+def config_hash(resolved: ResolvedRun) -> str:
+    """16-hex-digit SHA-256 of :func:`resolved_config` (canonical JSON); recorded in ``run_start``."""
+    import hashlib
+
+    payload = json.dumps(resolved_config(resolved), sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def plan_run(resolved: ResolvedRun, run_dir: Path, resume: bool = True) -> tuple[str, dict[str, Any] | None]:
+    """Decide what to do with ``run_dir`` before any model loads: ``("fresh", None)``, ``("resume", None)``
+    or ``("done", run_end)``. Refusals are :class:`UserError` and touch nothing.
+
+    - no results yet, or ``resume=False`` (``--fresh``): train from scratch;
+    - results of a different configuration (or of a version that recorded none): refuse;
+    - the same configuration, finished at the same budget: return its ``run_end`` (nothing recomputed);
+    - finished at a smaller budget: continue from its last checkpoint if it was kept, else refuse;
+      finished at a larger budget: refuse (its records describe a longer run);
+    - unfinished: resume from its checkpoint (a damaged one is refused), or start over if it has none.
+    """
+    from opgrpo_bench.checkpoint import CheckpointError, load_state
+    from opgrpo_bench.results import METRICS_FILE, read_records
+    from opgrpo_bench.trainer import CHECKPOINT
+
+    metrics, ckpt = run_dir / METRICS_FILE, run_dir / CHECKPOINT
+    if not resume or not metrics.exists():
+        return "fresh", None
+    hint = "use --fresh to retrain it or another --out"
+    records = read_records(metrics)
+    start = next((r for r in records if r.get("type") == "run_start"), None)
+    end = next((r for r in records if r.get("type") == "run_end"), None)
+    if start is None:
+        if ckpt.exists() or end is not None:
+            raise UserError(f"{metrics} has no run_start record; {hint}")
+        return "fresh", None
+    recorded = start.get("config_hash")
+    wanted = config_hash(resolved)
+    if recorded != wanted:
+        what = "records no configuration hash (written by an older version)" if recorded is None else \
+            f"was trained with another configuration (hash {recorded}, now {wanted})"
+        raise UserError(f"run {run_dir} {what}; {hint}")
+    budget, done_budget = resolved.train_config.steps, start.get("budget_steps")
+    if end is not None and budget == done_budget:
+        return "done", end
+    if end is not None and budget < (done_budget or 0):
+        raise UserError(f"run {run_dir} finished with a budget of {done_budget} steps, more than --steps "
+                        f"{budget}; {hint}")
+    if not ckpt.exists():
+        if end is not None:
+            raise UserError(f"run {run_dir} finished at {done_budget} steps and its checkpoint is gone, so it "
+                            f"cannot continue to {budget}; {hint}")
+        return "fresh", None
+    try:
+        state = load_state(ckpt)["state"]
+    except (CheckpointError, KeyError, TypeError) as err:
+        raise UserError(f"cannot resume {run_dir}: {str(err).splitlines()[0]}; run with --fresh to retrain "
+                        "this run") from None
+    if state.get("step", 0) > budget:
+        raise UserError(f"run {run_dir} has a checkpoint at step {state.get('step')}, beyond --steps {budget}; "
+                        f"{hint}")
+    return "resume", None
 
 
 def run_one(task: str, algorithm: str, seed: int, out: str | Path = "runs", steps: int | None = None,
@@ -116,20 +171,20 @@ def run_one(task: str, algorithm: str, seed: int, out: str | Path = "runs", step
             progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Train one run into ``out/<run_id>/``; returns its ``run_end`` record.
 
-    With ``resume`` a finished run is returned as is and an interrupted one continues from its last
-    checkpoint (written at every evaluation).
+    With ``resume`` a finished run of the same configuration is returned as is and an interrupted one
+    continues exactly from its last checkpoint (:func:`plan_run`). The run directory is locked for the
+    duration (:class:`~opgrpo_bench.results.RunLock`).
     """
-    from opgrpo_bench.results import METRICS_FILE, read_records
+    from opgrpo_bench.results import RunLock
     from opgrpo_bench.trainer import Trainer
 
     resolved = resolve(task, algorithm, seed, steps, sets)
     run_dir = Path(out) / resolved.run_id
-    if resume and (run_dir / METRICS_FILE).exists():
-        records = read_records(run_dir / METRICS_FILE)
-        start = next((r for r in records if r.get("type") == "run_start"), None)
-        end = next((r for r in records if r.get("type") == "run_end"), None)
-        if end and start and start.get("budget_steps") == resolved.train_config.steps:
+    plan_run(resolved, run_dir, resume)  # refuse before creating or locking anything
+    with RunLock(run_dir):
+        action, end = plan_run(resolved, run_dir, resume)  # again, now that no one else can write
+        if action == "done":
             return end
-    trainer = Trainer(resolved.task, resolved.algorithm, resolved.train_config, run_dir,
-                      algorithm_name=resolved.algorithm_name, progress=progress)
-    return trainer.run(resolved.run_id, resume=resume)
+        trainer = Trainer(resolved.task, resolved.algorithm, resolved.train_config, run_dir,
+                          algorithm_name=resolved.algorithm_name, progress=progress)
+        return trainer.run(resolved.run_id, resume=action == "resume", config_hash=config_hash(resolved))

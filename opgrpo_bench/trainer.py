@@ -1,29 +1,41 @@
 """The one training loop, shared by every algorithm and every backbone.
 
-Read :func:`train` top to bottom: each iteration samples groups of SDE trajectories with the current
-weights (theta_old), scores them, lets the algorithm turn them into a :class:`TrainBatch`, takes
-``optimizer_steps_per_iter`` optimizer steps over disjoint shares of the samples, and evaluates every
-``eval_every`` optimizer steps with deterministic ODE sampling from fixed noises.
+Read :meth:`Trainer.run` and :meth:`Trainer.iteration` top to bottom: each iteration samples groups of
+SDE trajectories with the current weights (theta_old), scores them, lets the algorithm turn them into a
+:class:`TrainBatch` and observe them, then takes ``optimizer_steps_per_iter`` optimizer steps over
+disjoint shares of the samples. Every ``eval_every`` optimizer steps it evaluates with deterministic ODE
+sampling from fixed noises, between the optimizer steps of an iteration if need be, so that an eval
+recorded at step ``s`` has seen exactly ``s`` optimizer steps.
+
+Micro-batches (the one rule that makes the first ratio exactly 1 on any CPU): the rows of an iteration
+are shuffled once, cut into the optimizer steps' shares, and each share into blocks of ``micro_batch``
+rows. The sampler runs block by block, and the training forward of step ``k`` of a block evaluates the
+same rows, in the same order, at the same noise level, as the sampler's call did: the same shapes and
+inputs, hence bit-identical log-probs before the first update, whatever a BLAS library does with batch
+sizes (Flow-GRPO's rule "train batch = sample batch", made exact).
 
 Counting conventions (recorded in every ``step``/``eval`` record):
 
-- ``step``: optimizer steps taken (a "training step"); an iteration whose groups all carry no signal still
-  spends its steps (nothing to optimise), so sparse rewards cost steps as they should.
+- ``step``: optimizer steps taken (a "training step"); a share whose groups all carry no signal still
+  spends its step (nothing to optimise), so sparse rewards cost steps as they should. Budgets are exact:
+  a run may end in the middle of an iteration.
 - ``samples``: fresh samples generated (replayed samples are not fresh).
-- ``nfe``: per-sample network evaluations in rollouts and updates (CFG counts 2; evaluation excluded).
-- ``wall_s``: training wall-clock seconds, evaluation excluded.
+- ``nfe``: per-sample network evaluations in rollouts and updates, as run (CFG counts 2, the reference
+  forward of the KL term counts; evaluation excluded).
+- ``wall_s``: training wall-clock seconds, evaluation and checkpointing excluded.
 
-Known limitation: evaluations run at the end of an iteration. With two optimizer steps per iteration
-and an odd ``eval_every`` (digits tasks: 5), the evaluation recorded at an odd step ``s`` sees the weights
-after step ``s + 1``; even steps are exact. The bias is at most one step and the same for every
-algorithm. Fixing it (evaluating between the optimizer steps of an iteration) changes the recorded scores
-at odd steps, so it waits for the next re-run of the reference suite.
+Checkpoints (for exact resume) are written at iteration boundaries: after the step-0 evaluation, after
+every iteration that contained an evaluation, before an iteration that the budget cuts short, and at
+the end of a run. Resuming loads the last one, drops the records after its step and replays from
+there; every random draw comes from generators stored in the checkpoint, so the replayed records are
+identical to an uninterrupted run's (except wall-clock fields). A checkpoint between the optimizer
+steps of an iteration would have to store the whole rollout; replaying it costs at most one eval period.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
+import math
 import platform
 import subprocess
 import time
@@ -36,17 +48,24 @@ import torch
 import opgrpo_bench
 from opgrpo_bench.algorithms.flow_grpo import FlowGRPO, Rollout, TrainBatch
 from opgrpo_bench.backbones.base import Backbone, index_cond
+from opgrpo_bench.checkpoint import CheckpointError, load_state, save_state
+from opgrpo_bench.core.ema import ParameterEMA
 from opgrpo_bench.core.losses import approx_kl, clipped_surrogate, kl_to_reference
 from opgrpo_bench.core.sde import sde_step_with_logprob
+from opgrpo_bench.errors import RunInterrupted, UserError
 from opgrpo_bench.registry import REWARDS
 from opgrpo_bench.rewards.worker import AsyncRewardWorker
 from opgrpo_bench.results import ResultsWriter, first_reaching, read_records, truncate_after_step
-from opgrpo_bench.sampling import Trajectories, sample_ode, sample_sde
+from opgrpo_bench.sampling import sample_ode, sample_sde
 from opgrpo_bench.tasks.spec import TaskSpec
 
 EVAL_NOISE_SEED = 20261126
 """Evaluation noises are the same for every run of a task (seed- and algorithm-independent)."""
-CHECKPOINT = "checkpoint.pt"
+CHECKPOINT = "checkpoint.safetensors"
+"""Tensors + JSON (never a pickle): :mod:`opgrpo_bench.checkpoint`."""
+
+Blocks = list[list[torch.Tensor]]
+"""Per optimizer step, the row blocks (each [<= micro_batch] indices into the rollout) it trains."""
 
 
 @dataclass
@@ -54,7 +73,7 @@ class TrainConfig:
     """Trainer settings (algorithm-independent). Tasks scale these in ``TaskSpec.train_defaults``."""
 
     steps: int = 200
-    """Budget in optimizer steps."""
+    """Budget in optimizer steps (exact: a run may end in the middle of an iteration)."""
     prompts_per_iter: int = 8
     """Groups (prompts) per iteration."""
     group_size: int = 8
@@ -65,19 +84,21 @@ class TrainConfig:
     """SDE noise level a."""
     guidance: float = 1.0
     """CFG scale during rollouts and training (1 = no CFG)."""
+    cfg_detach_uncond: bool = True
+    """No gradient through CFG's unconditional branch in the training forward (Flow-GRPO does this;
+    without it the gradient gains a -(guidance - 1) * grad v_uncond term). No effect without CFG."""
     eval_num_steps: int = 20
     """ODE steps for evaluation."""
     eval_guidance: float = 1.0
     """CFG scale for evaluation."""
     eval_every: int = 10
     """Evaluate every this many optimizer steps (and at step 0)."""
-    rollout_chunks: int = 1
-    """Sample each iteration in this many batches; scoring of batch c (on a background thread) overlaps
-    the sampling of batch c + 1. Worth it for slow rewards (OCR, GenEval); 1 for the digits task."""
     optimizer_steps_per_iter: int = 2
     """Optimizer steps per iteration, each over a disjoint share of the samples."""
-    train_micro_batch: int = 0
-    """(sample, step) pairs per forward/backward inside an optimizer step (0 = all at once)."""
+    micro_batch: int = 32
+    """Rows per network call, in sampling and in training alike (CFG doubles the rows of a call). Each
+    share of an optimizer step is cut into blocks of this many rows; see the module docstring. Bounds
+    the activation memory of a training forward: on a GPU choose the largest that fits."""
     lr: float = 3e-4
     weight_decay: float = 1e-4
     adam_betas: tuple[float, float] = (0.9, 0.999)
@@ -86,6 +107,8 @@ class TrainConfig:
     lora_alpha: int = 64
     ema_decay: float = 0.9
     """EMA of the trainable weights used for evaluation; 0 evaluates the raw weights."""
+    ema_update_interval: int = 1
+    """Update the EMA after every this many optimizer steps (Flow-GRPO's SD3.5 recipe: 8)."""
     logprob_reduction: str = "mean"
     """"mean" (Flow-GRPO's scale) or "sum" over latent dimensions."""
     seed: int = 0
@@ -102,6 +125,20 @@ class RunState:
     samples: int = 0
     nfe: int = 0
     wall_s: float = 0.0
+
+
+def plan_blocks(order: torch.Tensor, num_shares: int, micro_batch: int) -> Blocks:
+    """Cut a permutation of the rollout's rows into ``num_shares`` shares and each share into blocks.
+
+    Args:
+        order: [N] a permutation of ``range(N)``.
+        num_shares: optimizer steps of the iteration.
+        micro_batch: most rows per block.
+
+    Returns:
+        ``num_shares`` lists of [<= micro_batch] long tensors; a share may be empty when N < num_shares.
+    """
+    return [list(torch.split(share, micro_batch)) for share in torch.tensor_split(order, num_shares)]
 
 
 def _versions() -> dict[str, str]:
@@ -146,17 +183,15 @@ class Trainer:
         self.params = self.backbone.trainable_parameters()
         self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay,
                                            betas=config.adam_betas)
-        self.ema = None
-        if config.ema_decay > 0:
-            from diffusers.training_utils import EMAModel
-
-            self.ema = EMAModel(self.params, decay=config.ema_decay)
+        self.ema = ParameterEMA(self.params, config.ema_decay, config.ema_update_interval) \
+            if config.ema_decay > 0 else None
         self.prompt_gen = torch.Generator().manual_seed(config.seed)
         self.noise_gen = torch.Generator().manual_seed(config.seed + 1_000_003)
         self.sigmas = self.backbone.sigmas(config.num_steps).to(self.device)
         self.eval_sigmas = self.backbone.sigmas(config.eval_num_steps).to(self.device)
         self.state = RunState()
         self.writer = ResultsWriter(self.run_dir)
+        self._saved_at: int | None = None  # step of the last checkpoint written or loaded
         self._build_eval_set()
 
     # -- evaluation ----------------------------------------------------------------------------
@@ -171,19 +206,27 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, Any]:
-        """Mean reward of ODE samples of the held-out prompts from fixed noises (EMA weights)."""
-        if self.ema is not None:
-            self.ema.store(self.params)
-            self.ema.copy_to(self.params)
-        try:
+        """Mean eval metric of ODE samples of the held-out prompts from fixed noises (EMA weights).
+
+        The metric is the reward's score, or the component ``task.eval_metric`` when the task names one.
+        """
+        def sample() -> Any:
             x = sample_ode(self.backbone, self.eval_cond, self.eval_noise, self.eval_sigmas,
                            self.cfg.eval_guidance, batch_size=256)
-            out = self.reward(self.backbone.decode(x), [p.text for p in self.eval_prompts],
-                              [p.meta for p in self.eval_prompts])
-        finally:
-            if self.ema is not None:
-                self.ema.restore(self.params)
-        record = {"score": torch.nanmean(out.scores.float()).item()}
+            return self.reward(self.backbone.decode(x), [p.text for p in self.eval_prompts],
+                               [p.meta for p in self.eval_prompts])
+
+        if self.ema is not None:
+            with self.ema.applied(self.params):
+                out = sample()
+        else:
+            out = sample()
+        metric = self.task.eval_metric
+        if metric is not None and metric not in out.components:
+            raise UserError(f"task '{self.task.id}' evaluates reward component '{metric}', which reward "
+                            f"'{self.task.reward}' does not return (it returns: {sorted(out.components)})")
+        main = out.scores if metric is None else out.components[metric]
+        record = {"score": torch.nanmean(main.float()).item()}
         record.update({f"eval/{k}": torch.nanmean(v.float()).item() for k, v in out.components.items()})
         return record
 
@@ -195,8 +238,11 @@ class Trainer:
         return rec
 
     # -- one iteration -------------------------------------------------------------------------
-    def rollout(self) -> Rollout:
-        """Sample P groups of G trajectories with the current weights and score them."""
+    def rollout(self) -> tuple[Rollout, Blocks]:
+        """Sample P groups of G trajectories with the current weights, block by block, and score them.
+
+        Returns the rollout (rows in group order) and the blocks of each optimizer step's share.
+        """
         cfg, task = self.cfg, self.task
         P, G, T = cfg.prompts_per_iter, cfg.group_size, cfg.num_steps
         replay = self.algorithm.replay_entries(P, self.state.iteration, self.prompt_gen)
@@ -208,6 +254,8 @@ class Trainer:
         prompt_ids = torch.tensor(group_prompts).repeat_interleave(G)
         group_ids = torch.arange(P).repeat_interleave(G)
         N = P * G
+        order = torch.randperm(N, generator=self.prompt_gen)
+        shares = plan_blocks(order, cfg.optimizer_steps_per_iter, cfg.micro_batch)
         noise = torch.randn((N, *self.backbone.latent_shape), generator=self.noise_gen).to(self.device)
 
         # the last sample of each replay group follows the stored prefix
@@ -220,9 +268,9 @@ class Trainer:
             for g, entry in enumerate(replay):
                 i = (n_fresh + g) * G + G - 1
                 k = len(entry.log_probs)
-                forced[i, : k + 1] = entry.latents
+                forced[i, : k + 1] = entry.latents.to(self.device)
                 forced_len[i] = k
-                behaviour_prefix[i, :k] = entry.log_probs
+                behaviour_prefix[i, :k] = entry.log_probs.to(self.device)
         # conditioning is encoded per iteration, one row per group (real prompt sets are too large to
         # keep encoded); samples index their group's row
         group_cond = self.backbone.encode([task.train_prompts[i].text for i in group_prompts])
@@ -230,122 +278,148 @@ class Trainer:
         cond = index_cond(group_cond, cond_index)
         prompts = [task.train_prompts[i] for i in prompt_ids.tolist()]
         ode_suffix = getattr(self.algorithm.config, "suffix", "sde") == "ode"
-        latents, log_probs, pending = [], [], []
-        for rows in torch.tensor_split(torch.arange(N), max(1, min(cfg.rollout_chunks, N))):
+        latents = torch.empty((N, T + 1, *self.backbone.latent_shape), device=self.device)
+        log_probs = torch.empty((N, T), device=self.device)
+        pending = []
+        for block in (b for share in shares for b in share):
+            rows = block.to(self.device)
             traj = sample_sde(self.backbone, index_cond(cond, rows), noise[rows], self.sigmas, cfg.noise_level,
                               cfg.guidance, self.noise_gen, None if forced is None else forced[rows],
                               forced_len[rows], ode_after_forced=ode_suffix,
                               logprob_reduction=cfg.logprob_reduction)
-            latents.append(traj.latents)
-            log_probs.append(traj.log_probs)
-            # scoring this batch overlaps the sampling of the next one
-            pending.append(self.scorer.submit(self.backbone.decode(traj.latents[:, -1]),
-                                              [prompts[i].text for i in rows], [prompts[i].meta for i in rows]))
-        traj = Trajectories(torch.cat(latents), torch.cat(log_probs))
-        behaviour = traj.log_probs.clone()
+            latents[rows] = traj.latents.to(latents.dtype)
+            log_probs[rows] = traj.log_probs
+            # scoring this block (on the worker thread) overlaps the sampling of the next one
+            idx = block.tolist()
+            pending.append((rows, self.scorer.submit(self.backbone.decode(traj.latents[:, -1]),
+                                                     [prompts[i].text for i in idx],
+                                                     [prompts[i].meta for i in idx])))
+        behaviour = log_probs.clone()
         if behaviour_prefix is not None:
             prefix = torch.arange(T, device=self.device)[None, :] < forced_len[:, None]
             behaviour = torch.where(prefix, behaviour_prefix, behaviour)
-        scores = torch.cat([p.result().scores for p in pending]).to(self.device)
-        rewards = scores.float().clone()
+        rewards = torch.empty(N, device=self.device)
+        for rows, result in pending:
+            rewards[rows] = result.result().scores.float().to(self.device)
         for g, entry in enumerate(replay):  # a fully replayed trajectory keeps its stored reward
             if len(entry.log_probs) >= T:
                 rewards[(n_fresh + g) * G + G - 1] = entry.reward
 
         self.state.samples += int((forced_len == 0).sum())
         self.state.nfe += N * T * self.backbone.nfe_per_sample(cfg.guidance)
-        return Rollout(prompt_ids, group_ids, [p.text for p in prompts], [p.meta for p in prompts],
-                       traj.latents, self.sigmas, traj.log_probs, behaviour, forced_len, rewards,
-                       iteration=self.state.iteration, cond=group_cond, cond_index=cond_index)
+        rollout = Rollout(prompt_ids, group_ids, [p.text for p in prompts], [p.meta for p in prompts],
+                          latents, self.sigmas, log_probs, behaviour, forced_len, rewards,
+                          iteration=self.state.iteration, cond=group_cond, cond_index=cond_index)
+        return rollout, shares
 
-    def update(self, batch: TrainBatch, rows: torch.Tensor) -> dict[str, Any]:
-        """One optimizer step over the trained (sample, step) pairs of ``rows``; returns its metrics."""
-        cfg, alg_cfg, ro = self.cfg, self.algorithm.config, batch.rollout
-        mask = batch.train_mask[rows]
-        pair_rows, pair_steps = torch.nonzero(mask, as_tuple=True)
-        idx = rows[pair_rows]
+    def update(self, batch: TrainBatch, blocks: list[torch.Tensor]) -> dict[str, Any]:
+        """One optimizer step over the trained (sample, step) pairs of ``blocks``; returns its metrics.
+
+        One forward (and backward) per block and trained denoising step, over the block's rows exactly
+        as the sampler evaluated them; rows that are not trained at that step are evaluated but masked.
+        """
+        cfg, alg_cfg = self.cfg, self.algorithm.config
+        mask = batch.train_mask
+        total = sum(int(mask[b].sum()) for b in blocks)
         self.optimizer.zero_grad(set_to_none=True)
-        if len(idx) == 0:  # no signal in this share: the step is spent without an update
+        if total == 0:  # no signal in this share: the step is spent without an update
             return {"loss/total": 0.0, "train/trained_pairs": 0}
-        micro = self.cfg.train_micro_batch or len(idx)
-        parts = [self._micro_step(batch, idx[s:s + micro], pair_steps[s:s + micro], len(idx))
-                 for s in range(0, len(idx), micro)]
+        parts = [self._micro_step(batch, b.to(self.device), k, total)
+                 for b in blocks for k in range(batch.rollout.num_steps) if bool(mask[b, k].any())]
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
         self.optimizer.step()
-        if self.ema is not None:
-            self.ema.step(self.params)
-        pg, ratio, clipped, logp, old, kl = (torch.cat([p[i] for p in parts]) for i in range(6))
-        self.state.nfe += len(idx) * self.backbone.nfe_per_sample(cfg.guidance) * (2 if alg_cfg.beta > 0 else 1)
+        pg, ratio, clipped, logp, old, kl, off = (torch.cat([p[i] for p in parts]) for i in range(7))
         loss = pg.mean() + alg_cfg.beta * kl.mean()
-        off = ro.replayed[idx]
         return {
             "loss/total": loss.item(), "loss/policy": pg.mean().item(), "loss/kl": kl.mean().item(),
             "ratio/mean": ratio.mean().item(), "ratio/min": ratio.min().item(), "ratio/max": ratio.max().item(),
             "clipfrac/on_policy": clipped[~off].float().mean().item() if (~off).any() else None,
             "clipfrac/off_policy": clipped[off].float().mean().item() if off.any() else None,
             "approx_kl": approx_kl(logp, old).item(), "grad_norm": grad_norm.item(),
-            "train/trained_pairs": len(idx),
+            "train/trained_pairs": total,
         }
 
-    def _micro_step(self, batch: TrainBatch, idx: torch.Tensor, steps: torch.Tensor, total: int):
-        """Forward + backward of one micro-batch of (sample, step) pairs; the loss is scaled by its share of
-        ``total`` pairs so that the accumulated gradient is that of the mean over all pairs."""
+    def _micro_step(self, batch: TrainBatch, rows: torch.Tensor, k: int, total: int):
+        """Forward + backward of denoising step ``k`` of one block of ``rows``; the loss of its trained rows
+        is scaled by their share of ``total`` pairs, so that the accumulated gradient is that of the mean."""
         cfg, alg_cfg, ro = self.cfg, self.algorithm.config, batch.rollout
-        x, x_next = ro.latents[idx, steps], ro.latents[idx, steps + 1]
-        sigma, sigma_next = ro.sigmas[steps], ro.sigmas[steps + 1]
-        cond = index_cond(ro.cond, ro.cond_index[idx])
-        v = self.backbone.velocity(x, sigma, cond, cfg.guidance)
+        n = len(rows)
+        trained = batch.train_mask[rows, k]
+        sel = rows[trained]
+        x, x_next = ro.latents[rows, k], ro.latents[rows, k + 1]
+        sigma, sigma_next = ro.sigmas[k].expand(n), ro.sigmas[k + 1].expand(n)
+        cond = index_cond(ro.cond, ro.cond_index[rows])
+        v = self.backbone.velocity(x, sigma, cond, cfg.guidance, detach_uncond=cfg.cfg_detach_uncond)
         _, logp, mean, std = sde_step_with_logprob(v, sigma, sigma_next, x, cfg.noise_level, prev_sample=x_next,
                                                    sigma_max=ro.sigmas[1], logprob_reduction=cfg.logprob_reduction)
-        old = batch.old_log_probs[idx, steps]
-        pg, ratio, clipped = clipped_surrogate(logp, old, batch.advantages[idx], alg_cfg.clip_range,
-                                               weight=batch.weights[idx])
+        logp = logp[trained]
+        old = batch.old_log_probs[sel, k]
+        pg, ratio, clipped = clipped_surrogate(logp, old, batch.advantages[sel], alg_cfg.clip_range,
+                                               weight=batch.weights[sel])
         loss = pg.sum()
         kl = torch.zeros_like(pg)
+        calls = 1
         if alg_cfg.beta > 0:
             with torch.no_grad(), self.backbone.reference():
                 v_ref = self.backbone.velocity(x, sigma, cond, cfg.guidance)
             ref_mean = sde_step_with_logprob(v_ref, sigma, sigma_next, x, cfg.noise_level, prev_sample=x_next,
                                              sigma_max=ro.sigmas[1])[2]
-            dt = (sigma_next - sigma) if alg_cfg.kl_include_dt else None
-            kl = kl_to_reference(mean, ref_mean, std, dt)
+            dt = (sigma_next - sigma)[trained] if alg_cfg.kl_include_dt else None
+            kl = kl_to_reference(mean[trained], ref_mean[trained], std[trained], dt)
             loss = loss + alg_cfg.beta * kl.sum()
+            calls = 2
         (loss / total).backward()
-        return pg.detach(), ratio.detach(), clipped, logp.detach(), old, kl.detach()
+        self.state.nfe += n * self.backbone.nfe_per_sample(cfg.guidance) * calls
+        return (pg.detach(), ratio.detach(), clipped, logp.detach(), old, kl.detach(),
+                ro.replayed[sel])
+
+    def _check_rewards(self, rollout: Rollout) -> None:
+        """Every reward NaN: nothing to learn from, and most likely a task/reward mismatch."""
+        if not bool(torch.isfinite(rollout.rewards).any()):
+            raise UserError(f"every reward of iteration {rollout.iteration} is NaN: reward '{self.task.reward}' "
+                            f"found nothing to score, e.g. for the prompt {rollout.prompts[0]!r}")
 
     def iteration(self) -> None:
-        t0 = time.perf_counter()
-        rollout = self.rollout()
+        """One rollout, then its optimizer steps (stopping at the budget), with evaluations in between."""
+        mark = time.perf_counter()
+        rollout, shares = self.rollout()
+        self._check_rewards(rollout)
         batch = self.algorithm.prepare(rollout)
         rewards = rollout.rewards[torch.isfinite(rollout.rewards)]
-        common = {"train/reward_mean": rewards.mean().item() if len(rewards) else None,
+        common = {"train/reward_mean": rewards.mean().item(),
                   "train/reward_std": rewards.std(unbiased=False).item() if len(rewards) > 1 else None,
                   **batch.metrics}
-        order = torch.randperm(len(rollout.rewards), generator=self.prompt_gen)
-        shares = torch.tensor_split(order, self.cfg.optimizer_steps_per_iter)
-        step_metrics = [self.update(batch, rows) for rows in shares]
+        # observing never depends on the weights, so it may come before the updates; it must, for a
+        # checkpoint at this iteration's end to hold the buffer that the next rollout reads
         common.update(self.algorithm.observe(rollout))
         self.state.iteration += 1
-        self.state.wall_s += time.perf_counter() - t0
-        for metrics in step_metrics:
-            self.state.step += 1
+        for blocks in shares:
+            if self.state.step >= self.cfg.steps:
+                break
+            metrics = self.update(batch, blocks)
             s = self.state
+            s.step += 1
+            if self.ema is not None:
+                self.ema.step(self.params, s.step)
+            s.wall_s += time.perf_counter() - mark
             rec = self.writer.write("step", step=s.step, iteration=s.iteration, samples=s.samples, nfe=s.nfe,
                                     wall_s=round(s.wall_s, 3), **common, **metrics)
             self.progress(rec)
             if s.step % self.cfg.eval_every == 0:
                 self._log_eval()
-                self.save_checkpoint()
+            mark = time.perf_counter()
 
     # -- the run -------------------------------------------------------------------------------
-    def run_start_record(self, run_id: str) -> dict[str, Any]:
+    def run_start_record(self, run_id: str, config_hash: str | None = None) -> dict[str, Any]:
         algo_cfg = dataclasses.asdict(self.algorithm.config)
         return dict(
             run_id=run_id, task=self.task.id, task_version=self.task.version, prompt_hash=self.task.prompt_hash,
+            num_train_prompts=len(self.task.train_prompts), num_eval_prompts=len(self.task.eval_prompts),
             algorithm=self.algorithm_name, algorithm_class=type(self.algorithm).__name__, seed=self.cfg.seed,
-            config={"train": dataclasses.asdict(self.cfg), "algorithm": algo_cfg},
+            config={"train": dataclasses.asdict(self.cfg), "algorithm": algo_cfg}, config_hash=config_hash,
             target=self.task.target, higher_is_better=self.task.higher_is_better, budget_steps=self.cfg.steps,
-            reward=self.task.reward, world_size=1, precision=str(getattr(self.backbone, "dtype", torch.float32)),
+            reward=self.task.reward, eval_metric=self.task.eval_metric, world_size=1,
+            precision=str(getattr(self.backbone, "dtype", torch.float32)),
             versions=_versions(), git_sha=_git_sha(), device=self._device_name(),
             start_time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         )
@@ -355,65 +429,93 @@ class Trainer:
             return torch.cuda.get_device_name(self.device)
         return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
-    def run(self, run_id: str, resume: bool = False) -> dict[str, Any]:
-        """Train to the step budget (or continue a checkpointed run) and write ``run_end``."""
-        if resume and self.load_checkpoint():
-            truncate_after_step(self.writer.path, self.state.step)
-        else:
-            if self.writer.path.exists():
-                self.writer.path.unlink()
-            self.writer.write("run_start", **self.run_start_record(run_id))
-            self._log_eval()
-        while self.state.step < self.cfg.steps:
-            self.iteration()
-        return self.finish()
+    def run(self, run_id: str, resume: bool = False, config_hash: str | None = None) -> dict[str, Any]:
+        """Train to the step budget (or continue from the last checkpoint) and write ``run_end``.
+
+        With ``resume`` and a checkpoint, the records after the checkpoint's step are dropped and the run
+        replays from there (the budget in ``run_start`` becomes this config's). Ctrl-C raises
+        :class:`RunInterrupted` with the last step written.
+        """
+        try:
+            if resume and self.load_checkpoint():
+                truncate_after_step(self.writer.path, self.state.step, budget_steps=self.cfg.steps)
+            else:
+                for stale in (self.writer.path, self.run_dir / CHECKPOINT):
+                    stale.unlink(missing_ok=True)
+                self.writer.write("run_start", **self.run_start_record(run_id, config_hash))
+                self._log_eval()
+                self.save_checkpoint()
+            while self.state.step < self.cfg.steps:
+                before = self.state.step
+                if before + self.cfg.optimizer_steps_per_iter > self.cfg.steps:  # the budget cuts it short
+                    self.save_checkpoint()
+                self.iteration()
+                if self.state.step // self.cfg.eval_every > before // self.cfg.eval_every:  # evaluated
+                    self.save_checkpoint()
+            self.save_checkpoint()  # kept, so that a larger budget can continue this run
+            return self.finish()
+        except KeyboardInterrupt:
+            raise RunInterrupted(self.state.step) from None
+        finally:
+            self.scorer.close()
+
+    def _at_boundary(self) -> bool:
+        """Whether the last iteration ran all its optimizer steps (the state is between iterations)."""
+        return self.state.step == self.state.iteration * self.cfg.optimizer_steps_per_iter
 
     def finish(self) -> dict[str, Any]:
         evals = [r for r in read_records(self.writer.path) if r.get("type") == "eval"]
         hit = first_reaching(evals, self.task.target, self.task.higher_is_better)
+        scores = [e["score"] for e in evals if e.get("score") is not None]
         rec = self.writer.write(
             "run_end", status="completed", steps_to_target=hit["step"] if hit else None,
             samples_to_target=hit["samples"] if hit else None, nfe_to_target=hit["nfe"] if hit else None,
             wall_s_to_target=hit["wall_s"] if hit else None, censored=hit is None,
             final_score=evals[-1]["score"] if evals else None,
-            best_score=max((e["score"] for e in evals), default=None), steps=self.state.step,
-            wall_s=round(self.state.wall_s, 3),
+            best_score=(max(scores) if self.task.higher_is_better else min(scores)) if scores else None,
+            steps=self.state.step, wall_s=round(self.state.wall_s, 3),
         )
         self.progress(rec)
-        self.scorer.close()
-        ckpt = self.run_dir / CHECKPOINT
-        if ckpt.exists():
-            ckpt.unlink()
         return rec
 
     # -- checkpoints (resume) ------------------------------------------------------------------
     def save_checkpoint(self) -> None:
+        """Write the state between two iterations (atomically; safetensors + JSON, no pickle)."""
+        if not self._at_boundary() or self._saved_at == self.state.step:
+            return
         state = {
             "state": dataclasses.asdict(self.state),
-            "params": [p.detach().clone() for p in self.params],
+            "params": [p.detach() for p in self.params],
             "optimizer": self.optimizer.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "algorithm": self.algorithm.state_dict(),
             "prompt_gen": self.prompt_gen.get_state(), "noise_gen": self.noise_gen.get_state(),
         }
-        tmp = self.run_dir / (CHECKPOINT + ".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, self.run_dir / CHECKPOINT)
+        save_state(self.run_dir / CHECKPOINT, state)
+        self._saved_at = self.state.step
 
     def load_checkpoint(self) -> bool:
+        """Restore the last checkpoint; False when there is none. A damaged one is a :class:`UserError`."""
         path = self.run_dir / CHECKPOINT
         if not path.exists():
             return False
-        state = torch.load(path, weights_only=False)
-        self.state = RunState(**state["state"])
-        with torch.no_grad():
-            for p, saved in zip(self.params, state["params"]):
-                p.copy_(saved)
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.ema is not None and state["ema"] is not None:
-            self.ema.load_state_dict(state["ema"])
-        self.algorithm.load_state_dict(state["algorithm"])
-        self.prompt_gen.set_state(state["prompt_gen"])
-        self.noise_gen.set_state(state["noise_gen"])
+        try:
+            state = load_state(path)
+            self.state = RunState(**state["state"])
+            if len(state["params"]) != len(self.params):
+                raise CheckpointError(f"{path} holds {len(state['params'])} tensors for {len(self.params)} "
+                                      "trainable parameters")
+            with torch.no_grad():
+                for p, saved in zip(self.params, state["params"]):
+                    p.copy_(saved)
+            self.optimizer.load_state_dict(state["optimizer"])
+            if self.ema is not None and state["ema"] is not None:
+                self.ema.load_state_dict(state["ema"])
+            self.algorithm.load_state_dict(state["algorithm"])
+            self.prompt_gen.set_state(state["prompt_gen"])
+            self.noise_gen.set_state(state["noise_gen"])
+        except (CheckpointError, KeyError, TypeError, ValueError, RuntimeError) as err:
+            raise UserError(f"cannot resume from {path}: {str(err).splitlines()[0]}; run with --fresh to "
+                            "retrain this run") from None
+        self._saved_at = self.state.step
         return True
-

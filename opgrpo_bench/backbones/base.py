@@ -39,8 +39,12 @@ class Backbone(Protocol):
         """Conditioning for ``prompts`` (no grad; frozen text encoders), plus whatever CFG needs."""
         ...
 
-    def velocity(self, x: torch.Tensor, sigma: torch.Tensor, cond: Cond, guidance: float = 1.0) -> torch.Tensor:
-        """Velocity [B, *latent_shape] at noise level ``sigma`` [B]; CFG when ``guidance != 1``."""
+    def velocity(self, x: torch.Tensor, sigma: torch.Tensor, cond: Cond, guidance: float = 1.0,
+                 detach_uncond: bool = False) -> torch.Tensor:
+        """Velocity [B, *latent_shape] at noise level ``sigma`` [B]; CFG when ``guidance != 1``.
+
+        ``detach_uncond``: no gradient through CFG's unconditional branch (same value).
+        """
         ...
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:

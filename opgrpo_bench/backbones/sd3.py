@@ -170,11 +170,15 @@ class SD3Backbone:
         ]
         return outs[0] if len(outs) == 1 else torch.cat(outs)
 
-    def velocity(self, x: torch.Tensor, sigma: torch.Tensor, cond: Cond, guidance: float = 1.0) -> torch.Tensor:
+    def velocity(self, x: torch.Tensor, sigma: torch.Tensor, cond: Cond, guidance: float = 1.0,
+                 detach_uncond: bool = False) -> torch.Tensor:
         """Velocity [B, *latent_shape] at noise level ``sigma`` [B] (or a scalar), on ``x``'s device and dtype.
 
         With ``guidance != 1``: one batched call over [uncond; cond] rows and
-        ``v = v_uncond + guidance * (v_cond - v_uncond)``, combined in float32.
+        ``v = v_uncond + guidance * (v_cond - v_uncond)``, combined in float32. ``detach_uncond`` stops the
+        gradient through the unconditional branch (Flow-GRPO's training forward): the value is unchanged,
+        the gradient loses the ``-(guidance - 1) * grad v_uncond`` term. The call keeps its [uncond; cond]
+        shape either way, so training evaluates exactly the rows the sampler evaluated.
         """
         device, dtype = self.device, self.dtype
         n = x.shape[0]
@@ -192,6 +196,8 @@ class SD3Backbone:
             both = self._forward(torch.cat([h, h]), torch.cat([t, t]), torch.cat([neg_embeds, embeds]),
                                  torch.cat([neg_pooled, pooled])).float()
             v_uncond, v_cond = both.chunk(2)
+            if detach_uncond:
+                v_uncond = v_uncond.detach()
             v = v_uncond + guidance * (v_cond - v_uncond)
         return v.to(device=x.device, dtype=x.dtype)
 

@@ -10,7 +10,7 @@ def run_records(path):
 
 
 def comparable(records, drop=("wall_s", "start_time", "run_id", "device", "git_sha", "algorithm",
-                              "algorithm_class", "config", "wall_s_to_target")):
+                              "algorithm_class", "config", "config_hash", "wall_s_to_target")):
     """Records without timing/identity fields (and without OP-GRPO's op/* keys)."""
     out = []
     for r in records:

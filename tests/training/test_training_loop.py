@@ -16,9 +16,9 @@ def make_trainer(tmp_path, algorithm="flow-grpo", seed=0, steps=4, sets=()):
 
 def test_on_policy_parity_ratio_is_exactly_one_before_first_update(tmp_path):
     trainer = make_trainer(tmp_path)
-    batch = trainer.algorithm.prepare(trainer.rollout())
-    rows = torch.arange(len(batch.rollout.rewards))
-    metrics = trainer.update(batch, rows)
+    rollout, shares = trainer.rollout()
+    batch = trainer.algorithm.prepare(rollout)
+    metrics = trainer.update(batch, [b for share in shares for b in share])
     assert metrics["train/trained_pairs"] > 0
     assert metrics["ratio/min"] == 1.0 and metrics["ratio/max"] == 1.0
     assert metrics["clipfrac/on_policy"] == 0.0
@@ -83,7 +83,7 @@ def test_no_truncation_reuses_the_stored_reward(tmp_path):
     trainer.iteration()
     assert len(trainer.algorithm.buffer) > 0
     stored = {e.prompt_id: e.reward for e in trainer.algorithm.buffer}
-    rollout = trainer.rollout()
+    rollout, _ = trainer.rollout()
     replayed = torch.nonzero(rollout.replayed).flatten().tolist()
     assert replayed
     for i in replayed:
@@ -96,7 +96,7 @@ def test_no_truncation_reuses_the_stored_reward(tmp_path):
 def test_truncated_replay_keeps_prefix_and_regenerates_suffix(tmp_path):
     trainer = make_trainer(tmp_path, "op-grpo", sets=["replay_proportion=0.5"])
     trainer.iteration()
-    rollout = trainer.rollout()
+    rollout, _ = trainer.rollout()
     i = torch.nonzero(rollout.replayed).flatten()[0].item()
     entry = trainer.algorithm.buffer.get(int(rollout.prompt_ids[i]))
     assert rollout.forced_len[i] == 6
@@ -142,8 +142,8 @@ def test_short_run_eval_score_rises(tmp_path):
 
 
 def test_chunked_rollout_scores_each_sample_with_its_own_image(tmp_path):
-    trainer = make_trainer(tmp_path, sets=["rollout_chunks=3"])
-    rollout = trainer.rollout()
+    trainer = make_trainer(tmp_path, sets=["micro_batch=3"])
+    rollout, _ = trainer.rollout()
     again = trainer.reward(trainer.backbone.decode(rollout.latents[:, -1]), rollout.prompts, rollout.metas)
     # same values up to float rounding of a different batch size in the classifier
     assert torch.allclose(again.scores, rollout.rewards, atol=1e-6, rtol=0)
