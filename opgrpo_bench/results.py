@@ -87,14 +87,19 @@ def read_records(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
 def truncate_after_step(path: str | os.PathLike[str], step: int, budget_steps: int | None = None) -> None:
     """Drop records beyond optimizer step ``step`` (and any ``run_end``): used when resuming.
 
-    ``budget_steps`` replaces the budget in ``run_start`` (a finished run continued to a larger budget).
+    ``budget_steps`` replaces the budget in ``run_start`` (``budget_steps`` and the recorded config's
+    ``steps``), for a finished run continued to a larger budget.
     The file is rewritten atomically (temporary file, fsync, rename).
     """
     p = Path(path)
     kept = []
     for r in read_records(p):
         if r.get("type") == "run_start":
-            kept.append(r if budget_steps is None else {**r, "budget_steps": budget_steps})
+            if budget_steps is not None:
+                r["budget_steps"] = budget_steps
+                if isinstance(r.get("config", {}).get("train"), dict):
+                    r["config"]["train"]["steps"] = budget_steps
+            kept.append(r)
         elif r.get("type") in ("step", "eval") and r["step"] <= step:
             kept.append(r)
     tmp = p.with_suffix(".jsonl.tmp")
