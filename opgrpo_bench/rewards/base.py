@@ -5,7 +5,9 @@ A reward maps a batch of generated images (or videos) and their prompts to one s
     out = reward(images, prompts, metadata)   # -> RewardOutput(scores=[B] float32, components, info)
 
 ``images`` is a float tensor in [0, 1] of shape [B, C, H, W] (videos: [B, F, C, H, W]).
-``NaN`` in ``scores`` means "not applicable to this sample" (never a sentinel such as -10).
+``NaN`` in ``scores`` means "not applicable to this sample" (never a sentinel such as -10). A reward may
+say why in ``info["nan_reason"]`` (:data:`NAN_REASON`): one ``str | None`` per sample, None where the
+score is a number; ``opgrpo-bench score`` prints it.
 Every reward declares its range and direction so that targets and plots stay meaningful.
 
 :class:`BaseReward` is an optional convenience base: it validates inputs, runs :meth:`BaseReward.score`
@@ -45,6 +47,24 @@ class MissingWeightsError(RewardUnavailableError, _ProjectMissingWeightsError): 
 
 class MissingDependencyError(RewardUnavailableError):
     """An optional Python package a reward needs is not installed; the message names the package/extra."""
+
+
+NAN_REASON = "nan_reason"
+"""``info`` key of a per-sample list saying why a score is NaN (None where it is not)."""
+
+
+def nan_reason(out: "RewardOutput", index: int) -> str | None:
+    """Why sample ``index`` scored NaN, from ``info["nan_reason"]`` or, for a composite, its parts' infos."""
+    own = out.info.get(NAN_REASON)
+    if isinstance(own, list) and index < len(own) and own[index]:
+        return str(own[index])
+    parts = []
+    for key, value in out.info.items():
+        if isinstance(value, dict) and isinstance(value.get(NAN_REASON), list):
+            reasons = value[NAN_REASON]
+            if index < len(reasons) and reasons[index]:
+                parts.append(f"{key}: {reasons[index]}")
+    return "; ".join(parts) or None
 
 
 @dataclass
@@ -105,6 +125,7 @@ class BaseReward:
     def __call__(
         self, images: torch.Tensor, prompts: Sequence[str], metadata: Metadata | None = None
     ) -> RewardOutput:
+        """Validate the batch, score it without autograd and return float32 CPU tensors of shape [B]."""
         images, prompts_l, metadata_l = check_inputs(images, prompts, metadata, self.modality, self.name)
         with torch.no_grad():
             out = self.score(images, prompts_l, metadata_l)

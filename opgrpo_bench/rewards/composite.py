@@ -18,7 +18,7 @@ from typing import Any, Mapping
 
 import torch
 
-from opgrpo_bench.rewards.base import BaseReward, RewardOutput
+from opgrpo_bench.rewards.base import NAN_REASON, BaseReward, RewardOutput, nan_reason
 
 
 def weighted_nansum(components: Mapping[str, torch.Tensor], weights: Mapping[str, float]) -> torch.Tensor:
@@ -99,6 +99,7 @@ class CompositeReward(BaseReward):
             self.range = (float(sum(lows)), float(sum(highs)))  # type: ignore[misc]
 
     def score(self, images: torch.Tensor, prompts: list[str], metadata: list[dict[str, Any]]) -> RewardOutput:
+        """Score with every part; ``scores`` = NaN-aware weighted sum, parts in ``components``."""
         components: dict[str, torch.Tensor] = {}
         info: dict[str, Any] = {"weights": dict(self.weights), "normalize_per_reward": self.normalize_per_reward}
         for name, reward in self.rewards.items():
@@ -108,4 +109,11 @@ class CompositeReward(BaseReward):
                 components[f"{name}/{key}"] = value
             if out.info:
                 info[name] = out.info
-        return RewardOutput(weighted_nansum(components, self.weights), components, info)
+        total = weighted_nansum(components, self.weights)
+        info[NAN_REASON] = [
+            None if not torch.isnan(total[i]) else "every part is NaN: " + "; ".join(
+                f"{name}: {nan_reason(RewardOutput(components[name], info=info.get(name, {})), i) or 'no reason given'}"
+                for name in self.rewards)
+            for i in range(total.shape[0])
+        ]
+        return RewardOutput(total, components, info)

@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Sequence
 import torch
 from torch import nn
 
-from opgrpo_bench.rewards.base import RewardOutput
+from opgrpo_bench.rewards.base import NAN_REASON, RewardOutput
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 ASSETS = Path(__file__).resolve().parent.parent / "assets" / "digits-v1"
@@ -30,11 +30,13 @@ class DigitClassifier(nn.Module):
     """MLP on 8x8 grey images in [0, 1] ([B, 1, 8, 8] or [B, 64]) -> logits [B, 10]."""
 
     def __init__(self, hidden: int = 256):
+        """Args: hidden: width of the hidden layer."""
         super().__init__()
         self.net = nn.Sequential(nn.Flatten(), nn.Linear(64, hidden), nn.ReLU(), nn.Dropout(0.2),
                                  nn.Linear(hidden, 10))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits [B, 10] of images [B, 1, 8, 8] or [B, 64]."""
         return self.net(images.reshape(images.shape[0], -1).float())
 
 
@@ -80,8 +82,11 @@ class DigitClassifierReward:
     name: ClassVar[str] = "digit-classifier"
     higher_is_better: ClassVar[bool] = True
     range: ClassVar[tuple[float, float]] = (0.0, 1.0)
+    input_shape: ClassVar[tuple[int, int, int]] = (1, 8, 8)
+    """[C, H, W] of the images it scores (the digits-v1 task's size); ``opgrpo-bench score`` checks it."""
 
     def __init__(self, path: str | Path | None = None):
+        """Args: path: folder with ``classifier.safetensors`` (default: the weights shipped in the package)."""
         from safetensors.torch import load_file
 
         folder = Path(path) if path else ASSETS
@@ -95,16 +100,21 @@ class DigitClassifierReward:
     def __call__(self, images: torch.Tensor, prompts: Sequence[str],
                  metadata: Sequence[dict[str, Any]] | None = None) -> RewardOutput:
         """``images`` [B, 1, 8, 8] in [0, 1] -> scores [B] = p(prompted digit), plus ``correct`` (argmax hit)."""
+        if images.shape[1:].numel() != 64:
+            raise ValueError(f"digit-classifier expects [B, 1, 8, 8] images, got {tuple(images.shape)}")
         metadata = metadata or [{}] * len(prompts)
         probs = self.model(images).softmax(-1)
         labels = [prompted_digit(p, m) for p, m in zip(prompts, metadata)]
         scores = torch.full((len(prompts),), float("nan"))
         correct = torch.full((len(prompts),), float("nan"))
+        why_nan: list[str | None] = []
         for i, label in enumerate(labels):
             if label is not None:
                 scores[i] = probs[i, label]
                 correct[i] = float(probs[i].argmax().item() == label)
-        return RewardOutput(scores=scores, components={"correct": correct})
+            why_nan.append(None if label is not None else
+                           "the prompt names no digit (0-9 or zero..nine) and metadata has no 'digit'")
+        return RewardOutput(scores=scores, components={"correct": correct}, info={NAN_REASON: why_nan})
 
 
 _DIGIT = r"(\d|" + "|".join(DIGIT_WORDS) + r")"
@@ -142,8 +152,11 @@ class DigitPairReward:
     name: ClassVar[str] = "digit-pair"
     higher_is_better: ClassVar[bool] = True
     range: ClassVar[tuple[float, float]] = (0.0, 1.0)
+    input_shape: ClassVar[tuple[int, int, int]] = (1, 8, 16)
+    """[C, H, W] of the images it scores (the digits-pair-v1 task's size); ``opgrpo-bench score`` checks it."""
 
     def __init__(self, path: str | Path | None = None):
+        """Args: path: folder of the digits-v1 classifier (default: the weights shipped in the package)."""
         self.classifier = DigitClassifierReward(path)
         self.model, self.info = self.classifier.model, self.classifier.info
 
@@ -161,13 +174,19 @@ class DigitPairReward:
         probs = torch.cat([self.model(halves[i : i + 1]) for i in range(2 * n)]).softmax(-1)
         finite = torch.isfinite(halves.reshape(2 * n, -1)).all(-1)
         scores, p_left, p_right = (torch.full((n,), float("nan")) for _ in range(3))
+        why_nan: list[str | None] = [None] * n
         for i, (prompt, meta) in enumerate(zip(prompts, metadata)):
             pair = prompted_pair(prompt, meta)
-            if pair is None or not (finite[i] and finite[n + i]):
+            if pair is None:
+                why_nan[i] = ("the prompt names no digit pair ('<X> left of <Y>' or '<X> right of <Y>') and "
+                              "metadata has no 'left'/'right'")
+                continue
+            if not (finite[i] and finite[n + i]):
+                why_nan[i] = "the image has non-finite pixels"
                 continue
             left, right = pair
             pl, pr = probs[i], probs[n + i]
             p_left[i], p_right[i] = pl[left], pr[right]
             scores[i] = float(int(pl.argmax()) == left and int(pr.argmax()) == right)
         return RewardOutput(scores=scores, components={"p_left": p_left, "p_right": p_right,
-                                                       "p_both": p_left * p_right})
+                                                       "p_both": p_left * p_right}, info={NAN_REASON: why_nan})

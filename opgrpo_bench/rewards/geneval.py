@@ -6,9 +6,17 @@ Each sample's ``metadata`` is a GenEval record, e.g.::
                                     {"class": "cat", "count": 1, "position": ["left of", 0]}]}
     {"tag": "color_attr", "include": [{"class": "car", "count": 1, "color": "red"}], "exclude": [...]}
 
-Samples without ``include`` score NaN. The score is GenEval's strict correctness (1 when every
-requirement holds, else 0); the ``partial`` component is the fraction of requirements that hold
-(Flow-GRPO-style shaping; ``mode="partial"`` makes it the score).
+Samples without ``include`` score NaN. Two scores are computed for every sample:
+
+- ``correct``: GenEval's strict correctness, 1 when every requirement holds, else 0 (:func:`evaluate`).
+  This is what GenEval reports, and what the GenEval tasks evaluate (``TaskSpec.eval_metric="correct"``).
+- ``partial``: Flow-GRPO-style partial credit for training (:func:`partial_score`), the mean of one term
+  per count, colour, position and exclusion requirement, each in [0, 1]. It is 1 exactly when
+  ``correct`` is 1.
+
+``mode="strict"`` (the default) returns ``correct`` as the score; ``mode="partial"`` (the GenEval training
+tasks) returns ``partial``. Both are always in ``components``, beside ``requirements_met`` (the fraction
+of include/exclude entries that hold strictly).
 
 Pipeline (GenEval's ``evaluate_images.py`` semantics, re-implemented here):
 
@@ -39,7 +47,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from opgrpo_bench.rewards.base import BaseReward, MissingWeightsError, RewardOutput, default_device, to_rgb
+from opgrpo_bench.rewards.base import (
+    NAN_REASON,
+    BaseReward,
+    MissingWeightsError,
+    RewardOutput,
+    default_device,
+    to_rgb,
+)
 from opgrpo_bench.rewards.clip import ClipBackbone, _dtype
 from opgrpo_bench.rewards.weights import resolve_dir
 
@@ -159,6 +174,83 @@ def evaluate(
     return not reasons, (met / total if total else math.nan), reasons
 
 
+def _exact_count(cls: str, count: int, metadata: dict[str, Any]) -> bool:
+    """True when ``metadata`` asks for exactly ``count`` of ``cls``: an exclude of the same class at count + 1."""
+    return any(canonical_class(e["class"]) == cls and int(e["count"]) == count + 1 for e in metadata.get("exclude", []))
+
+
+def count_term(found: int, asked: int, exact: bool) -> float:
+    """Partial credit for ``found`` detections of a class asked ``asked`` times.
+
+    ``exact`` (GenEval's counting prompts: "exactly n"): ``max(0, 1 - |found - asked| / asked)``;
+    otherwise ("at least n"): ``min(found, asked) / asked``. ``asked == 0``: 1 when nothing extra is required.
+    """
+    if asked <= 0:
+        return float(found == 0) if exact else 1.0
+    if exact:
+        return max(0.0, 1.0 - abs(found - asked) / asked)
+    return min(found, asked) / asked
+
+
+def partial_score(
+    detections: dict[str, list[Detection]], metadata: dict[str, Any], color_fn: ColorFn | None = None
+) -> tuple[float, list[tuple[str, float]]]:
+    """Flow-GRPO-style partial GenEval score: the mean of per-requirement terms in [0, 1].
+
+    For include requirement ``i`` (class ``cls``, count ``n``; ``c`` = number of filtered detections of
+    ``cls``, ``found`` = the ``min(c, n)`` most confident ones):
+
+    - count: :func:`count_term` ``(c, n, exact)``, where ``exact`` holds when an exclude of ``cls`` with count
+      ``n + 1`` exists (GenEval's encoding of "exactly n", used by its counting prompts). That exclude is
+      then part of this term and adds no term of its own;
+    - colour (when ``color`` is given): the number of ``found`` objects classified as that colour, over ``n``;
+    - position (when ``position = [relation, j]``): the fraction of pairs (object of ``found``, object of
+      requirement ``j``'s found objects) that stand in ``relation``, over ``n x n_j`` (0 when ``j`` is not
+      an earlier requirement).
+
+    Each remaining exclude (``cls``, ``m``) adds ``1[c < m]``. The score is the mean of all terms; NaN when
+    there are none. It is 1 exactly when :func:`evaluate` says correct.
+
+    Returns:
+        (score, [(term name, value), ...]).
+    """
+    includes, excludes = metadata.get("include", []), metadata.get("exclude", [])
+    terms: list[tuple[str, float]] = []
+    groups: list[tuple[list[Detection], int]] = []
+    absorbed: set[tuple[str, int]] = set()
+    for j, req in enumerate(includes):
+        cls, n = canonical_class(req["class"]), int(req["count"])
+        dets = detections.get(cls, [])
+        exact = _exact_count(cls, n, metadata)
+        if exact:
+            absorbed.add((cls, n + 1))
+        terms.append((f"count {cls} {'==' if exact else '>='}{n}", count_term(len(dets), n, exact)))
+        found = dets[:n]
+        if "color" in req:
+            if color_fn is None:
+                raise ValueError("a colour requirement needs a colour classifier")
+            hits = color_fn(cls, found).count(req["color"]) if found else 0
+            terms.append((f"color {req['color']} {cls}", min(hits, n) / n if n > 0 else 1.0))
+        if "position" in req:
+            relation, target = req["position"][0], int(req["position"][1])
+            value = 0.0
+            if 0 <= target < j:
+                target_found, target_n = groups[target]
+                if n > 0 and target_n > 0:
+                    hits = sum(relation in relative_position(o, t) for o in found for t in target_found)
+                    value = hits / (n * target_n)
+            terms.append((f"position {cls} {relation} {target}", value))
+        groups.append((found, n))
+    for req in excludes:
+        cls, m = canonical_class(req["class"]), int(req["count"])
+        if (cls, m) in absorbed:
+            continue
+        terms.append((f"exclude {cls}<{m}", float(len(detections.get(cls, [])) < m)))
+    if not terms:
+        return math.nan, terms
+    return sum(v for _, v in terms) / len(terms), terms
+
+
 def boxes_from_masks(masks: torch.Tensor) -> torch.Tensor:
     """Tight (x1, y1, x2 + 1, y2 + 1) boxes of boolean masks [N, H, W]; zeros for empty masks."""
     n = masks.shape[0]
@@ -180,6 +272,7 @@ class Mask2FormerDetector:
 
     def __init__(self, folder: Any, device: torch.device, dtype: torch.dtype, size: int = 800,
                  max_per_image: int = 100):
+        """Load the Mask2Former in ``folder``; ``size`` is the short side of the detector input."""
         from transformers import Mask2FormerForUniversalSegmentation
 
         self.model = Mask2FormerForUniversalSegmentation.from_pretrained(folder, dtype=dtype).to(device).eval()
@@ -228,6 +321,7 @@ class ColorClassifier:
     """GenEval's CLIP zero-shot colour classifier over :data:`COLORS`."""
 
     def __init__(self, clip: ClipBackbone):
+        """Args: clip: the CLIP backbone whose text and image embeddings are compared."""
         self.clip = clip
         self._heads: dict[str, torch.Tensor] = {}
 
@@ -256,6 +350,7 @@ class ColorClassifier:
         return out
 
     def __call__(self, image: torch.Tensor, cls: str, detections: Sequence[Detection]) -> list[str]:
+        """The colour name (of :data:`COLORS`) of each detection of ``cls`` in ``image`` [3, H, W]."""
         if not detections:
             return []
         embeds = torch.cat([self.clip.image_embeds(c[None]) for c in self.crops(image, detections)])
@@ -263,7 +358,11 @@ class ColorClassifier:
 
 
 class GenEvalReward(BaseReward):
-    """GenEval correctness (0/1) of an image against its GenEval metadata; NaN without metadata."""
+    """GenEval score of an image against its GenEval metadata; NaN without metadata.
+
+    ``scores`` is the strict correctness (``mode="strict"``) or the partial score (``mode="partial"``);
+    ``components`` always hold ``correct`` (0/1), ``partial`` and ``requirements_met``.
+    """
 
     name = "geneval"
     range = (0.0, 1.0)
@@ -286,7 +385,8 @@ class GenEvalReward(BaseReward):
         """Args:
         path: Mask2Former COCO-instance folder or cached repo id.
         clip_path: CLIP folder or cached repo id for colours (default ``openai/clip-vit-large-patch14``).
-        mode: ``strict`` (GenEval's 0/1) or ``partial`` (fraction of requirements met).
+        mode: ``strict`` (GenEval's 0/1, for evaluation) or ``partial`` (:func:`partial_score`, for
+            training); ``components["correct"]`` is the strict 0/1 either way.
         detector_size: short side of the detector input (GenEval's mmdetection pipeline: 800).
         """
         if mode not in ("strict", "partial"):
@@ -305,20 +405,41 @@ class GenEvalReward(BaseReward):
         self.mode, self.threshold, self.counting_threshold = mode, threshold, counting_threshold
 
     def score(self, images: torch.Tensor, prompts: list[str], metadata: list[dict[str, Any]]) -> RewardOutput:
+        """Detect, then apply :func:`evaluate` and :func:`partial_score` to each sample with metadata."""
         images = to_rgb(images)
-        correct, partial, reasons = [], [], []
+        correct, partial, met, reasons, terms, why_nan = [], [], [], [], [], []
         for image, meta in zip(images, metadata):
             if not meta.get("include"):
-                correct.append(math.nan)
-                partial.append(math.nan)
+                for column in (correct, partial, met):
+                    column.append(math.nan)
                 reasons.append(None)
+                terms.append(None)
+                why_nan.append("no GenEval metadata: the sample's metadata has no 'include' list")
                 continue
             dets = filter_detections(self.detector(image), meta.get("tag"), self.threshold, self.counting_threshold)
-            ok, frac, why = evaluate(dets, meta, lambda cls, found, image=image: self.colors(image, cls, found))
+            cache: dict[tuple[str, tuple[int, ...]], list[str]] = {}
+
+            def color_fn(cls: str, found: Sequence[Detection], image: torch.Tensor = image,
+                         cache: dict[tuple[str, tuple[int, ...]], list[str]] = cache) -> list[str]:
+                """The colours of ``found``, classified once per object set."""
+                key = (cls, tuple(id(d) for d in found))  # both rules ask about the same objects: classify once
+                if key not in cache:
+                    cache[key] = self.colors(image, cls, found)
+                return cache[key]
+
+            ok, frac, why = evaluate(dets, meta, color_fn)
+            value, parts = partial_score(dets, meta, color_fn)
             correct.append(float(ok))
-            partial.append(frac)
+            partial.append(value)
+            met.append(frac)
             reasons.append(why)
+            terms.append([[name, round(v, 6)] for name, v in parts])
+            why_nan.append(None)
         correct_t = torch.tensor(correct, dtype=torch.float32)
         partial_t = torch.tensor(partial, dtype=torch.float32)
         scores = correct_t if self.mode == "strict" else partial_t
-        return RewardOutput(scores, components={"correct": correct_t, "partial": partial_t}, info={"reasons": reasons})
+        return RewardOutput(
+            scores, components={"correct": correct_t, "partial": partial_t,
+                                "requirements_met": torch.tensor(met, dtype=torch.float32)},
+            info={"reasons": reasons, "partial_terms": terms, NAN_REASON: why_nan},
+        )

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from opgrpo_bench.rewards.base import BaseReward, MissingDependencyError, RewardOutput, to_uint8_hwc
+from opgrpo_bench.rewards.base import NAN_REASON, BaseReward, MissingDependencyError, RewardOutput, to_uint8_hwc
 
 
 def quoted_text(prompt: str) -> str | None:
@@ -110,16 +110,21 @@ class OcrReward(BaseReward):
         return " ".join(str(line[1]) for line in result)
 
     def score(self, images: torch.Tensor, prompts: list[str], metadata: list[dict[str, Any]]) -> RewardOutput:
+        """OCR each image and compare with its target text (NaN, with a reason, when there is none)."""
         arrays = to_uint8_hwc(images)
-        scores, texts, targets = [], [], []
+        scores, texts, targets, why_nan = [], [], [], []
         for array, prompt, meta in zip(arrays, prompts, metadata):
             target = meta.get("text", quoted_text(prompt))
             targets.append(target)
-            if target is None or not normalize_text(target):
+            if target is None or not normalize_text(str(target)):
                 scores.append(float("nan"))
                 texts.append(None)
+                why_nan.append("the prompt has no text between double quotes to read (and metadata has no 'text')"
+                               if target is None else "the target text is empty")
                 continue
             read = self.read(array)
             texts.append(read)
-            scores.append(text_match_score(target, read))
-        return RewardOutput(torch.tensor(scores, dtype=torch.float32), info={"ocr_text": texts, "target": targets})
+            scores.append(text_match_score(str(target), read))
+            why_nan.append(None)
+        return RewardOutput(torch.tensor(scores, dtype=torch.float32),
+                            info={"ocr_text": texts, "target": targets, NAN_REASON: why_nan})

@@ -31,14 +31,18 @@ class ThresholdReward(BaseReward):
 
     def __init__(self, reward: str = "digit-classifier", threshold: float = 0.5,
                  reward_args: dict[str, Any] | None = None):
+        """Build the wrapped reward (see the class docstring for the arguments)."""
         from opgrpo_bench.registry import REWARDS
 
         if not math.isfinite(float(threshold)):
             raise ValueError(f"threshold must be finite, got {threshold}")
         self.inner = REWARDS.get(reward)(**(reward_args or {}))
         self.threshold = float(threshold)
+        if hasattr(self.inner, "input_shape"):  # e.g. the digit rewards' fixed image size
+            self.input_shape = self.inner.input_shape
 
     def score(self, images: torch.Tensor, prompts: list[str], metadata: list[dict[str, Any]]) -> RewardOutput:
+        """Threshold the wrapped reward's scores; its components (and ``raw``) and info are kept."""
         out = self.inner(images, prompts, metadata)
         raw = out.scores.float()
         hit = raw >= self.threshold if self.inner.higher_is_better else raw <= self.threshold

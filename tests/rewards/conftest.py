@@ -39,6 +39,20 @@ def _empty_hf_cache(tmp_path_factory: pytest.TempPathFactory):
             os.environ[k] = v
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _reward_secret():
+    """A session secret for the reward server, so no test writes a key file into the real cache folder."""
+    import secrets
+
+    old = os.environ.get("OPGRPO_REWARD_SECRET")
+    os.environ["OPGRPO_REWARD_SECRET"] = "test-" + secrets.token_hex(16)
+    yield os.environ["OPGRPO_REWARD_SECRET"]
+    if old is None:
+        os.environ.pop("OPGRPO_REWARD_SECRET", None)
+    else:
+        os.environ["OPGRPO_REWARD_SECRET"] = old
+
+
 @pytest.fixture(scope="session")
 def standin_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("standins")
