@@ -18,7 +18,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import typer  # noqa: E402
 
-from opgrpo_bench.leaderboard.cli import leaderboard  # noqa: E402
+from opgrpo_bench.leaderboard.cli import DEFAULT_OUT as LEADERBOARD_OUT, leaderboard  # noqa: E402
 from opgrpo_bench.rewards.cli import score  # noqa: E402
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -41,15 +41,28 @@ def run(
     = None,
     fresh: Annotated[bool, typer.Option("--fresh", help="retrain runs that already exist")] = False,
     leaderboard_out: Annotated[Path, typer.Option("--leaderboard-out", help="report directory (suites)")]
-    = Path("leaderboard-out"),
+    = Path(LEADERBOARD_OUT),
 ) -> None:
     """Train runs. With no --task/--algorithm/--seed: the default suite (or --quick), then the leaderboard."""
     from rich.console import Console
 
+    from opgrpo_bench.errors import UserError
+    from opgrpo_bench.registry import ALGORITHMS, TASKS
     from opgrpo_bench.suite import SUITES, run_grid, run_suite
+    from opgrpo_bench.validation import check_output_dir, check_positive
 
     console = Console(stderr=True)
-    if suite is not None or (not task and not algorithm and not seed and not set_ and steps is None):
+    check_positive("-j/--jobs", jobs)
+    if steps is not None and steps < 1:
+        raise UserError(f"--steps must be positive, got {steps}")
+    grid_options = [name for name, given in (("--task", task), ("--algorithm", algorithm), ("--seed", seed),
+                                             ("--steps", steps is not None), ("--set", set_)) if given]
+    if suite is not None and quick and suite != "quick":
+        raise UserError(f"--quick is the suite 'quick'; it cannot be combined with --suite {suite}")
+    if (suite is not None or quick) and grid_options:
+        raise UserError(f"{'--suite' if suite is not None else '--quick'} runs a fixed grid; it cannot be combined "
+                        f"with {', '.join(grid_options)}")
+    if suite is not None or not grid_options:
         name = suite or ("quick" if quick else "default")
         if name not in SUITES:
             import difflib
@@ -57,6 +70,8 @@ def run(
             from opgrpo_bench.registry import UnknownNameError
 
             raise UnknownNameError("suite", name, difflib.get_close_matches(name, list(SUITES), n=2), list(SUITES))
+        check_output_dir(out, "--out")
+        check_output_dir(leaderboard_out, "--leaderboard-out")
         s = SUITES[name]
         console.print(f"suite '{name}': {len(s.combos())} runs ({s.describe()}; {s.steps or 'task budget'} steps "
                       f"each), {jobs} jobs -> {out}")
@@ -65,16 +80,22 @@ def run(
         return
     from opgrpo_bench.tasks.digits import DIGITS_V1
 
-    tasks = task or [DIGITS_V1.id]
-    algorithms = algorithm or ["flow-grpo"]
-    seeds = seed or [0]
+    # canonical names, each once (an alias and its name, or a repeated option, are one run)
+    tasks = list(dict.fromkeys(TASKS.entry(t).name for t in task or [DIGITS_V1.id]))
+    algorithms = list(dict.fromkeys(ALGORITHMS.entry(a).name for a in algorithm or ["flow-grpo"]))
+    seeds = list(dict.fromkeys(seed or [0]))
+    check_output_dir(out, "--out")
     combos = [(t, a, s) for t in tasks for a in algorithms for s in seeds]
     ends = run_grid(combos, out, steps, list(set_ or []), jobs=min(jobs, len(combos)), resume=not fresh,
                     console=console)
     for (t, a, s), end in zip(combos, ends):
         reached = f"step {end['steps_to_target']}" if not end["censored"] else "not reached (censored)"
-        typer.echo(f"{t} {a} seed {s}: target {reached}; best {end['best_score']:.4f}, "
-                   f"final {end['final_score']:.4f}, {end['wall_s']:.1f} s")
+        typer.echo(f"{t} {a} seed {s}: target {reached}; best {_score(end.get('best_score'))}, "
+                   f"final {_score(end.get('final_score'))}, {end['wall_s']:.1f} s")
+
+
+def _score(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
 
 
 @app.command("list")
@@ -105,21 +126,58 @@ def list_(
         console.print(table)
 
 
+INTERRUPTED = "interrupted; finished runs are kept and unfinished ones resume from their last checkpoint"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _click_kind(err: BaseException) -> str | None:
+    """Which of click's user-facing exceptions ``err`` is (by class name: Typer may vendor its own click)."""
+    names = {cls.__name__ for cls in type(err).__mro__}
+    for kind in ("NoArgsIsHelpError", "UsageError", "ClickException", "Abort"):
+        if kind in names:
+            return kind
+    return None
+
+
 def main() -> None:
-    """Console-script entry point: runs the app and turns user errors into one line + exit code 2."""
-    from opgrpo_bench.errors import UserError
-    from opgrpo_bench.leaderboard.load import LeaderboardError
+    """Console-script entry point: runs the app; a user error is one ``error: ...`` line and exit code 2
+    (click's usage errors too), Ctrl-C one line and exit code 130."""
+    from opgrpo_bench.errors import RunInterrupted, UserError
     from opgrpo_bench.registry import UnknownNameError
 
     try:
-        app()
-    except (UserError, UnknownNameError, LeaderboardError) as err:
-        typer.echo(f"error: {err}", err=True)
+        code = app(standalone_mode=False)
+    except (UserError, UnknownNameError) as err:
+        typer.echo(f"error: {_one_line(str(err))}", err=True)
         sys.exit(2)
-    except KeyboardInterrupt:
-        typer.echo("interrupted; finished runs are kept and unfinished ones resume from their last checkpoint",
-                   err=True)
+    except RunInterrupted as err:  # also GridInterrupted (several runs)
+        typer.echo(str(err), err=True)
         sys.exit(130)
+    except KeyboardInterrupt:
+        typer.echo(INTERRUPTED, err=True)
+        sys.exit(130)
+    except Exception as err:
+        kind = _click_kind(err)
+        if kind is None:
+            raise
+        if kind == "NoArgsIsHelpError":  # the help is already printed
+            sys.exit(getattr(err, "exit_code", 2))
+        if kind == "Abort":
+            typer.echo("error: aborted", err=True)
+            sys.exit(1)
+        message = _one_line(err.format_message())  # type: ignore[attr-defined]
+        ctx = getattr(err, "ctx", None)
+        if kind == "UsageError" and ctx is not None:
+            message += f" (see '{ctx.command_path} --help')"
+        typer.echo(f"error: {message}", err=True)
+        sys.exit(getattr(err, "exit_code", 2))
+    if code == 130:  # typer turns a KeyboardInterrupt into exit code 130
+        typer.echo(INTERRUPTED, err=True)
+    if isinstance(code, int) and code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import queue as queue_mod
+import signal
+import threading
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+from opgrpo_bench.errors import RunInterrupted, UserError
+from opgrpo_bench.registry import UnknownNameError
 
 DEFAULT_ALGORITHMS = (
     "flow-grpo", "op-grpo", "op-grpo-no-correction", "op-grpo-naive-is", "op-grpo-no-truncation",
@@ -59,6 +64,66 @@ SUITES = {
 }
 
 
+class GridInterrupted(RunInterrupted):
+    """Ctrl-C during a grid of several runs: finished runs are kept, the others resume when the same
+    command is run again. ``finished`` of ``total`` runs were complete; ``stopped`` maps each run stopped
+    mid-way to its last written step (None when unknown)."""
+
+    def __init__(self, finished: int, total: int, stopped: dict[tuple[str, str, int], int | None] | None = None,
+                 forced: bool = False):
+        self.finished, self.total, self.stopped, self.forced = finished, total, dict(stopped or {}), forced
+        self.step = None
+        how = "; workers stopped hard at a second Ctrl-C" if forced else ""
+        Exception.__init__(self, f"interrupted: {finished} of {total} runs finished and are kept{how}; run the "
+                                 "same command again to resume the others from their last checkpoint")
+
+
+_INTERRUPTED = "interrupted"  # a worker's return value for a run stopped by Ctrl-C: {"type": ..., "step": ...}
+_SKIPPED = "skipped"  # ... for a run not started because the grid was stopping
+
+
+def _interrupt_once(signum: int, frame: Any) -> None:
+    """A worker's SIGINT handler: the first Ctrl-C interrupts the run, later ones are ignored (the parent
+    forwards Ctrl-C to its workers, and a terminal sends it to all of them too)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
+_STOP: Any = None
+"""In a worker: the grid's stop Event (set by the parent on Ctrl-C or on a failed run)."""
+
+
+def _init_worker(stop: Any) -> None:
+    """Idle workers ignore Ctrl-C (no traceback from the pool's loop); the parent decides what stops."""
+    global _STOP
+    _STOP = stop
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def interruptible(fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run ``fn`` in a worker so that Ctrl-C stops it cleanly and nothing but a result crosses back.
+
+    Returns ``fn()``'s record, ``{"type": "interrupted", "step": N}`` when Ctrl-C stopped it (N = last step
+    written, from :class:`RunInterrupted`), or ``{"type": "skipped"}`` when the grid was already stopping.
+    User errors come back as a plain :class:`UserError` (always picklable).
+    """
+    # the handler first, then the stop check: the parent sets the event before it signals, so a run is
+    # either skipped or sees the signal
+    signal.signal(signal.SIGINT, _interrupt_once)
+    try:
+        if _STOP is not None and _STOP.is_set():
+            return {"type": _SKIPPED}
+        return fn()
+    except RunInterrupted as err:
+        return {"type": _INTERRUPTED, "step": err.step}
+    except KeyboardInterrupt:
+        return {"type": _INTERRUPTED, "step": None}
+    except (UserError, UnknownNameError) as err:
+        raise UserError(str(err)) from None
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _worker(task: str, algorithm: str, seed: int, out: str, steps: int | None, sets: list[str],
             resume: bool, updates: Any) -> dict[str, Any]:
     """Runs in a worker process; streams step/eval records to the parent through ``updates``."""
@@ -73,7 +138,57 @@ def _worker(task: str, algorithm: str, seed: int, out: str, steps: int | None, s
         if record.get("type") in ("step", "eval"):
             updates.put((key, record))
 
-    return run_one(task, algorithm, seed, out=out, steps=steps, sets=sets, resume=resume, progress=progress)
+    return interruptible(lambda: run_one(task, algorithm, seed, out=out, steps=steps, sets=sets, resume=resume,
+                                         progress=progress))
+
+
+class _CtrlC:
+    """The parent's SIGINT handling while a pool runs: the first Ctrl-C sets ``hit`` (the loop then stops the
+    grid cleanly), a second one raises KeyboardInterrupt (stop hard). Only in the main thread."""
+
+    def __init__(self) -> None:
+        self.hit = False
+        self.active = threading.current_thread() is threading.main_thread()
+        self.previous: Any = signal.getsignal(signal.SIGINT) if self.active else None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.hit:
+            raise KeyboardInterrupt
+        self.hit = True
+
+    def ignore(self) -> None:
+        """Ignore Ctrl-C (while worker processes start: they inherit it, so none dies in its start-up)."""
+        if self.active:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def watch(self) -> None:
+        if self.active:
+            signal.signal(signal.SIGINT, self._handle)
+
+    def restore(self) -> None:
+        if self.active and self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+
+def _signal_workers(pool: ProcessPoolExecutor) -> None:
+    """Forward Ctrl-C to the pool's live workers (a running run stops at once and keeps what it wrote)."""
+    import os
+
+    for proc in list((getattr(pool, "_processes", None) or {}).values()):
+        try:
+            if proc.is_alive():
+                os.kill(proc.pid, signal.SIGINT)
+        except (OSError, ValueError):
+            pass
+
+
+def _kill_workers(pool: ProcessPoolExecutor) -> None:
+    for proc in list((getattr(pool, "_processes", None) or {}).values()):
+        try:
+            proc.terminate()
+        except (OSError, ValueError):
+            pass
+    pool.shutdown(wait=False, cancel_futures=True)
 
 
 def run_grid(combos: list[tuple[str, str, int]], out: str | Path, steps: int | None = None,
@@ -83,6 +198,11 @@ def run_grid(combos: list[tuple[str, str, int]], out: str | Path, steps: int | N
 
     Returns the ``run_end`` records in ``combos`` order. All runs are validated (names, settings) before
     any starts, so a typo fails at once and nothing already written is touched.
+
+    Ctrl-C stops every running run at once (each keeps what it wrote and resumes from its last checkpoint
+    when the same grid runs again) and starts no new one; then :class:`GridInterrupted` is raised (or, for a
+    single run, :class:`RunInterrupted`). A second Ctrl-C while the workers wind down stops them hard.
+    A run that fails stops the grid the same way, then its error is raised.
     """
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
@@ -90,8 +210,15 @@ def run_grid(combos: list[tuple[str, str, int]], out: str | Path, steps: int | N
 
     from opgrpo_bench.runner import resolve
 
+    if jobs < 1:
+        raise UserError(f"-j/--jobs must be >= 1, got {jobs}")
     console = console or Console(stderr=True)
-    budgets = {c: resolve(c[0], c[1], c[2], steps, list(sets or [])).train_config.steps for c in combos}
+    resolved = {c: resolve(c[0], c[1], c[2], steps, list(sets or [])) for c in combos}
+    # one run per run id: a repeated combination, or a task or algorithm named by an alias, runs once
+    by_id = {r.run_id: c for c, r in reversed(list(resolved.items()))}
+    first = {c: by_id[r.run_id] for c, r in resolved.items()}
+    asked, combos = combos, list(dict.fromkeys(first.values()))
+    budgets = {c: resolved[c].train_config.steps for c in combos}
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn())
     results: dict[tuple[str, str, int], dict[str, Any]] = {}
@@ -101,30 +228,80 @@ def run_grid(combos: list[tuple[str, str, int]], out: str | Path, steps: int | N
             from opgrpo_bench.runner import run_one
 
             for combo in combos:
-                results[combo] = run_one(*combo, out=out, steps=steps, sets=list(sets or []), resume=resume,
-                                         progress=lambda rec, c=combo: board.update(c, rec))
+                try:
+                    results[combo] = run_one(*combo, out=out, steps=steps, sets=list(sets or []), resume=resume,
+                                             progress=lambda rec, c=combo: board.update(c, rec))
+                except (RunInterrupted, KeyboardInterrupt) as err:
+                    step = getattr(err, "step", None)
+                    board.interrupted(combo, step)
+                    if len(combos) == 1 and isinstance(err, RunInterrupted):
+                        raise
+                    raise GridInterrupted(len(results), len(combos), {combo: step}) from None
                 board.finish(combo, results[combo])
-            return [results[c] for c in combos]
+            return [results[first[c]] for c in asked]
+        stopped: dict[tuple[str, str, int], int | None] = {}
+        error: BaseException | None = None
+        ctrl_c = _CtrlC()
         ctx = mp.get_context("spawn")
-        manager = ctx.Manager()
-        updates = manager.Queue()
+        stop = ctx.Event()
+        ctrl_c.ignore()
         try:
-            with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-                futures: dict[Future, tuple[str, str, int]] = {
-                    pool.submit(_worker, *c, str(out), steps, list(sets or []), resume, updates): c for c in combos}
-                pending = set(futures)
-                while pending:
+            manager = ctx.Manager()
+            try:
+                with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_init_worker,
+                                         initargs=(stop,)) as pool:
+                    updates = manager.Queue()
+                    futures: dict[Future, tuple[str, str, int]] = {
+                        pool.submit(_worker, *c, str(out), steps, list(sets or []), resume, updates): c
+                        for c in combos}
+                    ctrl_c.watch()
+                    pending = set(futures)
+                    stopping = False
                     try:
-                        board.update(*updates.get(timeout=0.2))
-                    except queue_mod.Empty:
-                        pass
-                    for fut in [f for f in pending if f.done()]:
-                        pending.discard(fut)
-                        results[futures[fut]] = fut.result()  # re-raises a worker's error
-                        board.finish(futures[fut], results[futures[fut]])
+                        while pending:
+                            if (ctrl_c.hit or error is not None) and not stopping:
+                                stopping = True
+                                stop.set()
+                                for fut in pending:
+                                    fut.cancel()
+                                _signal_workers(pool)
+                            try:
+                                board.update(*updates.get(timeout=0.2))
+                            except queue_mod.Empty:
+                                pass
+                            for fut in [f for f in pending if f.done()]:
+                                pending.discard(fut)
+                                combo = futures[fut]
+                                if fut.cancelled():
+                                    continue
+                                failure = fut.exception()
+                                if isinstance(failure, KeyboardInterrupt):  # Ctrl-C as the run returned
+                                    stopped[combo] = None
+                                    board.interrupted(combo, None)
+                                    continue
+                                if failure is not None:  # a failed run: stop the others, then re-raise
+                                    error = error or failure
+                                    continue
+                                end = fut.result()
+                                if end.get("type") == _INTERRUPTED:
+                                    stopped[combo] = end.get("step")
+                                    board.interrupted(combo, end.get("step"))
+                                elif end.get("type") != _SKIPPED:
+                                    results[combo] = end
+                                    board.finish(combo, end)
+                    except KeyboardInterrupt:  # a second Ctrl-C: stop hard
+                        _kill_workers(pool)
+                        raise GridInterrupted(len(results), len(combos), stopped, forced=True) from None
+            finally:
+                ctrl_c.ignore()
+                manager.shutdown()
         finally:
-            manager.shutdown()
-    return [results[c] for c in combos]
+            ctrl_c.restore()
+    if error is not None:
+        raise error
+    if len(results) < len(combos):
+        raise GridInterrupted(len(results), len(combos), stopped)
+    return [results[first[c]] for c in asked]
 
 
 class _Board:
@@ -149,6 +326,13 @@ class _Board:
         info = (f"reward {reward:.3f} " if reward is not None else "") + \
                (f"eval {self.last_eval[key]:.3f}" if key in self.last_eval else "")
         self.progress.update(self.bars[key], completed=record["step"], info=info)
+
+    def interrupted(self, key: tuple[str, str, int], step: int | None) -> None:
+        if key in self.bars:
+            self.progress.remove_task(self.bars.pop(key))
+        where = f" at step {step}" if step is not None else ""
+        self.progress.console.print(f"{key[0]} {key[1]} seed {key[2]}: interrupted{where} (resumes from its "
+                                    "last checkpoint)")
 
     def finish(self, key: tuple[str, str, int], end: dict[str, Any]) -> None:
         if key in self.bars:

@@ -51,3 +51,73 @@ def test_run_writes_schema_records_and_skips_finished_runs(tmp_path):
     before = path.read_text()
     res = cli(*args)  # finished: skipped, file untouched
     assert res.returncode == 0 and path.read_text() == before
+
+
+# -- in-process through cli.main (the exit-code mapping), with the training replaced ---------------------
+
+def main_(argv, monkeypatch, capsys):
+    from opgrpo_bench import cli as cli_mod
+
+    monkeypatch.setattr(sys, "argv", ["opgrpo-bench", *argv])
+    code = 0
+    try:
+        cli_mod.main()
+    except SystemExit as exc:
+        code = exc.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _raising(exc):
+    def run_grid(*args, **kwargs):
+        raise exc
+    return run_grid
+
+
+@pytest.mark.parametrize("exc, line", [
+    ("run", "interrupted at step 7; run the same command again to resume"),
+    ("grid", "interrupted: 2 of 5 runs finished and are kept; run the same command again to resume the others "
+             "from their last checkpoint"),
+    ("ctrl-c", "interrupted; finished runs are kept and unfinished ones resume from their last checkpoint"),
+])
+def test_ctrl_c_is_one_line_and_exit_code_130(exc, line, tmp_path, monkeypatch, capsys):
+    from opgrpo_bench.errors import RunInterrupted
+    from opgrpo_bench.suite import GridInterrupted
+
+    error = {"run": RunInterrupted(7), "grid": GridInterrupted(2, 5), "ctrl-c": KeyboardInterrupt()}[exc]
+    monkeypatch.setattr("opgrpo_bench.suite.run_grid", _raising(error))
+    code, out, err = main_(["run", "--seed", "0", "--out", str(tmp_path)], monkeypatch, capsys)
+    assert code == 130
+    assert [l for l in (out + err).splitlines() if l.strip()] == [line]
+
+
+def test_repeated_names_and_seeds_collapse(tmp_path, monkeypatch, capsys):
+    seen = {}
+
+    def run_grid(combos, out, steps, sets, jobs, resume, console):
+        seen.update(combos=combos, jobs=jobs)
+        return [{"steps_to_target": 3, "censored": False, "best_score": None, "final_score": 0.5, "wall_s": 1.0}
+                for _ in combos]
+
+    monkeypatch.setattr("opgrpo_bench.suite.run_grid", run_grid)
+    code, out, err = main_(["run", "-t", "digits", "-t", "digits-v1", "-a", "op-grpo", "-a", "OP_GRPO",
+                            "-s", "1", "-s", "1", "-s", "0", "--out", str(tmp_path)], monkeypatch, capsys)
+    assert code == 0, err
+    assert seen == {"combos": [("digits-v1", "op-grpo", 1), ("digits-v1", "op-grpo", 0)], "jobs": 2}
+    assert "best n/a, final 0.5000" in out  # a run without a best score is printed, not a crash
+
+
+def test_leaderboard_default_output_is_not_the_committed_leaderboard(tmp_path, monkeypatch, capsys):
+    runs = tmp_path / "runs" / "r"
+    runs.mkdir(parents=True)
+    (runs / "metrics.jsonl").write_text("".join(json.dumps({"schema": "opgrpo-bench/v1", **r}) + "\n" for r in [
+        {"type": "run_start", "task": "toy-v1", "task_version": "v1", "algorithm": "flow-grpo", "seed": 0,
+         "target": 0.5, "higher_is_better": True, "budget_steps": 10},
+        {"type": "eval", "step": 0, "score": 0.6}, {"type": "run_end", "status": "completed"}]))
+    (tmp_path / "leaderboard").mkdir()
+    (tmp_path / "leaderboard" / "LEADERBOARD.md").write_text("committed\n")
+    monkeypatch.chdir(tmp_path)
+    code, out, err = main_(["leaderboard", "runs"], monkeypatch, capsys)
+    assert code == 0, err
+    assert (tmp_path / "leaderboard" / "LEADERBOARD.md").read_text() == "committed\n"
+    assert (tmp_path / "leaderboard-out" / "index.html").is_file()

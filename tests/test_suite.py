@@ -25,3 +25,137 @@ def test_grid_in_two_worker_processes_then_skips_finished_runs(tmp_path):
     assert all(json.loads(t.splitlines()[0])["type"] == "run_start" for t in before)
     again = run_grid(combos, tmp_path, steps=2, sets=SMALL, jobs=1)
     assert again == ends and [p.read_text() for p in paths] == before
+
+
+# -- Ctrl-C in a grid of worker processes -------------------------------------------------------------
+# The fake per-run functions below run inside real pool workers (spawned; they import this module), so
+# they exercise the real signal handling of the parent and of `interruptible` in the workers.
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from opgrpo_bench.errors import RunInterrupted
+from opgrpo_bench.suite import GridInterrupted
+
+COMBOS = [("digits-v1", "flow-grpo", s) for s in range(4)]
+
+
+def _fake_end(seed: int) -> dict:
+    return {"type": "run_end", "steps_to_target": 1, "censored": False, "best_score": 1.0, "wall_s": 0.0}
+
+
+def _sleepy_worker(task, algorithm, seed, out, steps, sets, resume, updates):
+    """Seed 0 finishes at once; the others write started-<seed> and sleep until Ctrl-C, then stop cleanly
+    at a fake step 10 * seed (writing interrupted-<seed>), as the trainer does."""
+    from opgrpo_bench.suite import interruptible
+
+    def body():
+        if seed == 0:
+            return _fake_end(seed)
+        (Path(out) / f"started-{seed}").write_text("")
+        try:
+            time.sleep(60)
+        except KeyboardInterrupt:
+            (Path(out) / f"interrupted-{seed}").write_text("")
+            raise RunInterrupted(10 * seed) from None
+        return _fake_end(seed)
+
+    return interruptible(body)
+
+
+def _stubborn_worker(task, algorithm, seed, out, steps, sets, resume, updates):
+    """Like _sleepy_worker, but the runs ignore the first Ctrl-C (a run stuck in a long call)."""
+    from opgrpo_bench.suite import interruptible
+
+    def body():
+        if seed == 0:
+            return _fake_end(seed)
+        (Path(out) / f"started-{seed}").write_text("")
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                time.sleep(0.1)
+            except KeyboardInterrupt:
+                pass
+        return _fake_end(seed)
+
+    return interruptible(body)
+
+
+def _press_ctrl_c_when_started(out: Path, seeds: tuple[int, ...], times: int = 1) -> threading.Thread:
+    def press():
+        deadline = time.time() + 120
+        while time.time() < deadline and not all((out / f"started-{s}").exists() for s in seeds):
+            time.sleep(0.05)
+        for _ in range(times):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1.0)
+
+    thread = threading.Thread(target=press, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_ctrl_c_stops_the_grid_cleanly_and_keeps_finished_runs(tmp_path, monkeypatch):
+    monkeypatch.setattr("opgrpo_bench.suite._worker", _sleepy_worker)
+    presser = _press_ctrl_c_when_started(tmp_path, (1, 2))
+    t0 = time.perf_counter()
+    with pytest.raises(GridInterrupted) as info:
+        run_grid(COMBOS, tmp_path, steps=2, sets=SMALL, jobs=2)
+    presser.join()
+    assert time.perf_counter() - t0 < 50  # the sleeping runs were interrupted, not waited for
+    err = info.value
+    assert (err.finished, err.total) == (1, 4)
+    assert err.stopped == {COMBOS[1]: 10, COMBOS[2]: 20}  # each worker stopped its run and said where
+    assert str(err) == ("interrupted: 1 of 4 runs finished and are kept; run the same command again to resume "
+                        "the others from their last checkpoint")
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["interrupted-1", "interrupted-2", "started-1", "started-2"]  # seed 3 never started
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the parent's handler is restored
+
+
+def test_a_second_ctrl_c_stops_stuck_workers_hard(tmp_path, monkeypatch):
+    monkeypatch.setattr("opgrpo_bench.suite._worker", _stubborn_worker)
+    presser = _press_ctrl_c_when_started(tmp_path, (1, 2), times=2)
+    t0 = time.perf_counter()
+    with pytest.raises(GridInterrupted) as info:
+        run_grid(COMBOS, tmp_path, steps=2, sets=SMALL, jobs=2)
+    presser.join()
+    assert time.perf_counter() - t0 < 50
+    assert info.value.forced and info.value.finished == 1
+    assert "workers stopped hard at a second Ctrl-C" in str(info.value)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def _failing_worker(task, algorithm, seed, out, steps, sets, resume, updates):
+    """Seed 1 fails with a user error (e.g. missing weights found at load time) once seed 2 is running."""
+    from opgrpo_bench.errors import MissingWeightsError
+    from opgrpo_bench.suite import interruptible
+
+    def body():
+        if seed == 1:
+            deadline = time.time() + 60
+            while not (Path(out) / "started-2").exists() and time.time() < deadline:
+                time.sleep(0.05)
+            raise MissingWeightsError("weights for seed 1 are missing")
+        return _sleepy_worker(task, algorithm, seed, out, steps, sets, resume, updates)
+
+    return interruptible(body)
+
+
+def test_a_failed_run_stops_the_others_and_its_error_is_raised(tmp_path, monkeypatch):
+    from opgrpo_bench.errors import UserError
+
+    monkeypatch.setattr("opgrpo_bench.suite._worker", _failing_worker)
+    t0 = time.perf_counter()
+    with pytest.raises(UserError, match="^weights for seed 1 are missing$"):
+        run_grid(COMBOS[1:], tmp_path, steps=2, sets=SMALL, jobs=2)
+    assert time.perf_counter() - t0 < 50
+    started = {p.name.split("-")[1] for p in tmp_path.glob("started-*")}
+    assert "2" in started  # seed 3 may have started in the worker seed 1 freed, before the grid stopped
+    assert {p.name.split("-")[1] for p in tmp_path.glob("interrupted-*")} == started  # each one stopped

@@ -11,6 +11,10 @@ import typer
 from opgrpo_bench.leaderboard.load import LeaderboardError
 from opgrpo_bench.leaderboard.report import HTML_FILE, JSON_FILE, MARKDOWN_FILE, build_leaderboard
 
+DEFAULT_OUT = "leaderboard-out"
+"""The report's default directory, the same as ``opgrpo-bench run --leaderboard-out``'s (never the
+committed ``leaderboard/``)."""
+
 
 def _print_summary(doc: dict, out: Path) -> None:
     from rich.console import Console
@@ -37,12 +41,17 @@ def leaderboard(
     runs_dir: Annotated[Path, typer.Argument(help="Directory searched recursively for metrics.jsonl files.")]
     = Path("runs"),
     out: Annotated[Path, typer.Option("--out", help="Directory for LEADERBOARD.md, leaderboard.json, "
-                                                    "index.html.")] = Path("leaderboard"),
+                                                    "index.html (the committed leaderboard/ is never the "
+                                                    "default).")] = Path(DEFAULT_OUT),
 ) -> None:
     """Rank algorithms by steps to target from results files; write Markdown, JSON and HTML reports."""
+    from opgrpo_bench.errors import UserError
+    from opgrpo_bench.validation import check_output_dir
+
     try:
+        check_output_dir(out, "--out")
         doc = build_leaderboard(runs_dir, out)
-    except LeaderboardError as exc:
+    except (LeaderboardError, UserError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     _print_summary(doc, out)

@@ -26,6 +26,7 @@ Nothing here deletes or rewrites an input file.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -102,6 +103,10 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _is_finite(value: Any) -> bool:
+    return _is_number(value) and math.isfinite(value)
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -150,7 +155,7 @@ _START_FIELDS: dict[str, tuple[Any, str]] = {
     "task_version": (lambda v: (isinstance(v, str) and bool(v)) or _is_int(v), "a string or integer"),
     "algorithm": (lambda v: isinstance(v, str) and bool(v), "a non-empty string"),
     "seed": (_is_int, "an integer"),
-    "target": (_is_number, "a number"),
+    "target": (_is_finite, "a finite number"),
     "higher_is_better": (lambda v: isinstance(v, bool), "true or false"),
     "budget_steps": (lambda v: _is_int(v) and v > 0, "a positive integer"),
 }
@@ -172,8 +177,8 @@ def _validate_progress(rec: dict[str, Any]) -> str | None:
     if not _is_int(rec.get("step")) or rec["step"] < 0:
         return f"'step' is {rec.get('step')!r}, expected a non-negative integer"
     for name in ("samples", "nfe", "wall_s"):
-        if rec.get(name) is not None and not _is_number(rec[name]):
-            return f"'{name}' is {rec[name]!r}, expected a number"
+        if rec.get(name) is not None and not _is_finite(rec[name]):
+            return f"'{name}' is {rec[name]!r}, expected a finite number"
     if rec["type"] == "eval" and rec.get("score") is not None and not _is_number(rec["score"]):
         return f"'score' is {rec['score']!r}, expected a number or null"
     return None

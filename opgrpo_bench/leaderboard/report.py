@@ -36,7 +36,9 @@ from opgrpo_bench.leaderboard.stats import (
     compute_rows,
     diagnostics,
     eval_curves,
+    exclusion_reason,
     task_label,
+    usable,
 )
 from opgrpo_bench.results import first_reaching
 
@@ -113,6 +115,8 @@ def fmt_reached(row: dict[str, Any]) -> str:
         text += f" ({row['censored']} censored)"
     if row["incomplete_excluded"]:
         text += f" (+{row['incomplete_excluded']} incomplete, excluded)"
+    if row.get("unscored_excluded"):
+        text += f" (+{row['unscored_excluded']} unscored, excluded)"
     return text
 
 
@@ -259,6 +263,19 @@ def incomplete_table(runs: list[dict[str, Any]]) -> Table | None:
                  body, numeric={3, 4})
 
 
+def excluded_table(runs: list[dict[str, Any]]) -> Table | None:
+    if not runs:
+        return None
+    body = [[r["file"], task_label(r["task"], r["task_version"]), r["algorithm"], str(r["seed"]), r["reason"]]
+            for r in runs]
+    return Table(["File", "Task", "Algorithm", "Seed", "Why excluded"], body, numeric={3})
+
+
+EXCLUDED_NOTE = ("Finished runs whose eval scores cannot be used (no eval record, or a score that is null or "
+                 "not a finite number at some eval) are left out of every statistic, curve and ratio: their "
+                 "steps to target are unknown.")
+
+
 LEGEND = (
     f"Ratios are steps (samples, wall-clock) to target of the algorithm divided by those of "
     f"{REFERENCE_ALGORITHM} on the same task version: lower is better (0.34× = 34% of the steps). "
@@ -310,6 +327,18 @@ def _incomplete_entries(runs: list[Run]) -> list[dict[str, Any]]:
     return out
 
 
+def _excluded_entries(runs: list[Run]) -> list[dict[str, Any]]:
+    """Finished runs left out of the statistics because their eval scores cannot be used, with why."""
+    return [{"file": run.path, "run_id": run.run_id, "task": run.task, "task_version": run.task_version,
+             "algorithm": run.algorithm, "seed": run.seed, "reason": exclusion_reason(run)}
+            for run in runs if run.finished and not usable(run)]
+
+
+def _excluded_text(doc: dict[str, Any]) -> str:
+    n = len(doc.get("excluded_runs", []))
+    return f", {n} run(s) without a valid eval score excluded" if n else ""
+
+
 def build_document(runs_dir: str, files: list[str], runs: list[Run], warnings: list[str],
                    skipped: list[str]) -> dict[str, Any]:
     """The leaderboard as one JSON-ready dict (the content of ``leaderboard.json``)."""
@@ -319,7 +348,7 @@ def build_document(runs_dir: str, files: list[str], runs: list[Run], warnings: l
         "source_schema": SCHEMA,
         "runs_dir": runs_dir,
         "files_read": len(files),
-        "runs_used": sum(r.finished for r in runs),
+        "runs_used": sum(usable(r) for r in runs),
         "statistics": {
             "reference_algorithm": REFERENCE_ALGORITHM,
             "ratio": f"to_target(algorithm) / to_target({REFERENCE_ALGORITHM}); lower is better",
@@ -330,6 +359,9 @@ def build_document(runs_dir: str, files: list[str], runs: list[Run], warnings: l
             "censored": "runs that never reached the target count as budget_steps (steps) or as what they "
                         "spent (samples, NFE, wall-clock) and are flagged",
             "incomplete": "runs without run_end are excluded from all statistics and listed",
+            "excluded": "finished runs with no eval record, or with an eval score that is null or not a "
+                        "finite number, are excluded from all statistics and listed in excluded_runs "
+                        "with the reason",
             "paper_protocol": f"paper_* keys: the same statistics with the target replaced by paper_target, "
                               f"the median over finished {REFERENCE_ALGORITHM} runs of each run's final "
                               f"eval score (null when there is none)",
@@ -337,6 +369,7 @@ def build_document(runs_dir: str, files: list[str], runs: list[Run], warnings: l
         "rows": rows,
         "paper_reference": paper_reference(),
         "incomplete_runs": _incomplete_entries(runs),
+        "excluded_runs": _excluded_entries(runs),
         "skipped_files": skipped,
         "warnings": warnings,
         "curves": eval_curves(runs),
@@ -348,10 +381,11 @@ def render_markdown(doc: dict[str, Any]) -> str:
     lines = ["# opgrpo-bench leaderboard", "",
              f"Computed from the results files under `{doc['runs_dir']}`: {doc['files_read']} file(s) read, "
              f"{doc['runs_used']} finished run(s) used, {len(doc['incomplete_runs'])} incomplete run(s) "
-             f"excluded, {len(doc['skipped_files'])} file(s) skipped. Figures are in `index.html`.", "",
+             f"excluded{_excluded_text(doc)}, {len(doc['skipped_files'])} file(s) skipped. Figures are in "
+             "`index.html`.", "",
              LEGEND, "", PAPER_PROTOCOL_LEGEND, ""]
     if not rows:
-        lines += ["*No finished runs: there is nothing to rank yet.*", ""]
+        lines += ["*No finished runs with valid eval scores: there is nothing to rank yet.*", ""]
     for label, group in task_groups(rows):
         lines += [f"## {task_heading(label, group)}", "", results_table(group).markdown(), "",
                   f"### {paper_protocol_heading(group)}", ""]
@@ -370,6 +404,10 @@ def render_markdown(doc: dict[str, Any]) -> str:
     inc = incomplete_table(doc["incomplete_runs"])
     if inc:
         lines += ["## Incomplete runs (excluded from statistics)", "", inc.markdown(), ""]
+    exc = excluded_table(doc.get("excluded_runs", []))
+    if exc:
+        lines += ["## Runs without a valid eval score (excluded from statistics)", "", EXCLUDED_NOTE, "",
+                  exc.markdown(), ""]
     if doc["warnings"]:
         lines += ["## Input warnings", "", *[f"- {w}" for w in doc["warnings"]], ""]
     return "\n".join(lines).rstrip() + "\n"
@@ -423,14 +461,16 @@ def render_html(doc: dict[str, Any], plots: list[Plot]) -> str:
              f'<body data-plots="{len(plots)}">', "<h1>opgrpo-bench leaderboard</h1>",
              f'<p class="note">Computed from the results files under <code>{esc(doc["runs_dir"])}</code>: '
              f'{doc["files_read"]} file(s) read, {doc["runs_used"]} finished run(s) used, '
-             f'{len(doc["incomplete_runs"])} incomplete run(s) excluded, {len(doc["skipped_files"])} file(s) '
-             f"skipped.</p>"]
+             f'{len(doc["incomplete_runs"])} incomplete run(s) excluded{esc(_excluded_text(doc))}, '
+             f'{len(doc["skipped_files"])} file(s) skipped.</p>']
     toc = ['<li><a href="#results">Measured results</a></li>',
            '<li><a href="#paper">Paper reference</a></li>',
            '<li><a href="#curves">Eval-score curves</a></li>',
            '<li><a href="#diagnostics">OP-GRPO diagnostics</a></li>']
     if doc["incomplete_runs"]:
         toc.append('<li><a href="#incomplete">Incomplete runs</a></li>')
+    if doc.get("excluded_runs"):
+        toc.append('<li><a href="#excluded">Runs without a valid eval score</a></li>')
     if doc["warnings"]:
         toc.append('<li><a href="#warnings">Input warnings</a></li>')
     parts.append(f"<nav><ul>{''.join(toc)}</ul></nav>")
@@ -439,7 +479,7 @@ def render_html(doc: dict[str, Any], plots: list[Plot]) -> str:
     parts.append(f'<p class="legend">{esc(LEGEND)}</p>')
     parts.append(f'<p class="legend">{esc(PAPER_PROTOCOL_LEGEND)}</p>')
     if not rows:
-        parts.append("<p><em>No finished runs: there is nothing to rank yet.</em></p>")
+        parts.append("<p><em>No finished runs with valid eval scores: there is nothing to rank yet.</em></p>")
     for label, group in task_groups(rows):
         parts.append(f"<h3>{esc(task_heading(label, group))}</h3>")
         parts.append(results_table(group).html("results"))
@@ -474,6 +514,11 @@ def render_html(doc: dict[str, Any], plots: list[Plot]) -> str:
     if inc:
         parts.append('<section id="incomplete"><h2>Incomplete runs (excluded from statistics)</h2>')
         parts.append(inc.html("incomplete") + "</section>")
+    exc = excluded_table(doc.get("excluded_runs", []))
+    if exc:
+        parts.append('<section id="excluded"><h2>Runs without a valid eval score (excluded from statistics)</h2>')
+        parts.append(f'<p class="note">{esc(EXCLUDED_NOTE)}</p>')
+        parts.append(exc.html("excluded") + "</section>")
     if doc["warnings"]:
         parts.append('<section id="warnings"><h2>Input warnings</h2><ul class="warnings">')
         parts += [f"<li>{esc(w)}</li>" for w in doc["warnings"]]
@@ -524,6 +569,8 @@ def build_leaderboard(runs_dir: str | os.PathLike[str], out_dir: str | os.PathLi
         if not run.finished:
             issues.append(Issue(run.path, f"no run_end record (unfinished or crashed at step {run.last_step} "
                                           f"of {run.budget_steps}); excluded from statistics"))
+        elif not usable(run):
+            issues.append(Issue(run.path, f"{exclusion_reason(run)}; excluded from statistics"))
     for issue in issues:
         warn(str(issue))
     if not loaded.runs:
@@ -531,6 +578,8 @@ def build_leaderboard(runs_dir: str | os.PathLike[str], out_dir: str | os.PathLi
                                "file(s) were skipped (see the warnings above)")
     if not any(r.finished for r in loaded.runs):
         warn("no finished runs yet: the report lists only the incomplete ones")
+    elif not any(usable(r) for r in loaded.runs):
+        warn("no finished run has a valid eval score: the report lists the excluded runs and nothing is ranked")
 
     out = Path(out_dir)
     if out.exists() and not out.is_dir():

@@ -8,6 +8,10 @@ Which runs count
     Why not count it: a still-running (or crashed) run that has not yet reached the target has an unknown
     outcome, and counting only the unfinished runs that already reached it would bias the medians towards
     fast seeds. The row's ``incomplete_excluded`` says how many were left out.
+    A finished run is also excluded, and listed with the reason (:func:`exclusion_reason`), when it has no
+    eval record or when any of its eval scores is missing (null) or not a finite number (NaN, infinity):
+    its steps to target are unknown (the target may have been reached at an unscored eval). The row's
+    ``unscored_excluded`` says how many.
 
 Per run
     ``steps/samples/nfe/wall_s to target`` come from the first ``eval`` record whose ``score`` reaches the
@@ -95,6 +99,22 @@ class Outcome:
     @property
     def censored(self) -> bool:
         return not self.reached
+
+
+def exclusion_reason(run: Run) -> str | None:
+    """Why a finished run cannot be scored (it is then left out of every statistic), or None."""
+    if not run.evals:
+        return "no eval record"
+    bad = [e["step"] for e in run.evals if _finite(e.get("score")) is None]
+    if bad:
+        return (f"eval score missing or not a finite number (null/NaN) at {len(bad)} of {len(run.evals)} "
+                f"evals (first at step {bad[0]})")
+    return None
+
+
+def usable(run: Run) -> bool:
+    """A run that counts: finished, with a finite score at every eval."""
+    return run.finished and exclusion_reason(run) is None
 
 
 def _last_value(run: Run, key: str) -> float | None:
@@ -305,14 +325,17 @@ def compute_rows(runs: list[Run]) -> list[dict[str, Any]]:
     """Leaderboard rows (dicts, JSON-ready) from finished runs, in the deterministic row order."""
     groups: dict[tuple[str, str, str], list[Outcome]] = defaultdict(list)
     for run in sorted(runs, key=lambda r: (group_key(r), r.seed)):
-        if run.finished:
+        if usable(run):
             groups[(run.task, run.task_version, run.algorithm)].append(outcome(run))
     incomplete: dict[tuple[str, str, str], int] = defaultdict(int)
+    unscored: dict[tuple[str, str, str], int] = defaultdict(int)
     for run in runs:
         if not run.finished:
             incomplete[(run.task, run.task_version, run.algorithm)] += 1
+        elif not usable(run):
+            unscored[(run.task, run.task_version, run.algorithm)] += 1
 
-    order = sorted(set(groups) | set(incomplete),
+    order = sorted(set(groups) | set(incomplete) | set(unscored),
                    key=lambda k: (k[0], version_sort_key(k[1]), algorithm_sort_key(k[2])))
     rows = []
     for key in order:
@@ -336,6 +359,7 @@ def compute_rows(runs: list[Run]) -> list[dict[str, Any]]:
             "censored": n - reached,
             "reached_fraction": reached / n if n else None,
             "incomplete_excluded": incomplete.get(key, 0),
+            "unscored_excluded": unscored.get(key, 0),
         }
         for metric in METRICS:
             s = summarize((o.to_target[metric], o.censored) for o in outs)
@@ -382,7 +406,7 @@ def eval_curves(runs: list[Run]) -> dict[str, dict[str, Any]]:
     At each step only the seeds that evaluated there contribute (``n`` says how many).
     """
     curves: dict[str, dict[str, Any]] = {}
-    for run in sorted((r for r in runs if r.finished), key=lambda r: (group_key(r), r.seed)):
+    for run in sorted((r for r in runs if usable(r)), key=lambda r: (group_key(r), r.seed)):
         label = task_label(run.task, run.task_version)
         task = curves.setdefault(label, {"target": run.target, "higher_is_better": run.higher_is_better,
                                          "algorithms": {}})
@@ -428,7 +452,7 @@ def _logratio_profile(runs: list[Run]) -> list[float | None] | None:
 def diagnostics(runs: list[Run]) -> dict[str, dict[str, Any]]:
     """Per task label, per algorithm that logs OP-GRPO diagnostics: the series the report plots."""
     grouped: dict[str, dict[str, list[Run]]] = defaultdict(lambda: defaultdict(list))
-    for run in sorted((r for r in runs if r.finished), key=lambda r: (group_key(r), r.seed)):
+    for run in sorted((r for r in runs if usable(r)), key=lambda r: (group_key(r), r.seed)):
         grouped[task_label(run.task, run.task_version)][run.algorithm].append(run)
     out: dict[str, dict[str, Any]] = {}
     for label, algos in grouped.items():

@@ -230,3 +230,78 @@ def test_default_warnings_go_to_stderr(capsys: pytest.CaptureFixture[str]) -> No
     captured = capsys.readouterr()
     assert captured.out == ""
     assert "warning: runs/[x]/metrics.jsonl:3: corrupt line skipped" in captured.err
+
+
+def _rewrite_scores(path: Path, replace) -> None:
+    """Rewrite the ``score`` of eval records: ``replace(step, score)`` returns the JSON text to write."""
+    import re
+
+    def sub(line: str) -> str:
+        if '"type": "eval"' not in line:
+            return line
+        step = json.loads(line)["step"]
+        return re.sub(r'"score": [^,}]+', lambda m: f'"score": {replace(step, m.group(0))}', line)
+
+    path.write_text("".join(sub(line) for line in path.read_text().splitlines(keepends=True)))
+
+
+def test_runs_without_valid_scores_are_excluded_and_listed(suite: Path, tmp_path: Path) -> None:
+    expected = {a: {k: r[k] for k in ("seeds", "steps_to_target_median", "speedup_vs_flow_grpo")}
+                for a, r in rows(suite).items()}
+    all_null = write_run(suite, "flow-grpo", 7, 40)
+    _rewrite_scores(all_null, lambda step, old: "null")
+    one_nan = write_run(suite, "op-grpo", 8, 20)
+    _rewrite_scores(one_nan, lambda step, old: "NaN" if step == 30 else old.split(": ")[1])
+    no_eval = write_run(suite, "op-grpo-no-replay", 9, 40)
+    no_eval.write_text("".join(l for l in no_eval.read_text().splitlines(keepends=True) if '"type": "eval"' not in l))
+    before = digests(suite)
+    seen: list[str] = []
+    doc = build_leaderboard(suite, tmp_path / "out", warn=seen.append)
+    assert digests(suite) == before  # inputs untouched
+    # the statistics are those of the valid runs alone
+    got = {r["algorithm"]: {k: r[k] for k in ("seeds", "steps_to_target_median", "speedup_vs_flow_grpo")}
+           for r in doc["rows"]}
+    assert got == expected
+    assert {r["algorithm"]: r["unscored_excluded"] for r in doc["rows"]} == {
+        "flow-grpo": 1, "op-grpo": 1, "op-grpo-no-replay": 1}
+    reasons = {(e["algorithm"], e["seed"]): e["reason"] for e in doc["excluded_runs"]}
+    assert reasons == {
+        ("flow-grpo", 7): "eval score missing or not a finite number (null/NaN) at 11 of 11 evals (first at step 0)",
+        ("op-grpo", 8): "eval score missing or not a finite number (null/NaN) at 1 of 11 evals (first at step 30)",
+        ("op-grpo-no-replay", 9): "no eval record",
+    }
+    assert sum("excluded from statistics" in w and "eval" in w for w in seen) == 3
+    # every file is complete and the JSON is strict (no NaN)
+    text = (tmp_path / "out" / "leaderboard.json").read_text(encoding="utf-8")
+    assert json.loads(text, parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}")) == \
+        json.loads(json.dumps(doc))
+    md = (tmp_path / "out" / "LEADERBOARD.md").read_text(encoding="utf-8")
+    assert "3 run(s) without a valid eval score excluded" in md
+    assert "## Runs without a valid eval score (excluded from statistics)" in md
+    assert "| 4/4 (+1 incomplete, excluded) (+1 unscored, excluded) |" in md
+    assert f"| {one_nan} | toy-v1 | op-grpo | 8 | eval score missing or not a finite number" in md
+    html = (tmp_path / "out" / "index.html").read_text(encoding="utf-8")
+    assert '<section id="excluded">' in html and "no eval record" in html and html.rstrip().endswith("</html>")
+
+
+def test_only_runs_without_valid_scores_still_give_a_report(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    _rewrite_scores(write_run(runs, "flow-grpo", 0, 40), lambda step, old: "null")
+    seen: list[str] = []
+    doc = build_leaderboard(runs, tmp_path / "out", warn=seen.append)
+    assert any("no finished run has a valid eval score" in w for w in seen)
+    assert doc["runs_used"] == 0 and doc["rows"][0]["seeds"] == 0 and doc["rows"][0]["unscored_excluded"] == 1
+    assert doc["curves"] == {} and len(doc["excluded_runs"]) == 1
+    for name in ("LEADERBOARD.md", "leaderboard.json", "index.html"):
+        assert (tmp_path / "out" / name).stat().st_size > 0
+
+
+def test_non_finite_counts_skip_the_record(tmp_path: Path) -> None:
+    path = write_run(tmp_path / "runs", "flow-grpo", 0, 40)
+    lines = path.read_text().splitlines(keepends=True)
+    i = next(n for n, l in enumerate(lines) if '"type": "step"' in l)
+    lines[i] = lines[i].replace('"wall_s": ', '"wall_s": NaN, "was": ', 1)
+    path.write_text("".join(lines))
+    assert f"{path}:{i + 1}: step record skipped ('wall_s' is nan, expected a finite number)" in \
+        "\n".join(warnings_of(tmp_path / "runs"))
+    build_leaderboard(tmp_path / "runs", tmp_path / "out", warn=lambda m: None)  # strict JSON still writes
