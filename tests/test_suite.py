@@ -1,9 +1,18 @@
-"""Suites: every named suite resolves, and a grid runs in worker processes and resumes."""
+"""Suites: every named suite resolves, a grid runs in worker processes and resumes, and Ctrl-C or a failed
+run stops a grid cleanly."""
 
 import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
 
+import pytest
+
+from opgrpo_bench.errors import RunInterrupted
 from opgrpo_bench.runner import resolve
-from opgrpo_bench.suite import SUITES, run_grid
+from opgrpo_bench.suite import SUITES, GridInterrupted, run_grid
 
 SMALL = ["prompts_per_iter=2", "group_size=4", "eval_every=2", "eval_num_steps=4"]
 
@@ -30,17 +39,6 @@ def test_grid_in_two_worker_processes_then_skips_finished_runs(tmp_path):
 # -- Ctrl-C in a grid of worker processes -------------------------------------------------------------
 # The fake per-run functions below run inside real pool workers (spawned; they import this module), so
 # they exercise the real signal handling of the parent and of `interruptible` in the workers.
-
-import os
-import signal
-import threading
-import time
-from pathlib import Path
-
-import pytest
-
-from opgrpo_bench.errors import RunInterrupted
-from opgrpo_bench.suite import GridInterrupted
 
 COMBOS = [("digits-v1", "flow-grpo", s) for s in range(4)]
 
