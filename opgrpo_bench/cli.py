@@ -159,6 +159,15 @@ def main() -> None:
     except KeyboardInterrupt:
         typer.echo(INTERRUPTED, err=True)
         sys.exit(130)
+    except OSError as err:
+        import errno
+
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # results and checkpoints are written atomically: the last good ones are intact
+        typer.echo(f"error: no space left on the device ({err.filename or 'writing results'}); the last "
+                   "checkpoint and metrics are intact: free some space and run the same command again", err=True)
+        sys.exit(2)
     except Exception as err:
         kind = _click_kind(err)
         if kind is None:

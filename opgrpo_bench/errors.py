@@ -19,3 +19,6 @@ class RunInterrupted(Exception):
     def __init__(self, step: int):
         super().__init__(f"interrupted at step {step}; run the same command again to resume")
         self.step = step
+
+    def __reduce__(self):  # survives pickling between worker processes
+        return (type(self), (self.step,))

@@ -8,9 +8,7 @@ either config; unknown keys are a user error with suggestions.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -22,35 +20,6 @@ from opgrpo_bench.registry import ALGORITHMS, TASKS
 def run_id_for(task: str, algorithm: str, seed: int) -> str:
     """Deterministic run id, so that finished runs can be found and skipped."""
     return f"{task}__{algorithm}__seed{seed}"
-
-
-def _parse_value(raw: str, field: dataclasses.Field, owner: type) -> Any:
-    hint = typing.get_type_hints(owner)[field.name]
-    text = raw.strip()
-    if text.lower() in ("none", "null"):
-        return None
-    args = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
-    for typ in args:
-        try:
-            if typ is bool:
-                if text.lower() in ("1", "true", "yes", "on"):
-                    return True
-                if text.lower() in ("0", "false", "no", "off"):
-                    return False
-                raise ValueError
-            if typ in (int, float):
-                return typ(float(text)) if typ is int and float(text).is_integer() else typ(text)
-            if typing.get_origin(typ) is tuple:
-                return tuple(json.loads(text))
-            if typing.get_origin(typ) is typing.Literal:
-                if text in typing.get_args(typ):
-                    return text
-                raise ValueError
-            if typ is str:
-                return text
-        except (ValueError, json.JSONDecodeError):
-            continue
-    raise UserError(f"invalid value '{raw}' for setting '{field.name}' (expected {hint})")
 
 
 def parse_sets(sets: list[str] | None) -> dict[str, str]:

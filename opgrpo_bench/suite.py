@@ -218,6 +218,10 @@ def run_grid(combos: list[tuple[str, str, int]], out: str | Path, steps: int | N
     by_id = {r.run_id: c for c, r in reversed(list(resolved.items()))}
     first = {c: by_id[r.run_id] for c, r in resolved.items()}
     asked, combos = combos, list(dict.fromkeys(first.values()))
+    from opgrpo_bench.runner import plan_run
+
+    for c in combos:  # a run of another configuration is refused before any run starts
+        plan_run(resolved[c], Path(out) / resolved[c].run_id, resume)
     budgets = {c: resolved[c].train_config.steps for c in combos}
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn())

@@ -35,7 +35,6 @@ steps of an iteration would have to store the whole rollout; replaying it costs 
 from __future__ import annotations
 
 import dataclasses
-import math
 import platform
 import subprocess
 import time

@@ -243,3 +243,29 @@ def test_every_reward_nan_stops_with_one_line_naming_reward_and_prompt(tmp_path,
     with pytest.raises(UserError, match="digit-classifier") as err:
         trainer.iteration()
     assert "prompt" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_full_disk_through_the_cli_is_one_line_and_exit_2(finished, tmp_path, monkeypatch, capsys):
+    import errno
+    import sys
+
+    import opgrpo_bench.checkpoint as ckpt_mod
+    from opgrpo_bench import cli
+
+    out = copy_of(finished, tmp_path)
+    before = snapshot_files(out / RUN)
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ckpt_mod, "save_file", full)
+    monkeypatch.setattr(sys, "argv", ["opgrpo-bench", "run", "--task", "digits-v1", "--algorithm", "op-grpo",
+                                      "--seed", "0", "--steps", "4", "--out", str(out), "-j", "1",
+                                      *[a for kv in OP for a in ("--set", kv)]])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "no space left" in lines[0] and "Traceback" not in err
+    assert snapshot_files(out / RUN)[CHECKPOINT] == before[CHECKPOINT]
