@@ -323,8 +323,15 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         if total == 0:  # no signal in this share: the step is spent without an update
             return {"loss/total": 0.0, "train/trained_pairs": 0}
-        parts = [self._micro_step(batch, b.to(self.device), k, total)
-                 for b in blocks for k in range(batch.rollout.num_steps) if bool(mask[b, k].any())]
+        calls = [(b.to(self.device), k) for b in blocks for k in range(batch.rollout.num_steps)
+                 if bool(mask[b, k].any())]
+        # the reference velocities of the KL term, all under one switch of the adapters (toggling them
+        # costs a walk over the model's modules); the same calls as below, so the same numbers
+        v_refs = [None] * len(calls)
+        if alg_cfg.beta > 0:
+            with torch.no_grad(), self.backbone.reference():
+                v_refs = [self._velocity(batch.rollout, rows, k) for rows, k in calls]
+        parts = [self._micro_step(batch, rows, k, total, v_ref) for (rows, k), v_ref in zip(calls, v_refs)]
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
         self.optimizer.step()
         pg, ratio, clipped, logp, old, kl, off = (torch.cat([p[i] for p in parts]) for i in range(7))
@@ -338,17 +345,25 @@ class Trainer:
             "train/trained_pairs": total,
         }
 
-    def _micro_step(self, batch: TrainBatch, rows: torch.Tensor, k: int, total: int):
+    def _velocity(self, ro: Rollout, rows: torch.Tensor, k: int) -> torch.Tensor:
+        """The network call the sampler made for ``rows`` at denoising step ``k`` (same inputs and shape)."""
+        n = len(rows)
+        cond = index_cond(ro.cond, ro.cond_index[rows])
+        return self.backbone.velocity(ro.latents[rows, k], ro.sigmas[k].expand(n), cond, self.cfg.guidance,
+                                      detach_uncond=self.cfg.cfg_detach_uncond)
+
+    def _micro_step(self, batch: TrainBatch, rows: torch.Tensor, k: int, total: int,
+                    v_ref: torch.Tensor | None = None):
         """Forward + backward of denoising step ``k`` of one block of ``rows``; the loss of its trained rows
-        is scaled by their share of ``total`` pairs, so that the accumulated gradient is that of the mean."""
+        is scaled by their share of ``total`` pairs, so that the accumulated gradient is that of the mean.
+        ``v_ref``: the reference model's velocity for the same call (needed when ``beta > 0``)."""
         cfg, alg_cfg, ro = self.cfg, self.algorithm.config, batch.rollout
         n = len(rows)
         trained = batch.train_mask[rows, k]
         sel = rows[trained]
         x, x_next = ro.latents[rows, k], ro.latents[rows, k + 1]
         sigma, sigma_next = ro.sigmas[k].expand(n), ro.sigmas[k + 1].expand(n)
-        cond = index_cond(ro.cond, ro.cond_index[rows])
-        v = self.backbone.velocity(x, sigma, cond, cfg.guidance, detach_uncond=cfg.cfg_detach_uncond)
+        v = self._velocity(ro, rows, k)
         _, logp, mean, std = sde_step_with_logprob(v, sigma, sigma_next, x, cfg.noise_level, prev_sample=x_next,
                                                    sigma_max=ro.sigmas[1], logprob_reduction=cfg.logprob_reduction)
         logp = logp[trained]
@@ -359,8 +374,7 @@ class Trainer:
         kl = torch.zeros_like(pg)
         calls = 1
         if alg_cfg.beta > 0:
-            with torch.no_grad(), self.backbone.reference():
-                v_ref = self.backbone.velocity(x, sigma, cond, cfg.guidance)
+            assert v_ref is not None
             ref_mean = sde_step_with_logprob(v_ref, sigma, sigma_next, x, cfg.noise_level, prev_sample=x_next,
                                              sigma_max=ro.sigmas[1])[2]
             dt = (sigma_next - sigma)[trained] if alg_cfg.kl_include_dt else None
