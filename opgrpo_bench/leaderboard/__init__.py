@@ -3,6 +3,8 @@
 - :mod:`.load`: find, read and validate ``metrics.jsonl`` files (warnings for bad lines and files).
 - :mod:`.stats`: per task x algorithm statistics and speed-ups against ``flow-grpo`` (definitions in its
   docstring).
+- :mod:`.robust`: rliable-style statistics (IQM, stratified bootstrap, probability of improvement,
+  normalised AUC, power analysis); conventions in ``docs/STATISTICS.md``.
 - :mod:`.report`: ``LEADERBOARD.md``, ``leaderboard.json`` and a self-contained ``index.html``.
 - :mod:`.cli`: the ``opgrpo-bench leaderboard`` command.
 

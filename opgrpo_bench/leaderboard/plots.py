@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import matplotlib
+import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -37,7 +38,7 @@ class Plot:
     """One rendered figure: an id usable as an HTML anchor, title, caption and PNG bytes."""
 
     id: str
-    kind: str  # curve | logratio | clipfrac | logw
+    kind: str  # curve | efficiency | profile | logratio | clipfrac | logw
     task: str
     title: str
     caption: str
@@ -98,6 +99,69 @@ def curve_plot(label: str, task: dict[str, Any], colors: dict[str, str]) -> Plot
     return Plot(f"curve-{slug(label)}", "curve", label, f"{label}: eval score against optimizer step",
                 f"Mean over seeds (line) and range over seeds (band); dashed line: the target "
                 f"({direction} is better).", png)
+
+
+def efficiency_plot(label: str, task: dict[str, Any], colors: dict[str, str]) -> Plot | None:
+    """Sample-efficiency curve: IQM over seeds of the normalised eval score against optimizer step, with
+    its 95% bootstrap interval as a band (rliable's sample-efficiency curves)."""
+    if not task["algorithms"]:
+        return None
+    with matplotlib.rc_context(_STYLE):
+        fig, ax = _new_figure(f"{label}: sample efficiency (IQM of normalised score)", "optimizer step",
+                              "normalised score (0 = base, 1 = target)")
+        alpha = 0.18 if len(task["algorithms"]) <= 3 else 0.07
+        for algorithm, series in task["algorithms"].items():
+            color = colors.get(algorithm, "#333333")
+            seeds = max(series["n"], default=0)
+            ax.plot(series["step"], series["iqm"], color=color, lw=1.6, marker=_marker(len(series["step"])),
+                    ms=2.5, label=f"{algorithm} ({seeds} seed{'s' if seeds != 1 else ''})")
+            ax.fill_between(series["step"], series["ci_low"], series["ci_high"], color=color, alpha=alpha, lw=0)
+        ax.axhline(1.0, color="black", ls="--", lw=1, label="target")
+        ax.set_ylim(-0.03, 1.05)
+        _legend(ax)
+        png = _render(fig)
+    return Plot(f"efficiency-{slug(label)}", "efficiency", label,
+                f"{label}: sample efficiency, IQM over seeds of the normalised eval score",
+                "Each eval score normalised to 0 at the run's base score (its step-0 eval) and 1 at the "
+                "target, clipped to [0, 1]; line: interquartile mean over seeds; band: 95% percentile-"
+                "bootstrap interval over seeds; dashed line: the target.", png)
+
+
+def profile_fractions(values: list[float], taus: np.ndarray) -> np.ndarray:
+    """Fraction of ``values`` strictly greater than each tau (a performance profile, as rliable's)."""
+    arr = np.asarray(values, dtype=float)
+    return (arr[None, :] > taus[:, None]).mean(axis=1)
+
+
+def profile_plot(label: str, task: dict[str, dict[str, list[float | None]]],
+                 colors: dict[str, str]) -> Plot | None:
+    """Performance profiles: fraction of runs whose normalised final (left) and best (right) eval score
+    exceeds tau, against tau, per algorithm."""
+    data = {a: {k: [v for v in d[k] if v is not None] for k in ("final", "best")} for a, d in task.items()}
+    data = {a: d for a, d in data.items() if d["final"]}
+    if not data:
+        return None
+    every = [v for d in data.values() for k in ("final", "best") for v in d[k]]
+    taus = np.linspace(min(0.0, min(every)), max(1.0, max(every)) + 0.02, 501)
+    with matplotlib.rc_context(_STYLE):
+        fig = Figure(figsize=_SIZE, layout="constrained")
+        axes = fig.subplots(1, 2, sharey=True)
+        for ax, key, name in ((axes[0], "final", "final"), (axes[1], "best", "best")):
+            ax.set_title(f"{label}: {name} normalised score")
+            ax.set_xlabel("tau (normalised score; 1 = target)")
+            for algorithm, d in data.items():
+                n = len(d[key])
+                ax.plot(taus, profile_fractions(d[key], taus), color=colors.get(algorithm, "#333333"), lw=1.5,
+                        label=f"{algorithm} ({n} run{'s' if n != 1 else ''})")
+            ax.axvline(1.0, color="black", ls="--", lw=1)
+            ax.set_ylim(-0.03, 1.03)
+        axes[0].set_ylabel("fraction of runs with score > tau")
+        _legend(axes[1])
+        png = _render(fig)
+    return Plot(f"profile-{slug(label)}", "profile", label, f"{label}: performance profiles",
+                "Fraction of runs whose normalised eval score (0 = base score at step 0, 1 = target, not "
+                "clipped) at the end of the run (left) or at its best eval (right) is greater than tau; "
+                "dashed line: the target.", png)
 
 
 def logratio_plot(label: str, diag: dict[str, Any], colors: dict[str, str]) -> Plot | None:
@@ -166,14 +230,20 @@ def logw_plot(label: str, diag: dict[str, Any], colors: dict[str, str]) -> Plot 
 
 
 def all_plots(labels: list[str], curves: dict[str, Any], diagnostics: dict[str, Any],
-              algorithms: list[str]) -> list[Plot]:
-    """Every figure of the report, in a fixed order: per task (in ``labels`` order) the eval curve, then
-    the diagnostics figures that have data."""
+              algorithms: list[str], efficiency: dict[str, Any] | None = None,
+              profiles: dict[str, Any] | None = None) -> list[Plot]:
+    """Every figure of the report, in a fixed order: per task (in ``labels`` order) the eval curve, the
+    sample-efficiency curve and the performance profiles, then the diagnostics figures that have data."""
     colors = colors_for(algorithms)
     plots: list[Plot] = []
     for label in labels:
         if label in curves:
             plots.append(curve_plot(label, curves[label], colors))
+        for make, source in ((efficiency_plot, efficiency), (profile_plot, profiles)):
+            if source and label in source:
+                plot = make(label, source[label], colors)
+                if plot is not None:
+                    plots.append(plot)
         diag = diagnostics.get(label)
         if diag:
             for make in (logratio_plot, clipfrac_plot, logw_plot):

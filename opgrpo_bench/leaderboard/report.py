@@ -33,13 +33,17 @@ from opgrpo_bench.leaderboard.stats import (
     BOOTSTRAP_SEED,
     REFERENCE_ALGORITHM,
     algorithm_sort_key,
+    compute_aggregate,
     compute_rows,
+    compute_tasks,
     diagnostics,
     eval_curves,
     exclusion_reason,
+    sample_efficiency,
     task_label,
     usable,
 )
+from opgrpo_bench.leaderboard.robust import POWER_ALPHA, POWER_RATIOS, POWER_TARGET
 from opgrpo_bench.results import first_reaching
 
 LEADERBOARD_SCHEMA = "opgrpo-bench/leaderboard/v1"
@@ -107,6 +111,28 @@ def fmt_paper_ratio(row: dict[str, Any]) -> str:
     """The paper-protocol steps ratio, formatted like :func:`fmt_ratio`."""
     return _ratio_text(row["paper_speedup"], row["paper_speedup_ci_low"], row["paper_speedup_ci_high"],
                        row["paper_speedup_method"], row["paper_speedup_censored"])
+
+
+def fmt_interval(value: float | None, low: float | None, high: float | None) -> str:
+    """``0.91 [0.63–1.00]``: a point estimate and its 95% interval, two decimals."""
+    if value is None:
+        return "—"
+    if low is None or high is None:
+        return f"{value:.2f}"
+    return f"{value:.2f} [{low:.2f}–{high:.2f}]"
+
+
+def fmt_prob(row: dict[str, Any]) -> str:
+    """The probability of improvement over ``flow-grpo`` and its interval (the reference row: 0.5); also
+    for an ``aggregate`` entry."""
+    if row["algorithm"] == REFERENCE_ALGORITHM and row["prob_improvement"] is not None:
+        return "0.5 (reference)"
+    return fmt_interval(row["prob_improvement"], row["prob_improvement_ci_low"], row["prob_improvement_ci_high"])
+
+
+def fmt_auc(row: dict[str, Any]) -> str:
+    """The IQM of the normalised AUC and its interval."""
+    return fmt_interval(row["auc"], row["auc_ci_low"], row["auc_ci_high"])
 
 
 def fmt_reached(row: dict[str, Any]) -> str:
@@ -184,12 +210,42 @@ def results_table(rows: list[dict[str, Any]]) -> Table:
     columns = ["Algorithm", "Seeds", "Reached target", "Steps to target, median [IQR]",
                "Samples to target", "NFE to target", "Wall-clock to target (s)", "Best score",
                "Final score", f"Steps vs {REFERENCE_ALGORITHM} [95% CI]", "Samples ratio [95% CI]",
-               "Wall-clock ratio [95% CI]"]
+               "Wall-clock ratio [95% CI]", f"P(fewer steps than {REFERENCE_ALGORITHM}) [95% CI]",
+               "AUC, IQM [95% CI]"]
     body = [[row["algorithm"], fmt(row["seeds"]), fmt_reached(row), fmt_median_iqr(row, "steps"),
              fmt_median_iqr(row, "samples"), fmt_median_iqr(row, "nfe"), fmt_median_iqr(row, "wall_s"),
              fmt(row["best_score"]), fmt(row["final_score"]), fmt_ratio(row, "speedup_"),
-             fmt_ratio(row, "speedup_samples_"), fmt_ratio(row, "speedup_wall_s_")] for row in rows]
+             fmt_ratio(row, "speedup_samples_"), fmt_ratio(row, "speedup_wall_s_"), fmt_prob(row),
+             fmt_auc(row)] for row in rows]
     return Table(columns, body, numeric=set(range(1, len(columns))) - {2})
+
+
+def power_text(power: dict[str, Any] | None) -> str:
+    """One sentence: the task's per-seed log-ratio sd and the seeds a paired test needs (or why n/a)."""
+    head = (f"Power analysis (seeds per algorithm for a two-sided paired test, α = {POWER_ALPHA:g}, "
+            f"{100 * POWER_TARGET:.0f}% power, normal approximation)")
+    if not power or power.get("sd_log_ratio") is None:
+        why = power.get("note", "no data") if power else "no data"
+        return f"{head}: n/a ({why})."
+    needs = "; ".join(f"true ratio {r:g}: {power[f'seeds_for_ratio_{r:g}']} seeds" for r in POWER_RATIOS)
+    return (f"{head}: sd of the per-seed log steps ratio vs {REFERENCE_ALGORITHM} {power['sd_log_ratio']:.3f} "
+            f"(pooled over {', '.join(power['algorithms'])}; {power['df']} degrees of freedom); {needs}.")
+
+
+def aggregate_table(entries: list[dict[str, Any]]) -> Table | None:
+    """Statistics pooled over task versions (stratified by task version), or None when nothing pools."""
+    if not entries:
+        return None
+    body = []
+    for e in entries:
+        ratio = _ratio_text(e["speedup_vs_flow_grpo"], e["speedup_ci_low"], e["speedup_ci_high"],
+                            e["speedup_method"], e["speedup_censored"])
+        prob = fmt_prob(e)
+        body.append([e["algorithm"], ", ".join(e["tasks"]), fmt(e["seeds"]), ratio, prob,
+                     fmt_interval(e["auc"], e["auc_ci_low"], e["auc_ci_high"])])
+    return Table(["Algorithm", "Task versions", "Seeds", f"Steps vs {REFERENCE_ALGORITHM} [95% CI]",
+                  f"P(fewer steps than {REFERENCE_ALGORITHM}) [95% CI]", "AUC, IQM [95% CI]"],
+                 body, numeric={2, 3, 4, 5})
 
 
 def paper_protocol_heading(rows: list[dict[str, Any]]) -> str:
@@ -287,6 +343,26 @@ LEGEND = (
     "eval score. Unfinished runs (no run_end) are excluded and listed below."
 )
 
+ROBUST_LEGEND = (
+    "Conventions of rliable (Agarwal et al. 2021; definitions in docs/STATISTICS.md). "
+    f"P(fewer steps than {REFERENCE_ALGORITHM}): probability that a random seed of the algorithm reaches the "
+    f"target in fewer optimizer steps than a random {REFERENCE_ALGORITHM} seed, over all pairs of runs, ties "
+    "half; a run that never reached the target only counts as slower than one that reached it by its budget "
+    "(otherwise half). AUC: area under the eval-score curve over [0, budget] divided by the budget, each "
+    "score normalised to 0 at the run's step-0 score and 1 at the target and clipped to [0, 1]; IQM = "
+    "interquartile mean over seeds (a quarter of the seeds, rounded down, cut from each end: "
+    "scipy.stats.trim_mean(x, 0.25)). Intervals: 95% "
+    f"percentile bootstrap over seeds, stratified by task version ({BOOTSTRAP_RESAMPLES:,} resamples, fixed "
+    "RNG seed)."
+)
+
+AGGREGATE_LEGEND = (
+    "Pooled over the task versions each algorithm shares with flow-grpo (at least two): steps ratio = "
+    "median of all per-seed paired ratios; P(fewer steps) = mean over task versions; AUC = IQM over all "
+    "runs. The bootstrap resamples seeds within each task version, so every resample keeps each task's "
+    "number of seeds."
+)
+
 PAPER_PROTOCOL_LEGEND = (
     "Paper protocol (the comparison arXiv 2604.04142 reports, shown as a second table per task): the "
     f"target is not the task's but {REFERENCE_ALGORITHM}'s final score, the median over finished "
@@ -362,18 +438,40 @@ def build_document(runs_dir: str, files: list[str], runs: list[Run], warnings: l
             "excluded": "finished runs with no eval record, or with an eval score that is null or not a "
                         "finite number, are excluded from all statistics and listed in excluded_runs "
                         "with the reason",
+            "conventions": "rliable (Agarwal et al. 2021), see docs/STATISTICS.md",
+            "speedup_interval": "paired per-seed ratios resampled within each task version (stratified "
+                                "bootstrap; one task version per row, so the paired bootstrap over seeds)",
+            "prob_improvement": f"P(steps(X) < steps({REFERENCE_ALGORITHM})) over all pairs of runs, ties 1/2, "
+                                "censored runs by Gehan's rule (a censored run is slower than a run that "
+                                "reached by its budget, otherwise 1/2); bootstrap resamples both groups "
+                                "independently",
+            "auc": "trapezoid area under the normalised eval-score curve ((score - step-0 score) / (target - "
+                   "step-0 score), clipped to [0, 1]) over [0, budget_steps], divided by budget_steps; "
+                   "IQM over seeds (scipy.stats.trim_mean(x, 0.25))",
+            "power": "tasks[].power: pooled sd of per-seed log steps ratios; seeds per algorithm for a "
+                     f"two-sided paired test at alpha {POWER_ALPHA:g} with power {POWER_TARGET:g}, "
+                     "n = ceil(((z_(1-alpha/2) + z_power) * sd / |log r|)^2), at least 2",
+            "aggregate": "aggregate[]: per algorithm, pooled over the task versions it shares with "
+                         f"{REFERENCE_ALGORITHM}, stratified bootstrap",
             "paper_protocol": f"paper_* keys: the same statistics with the target replaced by paper_target, "
                               f"the median over finished {REFERENCE_ALGORITHM} runs of each run's final "
                               f"eval score (null when there is none)",
         },
         "rows": rows,
+        "tasks": compute_tasks(runs),
+        "aggregate": compute_aggregate(runs),
         "paper_reference": paper_reference(),
         "incomplete_runs": _incomplete_entries(runs),
         "excluded_runs": _excluded_entries(runs),
         "skipped_files": skipped,
         "warnings": warnings,
         "curves": eval_curves(runs),
+        "sample_efficiency": sample_efficiency(runs),
     }
+
+
+def _power_by_label(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {t["label"]: t["power"] for t in doc.get("tasks", [])}
 
 
 def render_markdown(doc: dict[str, Any]) -> str:
@@ -383,17 +481,23 @@ def render_markdown(doc: dict[str, Any]) -> str:
              f"{doc['runs_used']} finished run(s) used, {len(doc['incomplete_runs'])} incomplete run(s) "
              f"excluded{_excluded_text(doc)}, {len(doc['skipped_files'])} file(s) skipped. Figures are in "
              "`index.html`.", "",
-             LEGEND, "", PAPER_PROTOCOL_LEGEND, ""]
+             LEGEND, "", ROBUST_LEGEND, "", PAPER_PROTOCOL_LEGEND, ""]
     if not rows:
         lines += ["*No finished runs with valid eval scores: there is nothing to rank yet.*", ""]
+    power = _power_by_label(doc)
     for label, group in task_groups(rows):
-        lines += [f"## {task_heading(label, group)}", "", results_table(group).markdown(), "",
-                  f"### {paper_protocol_heading(group)}", ""]
+        lines += [f"## {task_heading(label, group)}", "", results_table(group).markdown(), ""]
+        if label in power:
+            lines += [power_text(power[label]), ""]
+        lines += [f"### {paper_protocol_heading(group)}", ""]
         if any(r["paper_target"] is not None for r in group):
             lines += [paper_protocol_table(group).markdown(), ""]
     notes = [f"- {note}" for note in ratio_notes(rows)]
     if notes:
         lines += ["Notes on ratios:", "", *notes, ""]
+    agg = aggregate_table(doc.get("aggregate", []))
+    if agg:
+        lines += ["## Across task versions (stratified bootstrap)", "", AGGREGATE_LEGEND, "", agg.markdown(), ""]
     lines += [f"## Paper reference ({PAPER_SOURCE})", "",
               "Numbers the OP-GRPO paper reports for SD3.5-M and Wan2.1, beside the closest quantity measured "
               "by this benchmark. The setups differ (models, tasks, targets, budgets): read them side by "
@@ -445,6 +549,17 @@ window.addEventListener("load", function () {
 """
 
 
+ROBUST_KINDS = ("efficiency", "profile")
+DIAGNOSTIC_KINDS = ("logratio", "clipfrac", "logw")
+
+EFFICIENCY_LEGEND = (
+    "rliable's figures, one pair per task version. Sample efficiency: interquartile mean over seeds of the "
+    "normalised eval score (0 = the run's step-0 score, 1 = the target, clipped to [0, 1]) at each eval "
+    "step, band = 95% percentile-bootstrap interval over seeds. Performance profiles: fraction of runs "
+    "whose normalised final (left) or best (right) eval score exceeds tau."
+)
+
+
 def _figure_html(plot: Plot) -> str:
     data = base64.b64encode(plot.png).decode("ascii")
     return (f'<figure id="fig-{html.escape(plot.id)}"><img class="plot" id="{html.escape(plot.id)}" '
@@ -466,6 +581,7 @@ def render_html(doc: dict[str, Any], plots: list[Plot]) -> str:
     toc = ['<li><a href="#results">Measured results</a></li>',
            '<li><a href="#paper">Paper reference</a></li>',
            '<li><a href="#curves">Eval-score curves</a></li>',
+           '<li><a href="#efficiency">Sample efficiency and performance profiles</a></li>',
            '<li><a href="#diagnostics">OP-GRPO diagnostics</a></li>']
     if doc["incomplete_runs"]:
         toc.append('<li><a href="#incomplete">Incomplete runs</a></li>')
@@ -477,18 +593,27 @@ def render_html(doc: dict[str, Any], plots: list[Plot]) -> str:
 
     parts.append('<section id="results"><h2>Measured results</h2>')
     parts.append(f'<p class="legend">{esc(LEGEND)}</p>')
+    parts.append(f'<p class="legend">{esc(ROBUST_LEGEND)}</p>')
     parts.append(f'<p class="legend">{esc(PAPER_PROTOCOL_LEGEND)}</p>')
     if not rows:
         parts.append("<p><em>No finished runs with valid eval scores: there is nothing to rank yet.</em></p>")
+    power = _power_by_label(doc)
     for label, group in task_groups(rows):
         parts.append(f"<h3>{esc(task_heading(label, group))}</h3>")
         parts.append(results_table(group).html("results"))
+        if label in power:
+            parts.append(f'<p class="note power">{esc(power_text(power[label]))}</p>')
         parts.append(f'<h4 class="paper-protocol">{esc(paper_protocol_heading(group))}</h4>')
         if any(r["paper_target"] is not None for r in group):
             parts.append(paper_protocol_table(group).html("paper-protocol"))
     notes = ratio_notes(rows)
     if notes:
         parts.append('<ul class="note">' + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>")
+    agg = aggregate_table(doc.get("aggregate", []))
+    if agg:
+        parts.append("<h3>Across task versions (stratified bootstrap)</h3>")
+        parts.append(f'<p class="legend">{esc(AGGREGATE_LEGEND)}</p>')
+        parts.append(agg.html("aggregate"))
     parts.append("</section>")
 
     parts.append('<section id="paper" class="paper">')
@@ -504,10 +629,16 @@ def render_html(doc: dict[str, Any], plots: list[Plot]) -> str:
     parts += [_figure_html(p) for p in by_kind] or ["<p><em>No eval records.</em></p>"]
     parts.append("</section>")
 
+    parts.append('<section id="efficiency"><h2>Sample efficiency and performance profiles</h2>')
+    parts.append(f'<p class="legend">{esc(EFFICIENCY_LEGEND)}</p>')
+    robust = [p for p in plots if p.kind in ROBUST_KINDS]
+    parts += [_figure_html(p) for p in robust] or ["<p><em>No normalisable eval records.</em></p>"]
+    parts.append("</section>")
+
     parts.append('<section id="diagnostics"><h2>OP-GRPO diagnostics</h2>')
     diag = diagnostics_table(rows)
     parts.append(diag.html("diagnostics") if diag else "<p><em>No run logs OP-GRPO diagnostics.</em></p>")
-    parts += [_figure_html(p) for p in plots if p.kind != "curve"]
+    parts += [_figure_html(p) for p in plots if p.kind in DIAGNOSTIC_KINDS]
     parts.append("</section>")
 
     inc = incomplete_table(doc["incomplete_runs"])
@@ -553,6 +684,16 @@ def default_warn(message: str) -> None:
     Console(stderr=True, soft_wrap=True).print(f"[yellow]warning:[/yellow] {escape(message)}")
 
 
+def profile_data(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, list[float | None]]]]:
+    """Per task label, per algorithm: the per-seed normalised final and best scores the profiles plot."""
+    out: dict[str, dict[str, dict[str, list[float | None]]]] = {}
+    for row in rows:
+        if row["seeds"]:
+            out.setdefault(task_label(row["task"], row["task_version"]), {})[row["algorithm"]] = {
+                "final": row["normalised_final_per_seed"], "best": row["normalised_best_per_seed"]}
+    return out
+
+
 def build_leaderboard(runs_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
                       warn: Warn | None = None) -> dict[str, Any]:
     """Read every results file under ``runs_dir`` and write the report into ``out_dir``.
@@ -590,7 +731,8 @@ def build_leaderboard(runs_dir: str | os.PathLike[str], out_dir: str | os.PathLi
     algorithms = sorted({r["algorithm"] for r in doc["rows"]}, key=algorithm_sort_key)  # fixes colours
     # The per-step diagnostics series are plotted but not stored in the JSON: at one point per optimizer
     # step they would make it megabytes; the results files hold them.
-    plots = all_plots(labels, doc["curves"], diagnostics(loaded.runs), algorithms)
+    plots = all_plots(labels, doc["curves"], diagnostics(loaded.runs), algorithms,
+                      efficiency=doc["sample_efficiency"], profiles=profile_data(doc["rows"]))
     doc["figures"] = [{"id": p.id, "kind": p.kind, "task": p.task, "title": p.title} for p in plots]
     try:
         out.mkdir(parents=True, exist_ok=True)

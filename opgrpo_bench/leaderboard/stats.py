@@ -38,10 +38,28 @@ Speed-up against ``flow-grpo`` (same task and task version)
     seeds, the ratio is the median over the shared seeds of the per-seed ratios (``paired``); otherwise
     it is the ratio of the two medians (``ratio-of-medians``). The 95% interval is a percentile bootstrap
     over seeds: 10,000 resamples (pairs resampled together; unpaired groups resampled independently),
-    from a fixed RNG seed, so the same input always gives the same interval. ``speedup_censored`` flags
-    a ratio with a censored run on either side (then the ratio is only bounded, not exact). A reference
-    value of 0 (target met at step 0) makes the ratio undefined (null, with a note). The ``flow-grpo`` row
-    itself has ratio 1 (method ``reference``).
+    from a fixed RNG seed, so the same input always gives the same interval. The paired bootstrap is
+    stratified by task version (:func:`stratified_speedup`: seeds resampled within each task version);
+    a row holds one task version, so for a row it is the paired bootstrap over its seeds.
+    ``speedup_censored`` flags a ratio with a censored run on either side (then the ratio is only
+    bounded, not exact). A reference value of 0 (target met at step 0) makes the ratio undefined (null,
+    with a note). The ``flow-grpo`` row itself has ratio 1 (method ``reference``).
+
+rliable's statistics (Agarwal et al. 2021; definitions and deviations in docs/STATISTICS.md, the
+functions in :mod:`.robust`)
+    ``prob_improvement``: P(a random seed of the row reaches the target in fewer steps than a random
+    ``flow-grpo`` seed) over all pairs of runs, ties 1/2, censored runs by Gehan's rule (a censored run is
+    slower than one that reached by its budget, otherwise 1/2); bootstrap interval with both groups
+    resampled independently (``prob_improvement_ci_low`` / ``_high``; ``flow-grpo`` itself: 0.5).
+    ``auc``: per run, the area under its eval-score curve over ``[0, budget_steps]`` divided by the
+    budget, each score normalised to ``(score - base) / (target - base)`` (base: the run's first eval,
+    at step 0) and clipped to [0, 1]; per row the IQM over seeds (``scipy.stats.trim_mean(x, 0.25)``) with
+    a bootstrap interval (``auc_ci_low`` / ``_high``), ``auc_per_seed`` and the per-seed normalised final
+    and best scores (the performance profiles). ``compute_tasks``: per task version the power analysis
+    (pooled sd of the per-seed log steps ratios; seeds per algorithm for a paired test to detect a true
+    ratio of 0.7 or 0.342). ``compute_aggregate``: the same statistics pooled over task versions with a
+    stratified bootstrap. ``sample_efficiency``: IQM over seeds of the clipped normalised score per eval
+    step with its bootstrap interval.
 
 Paper protocol (a second comparison, the one arXiv 2604.04142 reports)
     The paper times OP-GRPO to reach *Flow-GRPO's final score* ("34.2% of the training steps"), not a
@@ -75,6 +93,19 @@ from typing import Any, Iterable
 import numpy as np
 
 from opgrpo_bench.leaderboard.load import Run
+from opgrpo_bench.leaderboard.robust import (
+    POWER_ALPHA,
+    POWER_RATIOS,
+    POWER_TARGET,
+    auc,
+    iqm,
+    normalised_scores,
+    percentile_interval,
+    pooled_sd,
+    prob_improvement,
+    seeds_needed,
+    stratified_bootstrap,
+)
 from opgrpo_bench.results import first_reaching
 
 REFERENCE_ALGORITHM = "flow-grpo"
@@ -176,8 +207,18 @@ class Speedup:
 
 
 def _percentile_ci(samples: np.ndarray) -> tuple[float, float]:
-    low, high = np.percentile(samples, [2.5, 97.5])
-    return float(low), float(high)
+    return percentile_interval(samples)
+
+
+def _median_rows(values: np.ndarray) -> np.ndarray:
+    return np.median(values, axis=1)
+
+
+def _paired_ratios(x: dict[int, tuple[float | None, bool]], ref: dict[int, tuple[float | None, bool]],
+                   shared: list[int]) -> tuple[np.ndarray, np.ndarray, bool]:
+    num = np.array([x[s][0] for s in shared], dtype=float)
+    den = np.array([ref[s][0] for s in shared], dtype=float)
+    return num, den, any(x[s][1] or ref[s][1] for s in shared)
 
 
 def speedup(
@@ -186,25 +227,18 @@ def speedup(
     resamples: int = BOOTSTRAP_RESAMPLES,
     rng_seed: int = BOOTSTRAP_SEED,
 ) -> Speedup:
-    """Ratio ``x / ref`` of per-seed to-target values ``{seed: (value, censored)}`` with a bootstrap CI."""
+    """Ratio ``x / ref`` of per-seed to-target values ``{seed: (value, censored)}`` with a bootstrap CI.
+
+    One task version, so the stratified bootstrap of :func:`stratified_speedup` has one stratum: the
+    paired bootstrap over the shared seeds.
+    """
     x = {s: vc for s, vc in x.items() if vc[0] is not None}
     ref = {s: vc for s, vc in ref.items() if vc[0] is not None}
     if not x or not ref:
         return Speedup(None, None, None, "none", 0, False, "no values to compare")
+    if set(x) & set(ref):
+        return stratified_speedup([(x, ref)], resamples, rng_seed)
     rng = np.random.default_rng(rng_seed)
-    shared = sorted(set(x) & set(ref))
-    if shared:
-        num = np.array([x[s][0] for s in shared], dtype=float)
-        den = np.array([ref[s][0] for s in shared], dtype=float)
-        censored = any(x[s][1] or ref[s][1] for s in shared)
-        if np.any(den <= 0):
-            return Speedup(None, None, None, "paired", len(shared), censored,
-                           f"{REFERENCE_ALGORITHM} reached the target at 0; ratio undefined")
-        ratios = num / den
-        idx = rng.integers(0, len(ratios), size=(resamples, len(ratios)))
-        boot = np.median(ratios[idx], axis=1)
-        low, high = _percentile_ci(boot)
-        return Speedup(float(np.median(ratios)), low, high, "paired", len(shared), censored)
     num = np.array([v for v, _ in x.values()], dtype=float)
     den = np.array([v for v, _ in ref.values()], dtype=float)
     censored = any(c for _, c in x.values()) or any(c for _, c in ref.values())
@@ -216,6 +250,45 @@ def speedup(
     low, high = _percentile_ci(boot_num / boot_den)
     return Speedup(float(np.median(num) / np.median(den)), low, high, "ratio-of-medians",
                    min(len(num), len(den)), censored, "no shared seeds with the reference")
+
+
+def stratified_speedup(
+    strata: list[tuple[dict[int, tuple[float | None, bool]], dict[int, tuple[float | None, bool]]]],
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    rng_seed: int = BOOTSTRAP_SEED,
+) -> Speedup:
+    """Paired ratio over one or more task versions (strata), each ``(x, ref)`` as in :func:`speedup`.
+
+    The ratio is the median of all per-seed ratios ``x[s] / ref[s]`` over the seeds each stratum shares;
+    the 95% interval is a percentile bootstrap that resamples those per-seed ratios *within* each stratum
+    (:func:`~opgrpo_bench.leaderboard.robust.stratified_bootstrap`), so every resample keeps each task
+    version's number of seeds. A stratum without shared seeds, or whose reference reached the target at
+    step 0, is left out (named in ``note``).
+    """
+    ratios, skipped, censored, n = [], [], False, 0
+    for k, (x, ref) in enumerate(strata):
+        x = {s: vc for s, vc in x.items() if vc[0] is not None}
+        ref = {s: vc for s, vc in ref.items() if vc[0] is not None}
+        shared = sorted(set(x) & set(ref))
+        if not shared:
+            skipped.append(f"stratum {k}: no shared seeds")
+            continue
+        num, den, cens = _paired_ratios(x, ref, shared)
+        if np.any(den <= 0):
+            if len(strata) == 1:
+                return Speedup(None, None, None, "paired", len(shared), cens,
+                               f"{REFERENCE_ALGORITHM} reached the target at 0; ratio undefined")
+            skipped.append(f"stratum {k}: {REFERENCE_ALGORITHM} reached the target at 0")
+            continue
+        ratios.append(num / den)
+        censored |= cens
+        n += len(shared)
+    if not ratios:
+        return Speedup(None, None, None, "none", 0, False, "; ".join(skipped) or "no values to compare")
+    boot = stratified_bootstrap(ratios, _median_rows, resamples, np.random.default_rng(rng_seed))
+    low, high = _percentile_ci(boot)
+    note = ("left out: " + "; ".join(skipped)) if skipped else ""
+    return Speedup(float(np.median(np.concatenate(ratios))), low, high, "paired", n, censored, note)
 
 
 def _finite(value: Any) -> float | None:
@@ -317,16 +390,220 @@ def paper_fields(algorithm: str, outs: list[Outcome], ref: list[Outcome],
     return fields
 
 
+# ----------------------------------------------------------------------------------------------------
+# rliable-style statistics (docs/STATISTICS.md): probability of improvement, normalised AUC, power
+
+
+@dataclass(frozen=True)
+class NormalisedRun:
+    """A run's eval curve normalised to 0 at its base score (first eval, step 0) and 1 at the target."""
+
+    steps: list[int]
+    scores: list[float]  # normalised, not clipped
+    auc: float | None
+    final: float
+    best: float
+
+
+def normalised_run(run: Run) -> NormalisedRun | None:
+    """The normalised eval curve of a run (evals up to its budget), or None when it has no eval or its
+    base score already meets the target."""
+    evals = [e for e in run.evals if _finite(e.get("score")) is not None and e["step"] <= run.budget_steps]
+    if not evals:
+        return None
+    steps = [int(e["step"]) for e in evals]
+    raw = [float(e["score"]) for e in evals]
+    norm = normalised_scores(raw, raw[0], run.target, run.higher_is_better)
+    if norm is None:
+        return None
+    area = auc(steps, raw, raw[0], run.target, run.budget_steps, run.higher_is_better)
+    values = [float(v) for v in norm]
+    return NormalisedRun(steps, values, area, values[-1], max(values))
+
+
+def _run_auc(o: Outcome) -> float | None:
+    nr = normalised_run(o.run)
+    return None if nr is None else nr.auc
+
+
+def _steps_with_censoring(outs: list[Outcome]) -> list[tuple[float, bool]]:
+    return [(float(o.to_target["steps"]), o.censored) for o in outs]
+
+
+def row_prob_improvement(algorithm: str, outs: list[Outcome], ref: list[Outcome]) -> dict[str, Any]:
+    """``prob_improvement`` fields of a row: P(a random seed of it reaches the target in fewer steps than
+    a random ``flow-grpo`` seed), with its bootstrap interval (robust.prob_improvement)."""
+    fields: dict[str, Any] = {"prob_improvement": None, "prob_improvement_ci_low": None,
+                              "prob_improvement_ci_high": None, "prob_improvement_pairs": 0}
+    if not outs or not ref:
+        return fields
+    if algorithm == REFERENCE_ALGORITHM:
+        return {**fields, "prob_improvement": 0.5, "prob_improvement_ci_low": 0.5,
+                "prob_improvement_ci_high": 0.5, "prob_improvement_pairs": len(outs) * len(ref)}
+    p, low, high = prob_improvement([(_steps_with_censoring(outs), _steps_with_censoring(ref))],
+                                    BOOTSTRAP_RESAMPLES, np.random.default_rng(BOOTSTRAP_SEED))
+    return {"prob_improvement": p, "prob_improvement_ci_low": low, "prob_improvement_ci_high": high,
+            "prob_improvement_pairs": len(outs) * len(ref)}
+
+
+def iqm_interval(strata: list[list[float]], rng_seed: int = BOOTSTRAP_SEED,
+                 resamples: int = BOOTSTRAP_RESAMPLES) -> tuple[float | None, float | None, float | None]:
+    """IQM of the pooled values of all strata and its stratified-bootstrap 95% interval."""
+    strata = [list(s) for s in strata if s]
+    if not strata:
+        return None, None, None
+    point = iqm([v for s in strata for v in s])
+    boot = stratified_bootstrap([np.array(s) for s in strata], lambda a: iqm(a, axis=1), resamples,
+                                np.random.default_rng(rng_seed))
+    low, high = percentile_interval(boot)
+    return point, low, high
+
+
+def row_auc(outs: list[Outcome]) -> dict[str, Any]:
+    """``auc`` fields of a row: IQM over seeds of the normalised AUC, with its bootstrap interval, and the
+    per-seed normalised values (in ``seed_list`` order; null where the normalisation is undefined)."""
+    norms = [normalised_run(o.run) for o in outs]
+    per_seed = [None if nr is None else nr.auc for nr in norms]
+    point, low, high = iqm_interval([[a for a in per_seed if a is not None]])
+    return {"auc": point, "auc_ci_low": low, "auc_ci_high": high,
+            "auc_n": sum(a is not None for a in per_seed), "auc_per_seed": per_seed,
+            "normalised_final_per_seed": [None if nr is None else nr.final for nr in norms],
+            "normalised_best_per_seed": [None if nr is None else nr.best for nr in norms]}
+
+
+def log_ratios(outs: list[Outcome], ref: list[Outcome]) -> list[float]:
+    """Per-seed log steps ratios ``log(steps(X, s) / steps(flow-grpo, s))`` over the shared seeds
+    (censored runs at their budget; pairs with a zero on either side left out)."""
+    x, r = _per_seed(outs, "steps"), _per_seed(ref, "steps")
+    return [math.log(x[s][0] / r[s][0]) for s in sorted(set(x) & set(r))
+            if x[s][0] is not None and r[s][0] is not None and x[s][0] > 0 and r[s][0] > 0]
+
+
+def power_fields(groups: dict[str, list[Outcome]]) -> dict[str, Any]:
+    """The power analysis of one task version from its rows' outcomes (``{algorithm: outcomes}``).
+
+    ``sd_log_ratio`` is the pooled within-algorithm standard deviation of the per-seed log steps ratios
+    against ``flow-grpo`` over every other algorithm with at least two shared seeds (robust.pooled_sd);
+    ``seeds_for_ratio_R`` the seeds per algorithm a two-sided paired test at alpha 0.05 needs to detect a
+    true ratio R with 80% power (robust.seeds_needed).
+    """
+    ref = groups.get(REFERENCE_ALGORITHM, [])
+    per_algorithm = {a: log_ratios(groups[a], ref) for a in sorted(groups, key=algorithm_sort_key)
+                     if a != REFERENCE_ALGORITHM and ref}
+    used = [a for a, v in per_algorithm.items() if len(v) >= 2]
+    sd, df = pooled_sd([per_algorithm[a] for a in used])
+    fields: dict[str, Any] = {"sd_log_ratio": sd, "df": df, "algorithms": used}
+    for ratio in POWER_RATIOS:
+        fields[f"seeds_for_ratio_{ratio:g}"] = seeds_needed(sd, ratio)
+    fields.update({"alpha": POWER_ALPHA, "power": POWER_TARGET,
+                   "test": "two-sided, paired, normal approximation"})
+    if sd is None:
+        fields["note"] = (f"no algorithm shares two or more seeds with {REFERENCE_ALGORITHM} on this task "
+                          "version: the sd is unknown")
+    return fields
+
+
+def _usable_groups(runs: list[Run]) -> dict[tuple[str, str, str], list[Outcome]]:
+    """Outcomes of the usable runs by (task, task version, algorithm), seeds in order."""
+    groups: dict[tuple[str, str, str], list[Outcome]] = defaultdict(list)
+    for run in sorted(runs, key=lambda r: (group_key(r), r.seed)):
+        if usable(run):
+            groups[(run.task, run.task_version, run.algorithm)].append(outcome(run))
+    return groups
+
+
+def compute_tasks(runs: list[Run]) -> list[dict[str, Any]]:
+    """One entry per task version with usable runs, in row order: its label and its power analysis."""
+    by_task: dict[tuple[str, str], dict[str, list[Outcome]]] = defaultdict(dict)
+    for (task, version, algorithm), outs in _usable_groups(runs).items():
+        by_task[(task, version)][algorithm] = outs
+    return [{"task": task, "task_version": version, "label": task_label(task, version),
+             "power": power_fields(by_task[(task, version)])}
+            for task, version in sorted(by_task, key=lambda k: (k[0], version_sort_key(k[1])))]
+
+
+def compute_aggregate(runs: list[Run]) -> list[dict[str, Any]]:
+    """Statistics pooled over task versions, stratified by task version (rliable's aggregates).
+
+    One entry per algorithm that has usable runs on at least two task versions that also have
+    ``flow-grpo`` runs (``flow-grpo`` itself: on at least two task versions); only those task versions
+    count, so every algorithm is aggregated over tasks it shares with the reference. Steps ratio: median
+    of all per-seed paired ratios, stratified bootstrap (:func:`stratified_speedup`); probability of
+    improvement: mean over task versions of the per-task value, runs resampled within each task version;
+    AUC: IQM over all runs of those task versions, stratified bootstrap.
+    """
+    groups = _usable_groups(runs)
+    by_algorithm: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for task, version, algorithm in groups:
+        if (task, version, REFERENCE_ALGORITHM) in groups:
+            by_algorithm[algorithm].append((task, version))
+    out = []
+    for algorithm in sorted(by_algorithm, key=algorithm_sort_key):
+        tasks = sorted(by_algorithm[algorithm], key=lambda k: (k[0], version_sort_key(k[1])))
+        if len(tasks) < 2:
+            continue
+        pairs = [(groups[(t, v, algorithm)], groups[(t, v, REFERENCE_ALGORITHM)]) for t, v in tasks]
+        entry: dict[str, Any] = {"algorithm": algorithm, "tasks": [task_label(t, v) for t, v in tasks],
+                                 "seeds": sum(len(o) for o, _ in pairs)}
+        if algorithm == REFERENCE_ALGORITHM:
+            sp = Speedup(1.0, 1.0, 1.0, "reference", entry["seeds"], False)
+            prob: tuple[float | None, ...] = (0.5, 0.5, 0.5)
+        else:
+            sp = stratified_speedup([(_per_seed(o, "steps"), _per_seed(r, "steps")) for o, r in pairs])
+            prob = prob_improvement([(_steps_with_censoring(o), _steps_with_censoring(r)) for o, r in pairs],
+                                    BOOTSTRAP_RESAMPLES, np.random.default_rng(BOOTSTRAP_SEED))
+        aucs = [[a for a in (_run_auc(x) for x in o) if a is not None] for o, _ in pairs]
+        point, low, high = iqm_interval(aucs)
+        entry.update({"speedup_vs_flow_grpo": sp.ratio, "speedup_ci_low": sp.low, "speedup_ci_high": sp.high,
+                      "speedup_method": sp.method, "speedup_n": sp.n, "speedup_censored": sp.censored,
+                      "speedup_note": sp.note,
+                      "prob_improvement": prob[0], "prob_improvement_ci_low": prob[1],
+                      "prob_improvement_ci_high": prob[2],
+                      "auc": point, "auc_ci_low": low, "auc_ci_high": high})
+        out.append(entry)
+    return out
+
+
+def sample_efficiency(runs: list[Run], resamples: int = BOOTSTRAP_RESAMPLES) -> dict[str, dict[str, Any]]:
+    """Per task label, per algorithm: IQM over seeds of the clipped normalised eval score at each eval
+    step, with a 95% percentile-bootstrap interval over the seeds that evaluated at that step."""
+    by_label: dict[str, dict[str, dict[int, list[float]]]] = {}
+    for run in sorted((r for r in runs if usable(r)), key=lambda r: (group_key(r), r.seed)):
+        label = task_label(run.task, run.task_version)
+        algos = by_label.setdefault(label, {})
+        nr = normalised_run(run)
+        if nr is None:
+            continue
+        by_step = algos.setdefault(run.algorithm, defaultdict(list))
+        for step, value in zip(nr.steps, nr.scores):
+            by_step[step].append(min(1.0, max(0.0, value)))
+    out: dict[str, dict[str, Any]] = {}
+    for label, algos in by_label.items():
+        series: dict[str, Any] = {}
+        for algorithm, by_step in algos.items():
+            rng = np.random.default_rng(BOOTSTRAP_SEED)
+            steps = sorted(by_step)
+            centre, lows, highs = [], [], []
+            for step in steps:
+                values = np.array(by_step[step], dtype=float)
+                centre.append(iqm(values))
+                boot = iqm(values[rng.integers(0, values.size, size=(resamples, values.size))], axis=1)
+                low, high = percentile_interval(boot)
+                lows.append(low)
+                highs.append(high)
+            series[algorithm] = {"step": steps, "iqm": centre, "ci_low": lows, "ci_high": highs,
+                                 "n": [len(by_step[s]) for s in steps]}
+        out[label] = {"algorithms": series}
+    return out
+
+
 def _speedup_fields(prefix: str, sp: Speedup) -> dict[str, Any]:
     return {f"{prefix}vs_flow_grpo": sp.ratio, f"{prefix}ci_low": sp.low, f"{prefix}ci_high": sp.high}
 
 
 def compute_rows(runs: list[Run]) -> list[dict[str, Any]]:
     """Leaderboard rows (dicts, JSON-ready) from finished runs, in the deterministic row order."""
-    groups: dict[tuple[str, str, str], list[Outcome]] = defaultdict(list)
-    for run in sorted(runs, key=lambda r: (group_key(r), r.seed)):
-        if usable(run):
-            groups[(run.task, run.task_version, run.algorithm)].append(outcome(run))
+    groups = _usable_groups(runs)
     incomplete: dict[tuple[str, str, str], int] = defaultdict(int)
     unscored: dict[tuple[str, str, str], int] = defaultdict(int)
     for run in runs:
@@ -381,6 +658,8 @@ def compute_rows(runs: list[Run]) -> list[dict[str, Any]]:
             if metric == "steps":
                 row.update({"speedup_method": sp.method, "speedup_n": sp.n,
                             "speedup_censored": sp.censored, "speedup_note": sp.note})
+        row.update(row_prob_improvement(algorithm, outs, ref))
+        row.update(row_auc(outs))
         row.update(diagnostics_summary(outs))
         row.update(paper_fields(algorithm, outs, ref, paper_target(ref)))
         rows.append(row)

@@ -62,12 +62,12 @@ def test_report_loads_with_every_table_and_plot(built_report: tuple[Path, Path, 
     assert console_messages(result) == []
     dom = result.stdout
     figures = doc["figures"]
-    assert len(figures) == 4
+    assert len(figures) == 6  # eval curve, sample efficiency, performance profiles, 3 diagnostics
     assert f'data-plots="{len(figures)}"' in dom
     # set by the page's own check after load: every figure decoded to a non-empty image
     assert f'data-plots-loaded="{len(figures)}"' in dom
     assert re.findall(r'<img class="plot" id="([^"]+)"', dom) == [f["id"] for f in figures]
-    for section in ("results", "paper", "curves", "diagnostics", "incomplete", "warnings"):
+    for section in ("results", "paper", "curves", "efficiency", "diagnostics", "incomplete", "warnings"):
         assert f'<section id="{section}"' in dom
     assert dom.count("<table") == 5
     for algorithm in ("flow-grpo", "op-grpo", "op-grpo-no-replay"):
