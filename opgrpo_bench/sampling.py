@@ -41,22 +41,31 @@ def sample_sde(
     generator: torch.Generator | None = None,
     forced: torch.Tensor | None = None,
     forced_len: torch.Tensor | None = None,
-    ode_after_forced: bool = False,
+    ode_after_forced: bool | torch.Tensor = False,
     logprob_reduction: str = "mean",
+    sde_steps: torch.Tensor | None = None,
 ) -> Trajectories:
     """Roll out the Flow-GRPO SDE from ``noise`` [N, *shape] along ``sigmas`` [T+1].
 
     Args:
         forced: [N, K+1, *shape] stored trajectories (x_0..x_K) for rows with ``forced_len > 0``.
         forced_len: [N] number of forced transitions per row (0 = a fresh trajectory).
-        ode_after_forced: continue forced rows with ODE (Euler) steps instead of the SDE; the log-probs of
-            those steps are meaningless and must not be trained (OP-GRPO's ``suffix = "ode"``).
+        ode_after_forced: continue forced rows (all, or those of an [N] bool mask) with ODE (Euler) steps
+            instead of the SDE; the log-probs of those steps are meaningless and must not be trained
+            (OP-GRPO's ``suffix = "ode"``).
+        sde_steps: [T] bool, the transitions sampled by the SDE; the others are ODE steps for every unforced
+            row (windowed samplers), their log-probs meaningless. None = all SDE.
+
+    Noise is drawn for every row at every step whatever the row does, so the random stream does not depend
+    on forcing or on ODE steps.
     """
     n, steps = noise.shape[0], len(sigmas) - 1
     x = noise.clone()
+    ode_mask = torch.zeros(n, dtype=torch.bool, device=noise.device)
     if forced is not None:
         assert forced_len is not None
         x = torch.where(_rows(forced_len > 0, x), forced[:, 0].to(x.dtype), x)
+        ode_mask = (forced_len > 0) & torch.as_tensor(ode_after_forced, dtype=torch.bool, device=noise.device)
     latents, log_probs = [x], []
     for k in range(steps):
         sigma, sigma_next = sigmas[k].expand(n), sigmas[k + 1].expand(n)
@@ -64,12 +73,14 @@ def sample_sde(
         x_next, logp, _, _ = sde_step_with_logprob(
             v, sigma, sigma_next, x, noise_level, generator=generator, sigma_max=sigmas[1],
             logprob_reduction=logprob_reduction)
-        if forced is not None:
-            replay = forced_len > k  # still on the stored prefix
-            ode_rows = (forced_len > 0) & ~replay if ode_after_forced else torch.zeros_like(replay)
+        ode_step_all = sde_steps is not None and not bool(sde_steps[k])
+        if forced is not None or ode_step_all:
+            replay = forced_len > k if forced is not None else torch.zeros(n, dtype=torch.bool, device=x.device)
+            ode_rows = (ode_mask & ~replay) | (~replay if ode_step_all else torch.zeros_like(replay))
             if bool(replay.any() or ode_rows.any()):
-                stored = forced[:, min(k + 1, forced.shape[1] - 1)].to(x.dtype)
-                x_next = torch.where(_rows(replay, x), stored, x_next)
+                if forced is not None:
+                    stored = forced[:, min(k + 1, forced.shape[1] - 1)].to(x.dtype)
+                    x_next = torch.where(_rows(replay, x), stored, x_next)
                 x_next = torch.where(_rows(ode_rows, x), ode_step(v, sigma, sigma_next, x).to(x.dtype), x_next)
                 _, logp, _, _ = sde_step_with_logprob(
                     v, sigma, sigma_next, x, noise_level, prev_sample=x_next, sigma_max=sigmas[1],

@@ -45,11 +45,10 @@ from typing import Any, Callable
 import torch
 
 import opgrpo_bench
-from opgrpo_bench.algorithms.flow_grpo import FlowGRPO, Rollout, TrainBatch
+from opgrpo_bench.algorithms.base import Algorithm, PairLoss, Rollout, TrainBatch
 from opgrpo_bench.backbones.base import Backbone, index_cond
 from opgrpo_bench.checkpoint import CheckpointError, load_state, save_state
 from opgrpo_bench.core.ema import ParameterEMA
-from opgrpo_bench.core.losses import approx_kl, clipped_surrogate, kl_to_reference
 from opgrpo_bench.core.sde import sde_step_with_logprob
 from opgrpo_bench.errors import RunInterrupted, UserError
 from opgrpo_bench.registry import REWARDS
@@ -163,7 +162,7 @@ def _git_sha() -> str | None:
 class Trainer:
     """Trains one (task, algorithm, seed) run and writes ``run_dir/metrics.jsonl``."""
 
-    def __init__(self, task: TaskSpec, algorithm: FlowGRPO, config: TrainConfig, run_dir: str | Path,
+    def __init__(self, task: TaskSpec, algorithm: Algorithm, config: TrainConfig, run_dir: str | Path,
                  algorithm_name: str | None = None,
                  progress: Callable[[dict[str, Any]], None] | None = None):
         self.task, self.algorithm, self.cfg = task, algorithm, config
@@ -244,12 +243,15 @@ class Trainer:
         """
         cfg, task = self.cfg, self.task
         P, G, T = cfg.prompts_per_iter, cfg.group_size, cfg.num_steps
-        replay = self.algorithm.replay_entries(P, self.state.iteration, self.prompt_gen)
-        n_fresh = P - len(replay)
-        fresh_ids = torch.randperm(len(task.train_prompts), generator=self.prompt_gen)[:n_fresh]
-        if len(fresh_ids) < n_fresh:  # fewer prompts than groups: sample with replacement
-            fresh_ids = torch.randint(len(task.train_prompts), (n_fresh,), generator=self.prompt_gen)
-        group_prompts = fresh_ids.tolist() + [e.prompt_id for e in replay]
+
+        def draw_prompts(n: int) -> list[int]:
+            ids = torch.randperm(len(task.train_prompts), generator=self.prompt_gen)[:n]
+            if len(ids) < n:  # fewer prompts than groups: sample with replacement
+                ids = torch.randint(len(task.train_prompts), (n,), generator=self.prompt_gen)
+            return ids.tolist()
+
+        plan = self.algorithm.plan(P, G, T, self.state.iteration, self.prompt_gen, draw_prompts)
+        group_prompts = list(plan.prompt_ids)
         prompt_ids = torch.tensor(group_prompts).repeat_interleave(G)
         group_ids = torch.arange(P).repeat_interleave(G)
         N = P * G
@@ -257,26 +259,25 @@ class Trainer:
         shares = plan_blocks(order, cfg.optimizer_steps_per_iter, cfg.micro_batch)
         noise = torch.randn((N, *self.backbone.latent_shape), generator=self.noise_gen).to(self.device)
 
-        # the last sample of each replay group follows the stored prefix
+        # rows that follow a stored trajectory for their first transitions
         forced_len = torch.zeros(N, dtype=torch.long, device=self.device)
         forced = behaviour_prefix = None
-        if replay:
-            K = max(len(e.log_probs) for e in replay)
+        ode_after = torch.zeros(N, dtype=torch.bool, device=self.device)
+        if plan.forced:
+            K = max(len(f.log_probs) for f in plan.forced.values())
             forced = torch.zeros((N, K + 1, *self.backbone.latent_shape), device=self.device)
             behaviour_prefix = torch.zeros((N, T), device=self.device)
-            for g, entry in enumerate(replay):
-                i = (n_fresh + g) * G + G - 1
-                k = len(entry.log_probs)
-                forced[i, : k + 1] = entry.latents.to(self.device)
+            for i, row in plan.forced.items():
+                k = len(row.log_probs)
+                forced[i, : k + 1] = row.latents.to(self.device)
                 forced_len[i] = k
-                behaviour_prefix[i, :k] = entry.log_probs.to(self.device)
-        # conditioning is encoded per iteration, one row per group (real prompt sets are too large to
-        # keep encoded); samples index their group's row
+                behaviour_prefix[i, :k] = row.log_probs.to(self.device)
+                ode_after[i] = row.then == "ode"
+        sde_steps = None if plan.sde_steps is None else plan.sde_steps.to(torch.bool)
         group_cond = self.backbone.encode([task.train_prompts[i].text for i in group_prompts])
         cond_index = group_ids.to(self.device)
         cond = index_cond(group_cond, cond_index)
         prompts = [task.train_prompts[i] for i in prompt_ids.tolist()]
-        ode_suffix = getattr(self.algorithm.config, "suffix", "sde") == "ode"
         latents = torch.empty((N, T + 1, *self.backbone.latent_shape), device=self.device)
         log_probs = torch.empty((N, T), device=self.device)
         pending = []
@@ -284,8 +285,8 @@ class Trainer:
             rows = block.to(self.device)
             traj = sample_sde(self.backbone, index_cond(cond, rows), noise[rows], self.sigmas, cfg.noise_level,
                               cfg.guidance, self.noise_gen, None if forced is None else forced[rows],
-                              forced_len[rows], ode_after_forced=ode_suffix,
-                              logprob_reduction=cfg.logprob_reduction)
+                              forced_len[rows], ode_after_forced=ode_after[rows],
+                              logprob_reduction=cfg.logprob_reduction, sde_steps=sde_steps)
             latents[rows] = traj.latents.to(latents.dtype)
             log_probs[rows] = traj.log_probs
             # scoring this block (on the worker thread) overlaps the sampling of the next one
@@ -300,15 +301,16 @@ class Trainer:
         rewards = torch.empty(N, device=self.device)
         for rows, result in pending:
             rewards[rows] = result.result().scores.float().to(self.device)
-        for g, entry in enumerate(replay):  # a fully replayed trajectory keeps its stored reward
-            if len(entry.log_probs) >= T:
-                rewards[(n_fresh + g) * G + G - 1] = entry.reward
+        for i, row in plan.forced.items():  # a row that follows a whole stored trajectory keeps its reward
+            if row.reward is not None:
+                rewards[i] = row.reward
 
         self.state.samples += int((forced_len == 0).sum())
         self.state.nfe += N * T * self.backbone.nfe_per_sample(cfg.guidance)
         rollout = Rollout(prompt_ids, group_ids, [p.text for p in prompts], [p.meta for p in prompts],
                           latents, self.sigmas, log_probs, behaviour, forced_len, rewards,
-                          iteration=self.state.iteration, cond=group_cond, cond_index=cond_index)
+                          iteration=self.state.iteration, cond=group_cond, cond_index=cond_index,
+                          sde_steps=sde_steps)
         return rollout, shares
 
     def update(self, batch: TrainBatch, blocks: list[torch.Tensor]) -> dict[str, Any]:
@@ -317,7 +319,6 @@ class Trainer:
         One forward (and backward) per block and trained denoising step, over the block's rows exactly
         as the sampler evaluated them; rows that are not trained at that step are evaluated but masked.
         """
-        cfg, alg_cfg = self.cfg, self.algorithm.config
         mask = batch.train_mask
         total = sum(int(mask[b].sum()) for b in blocks)
         self.optimizer.zero_grad(set_to_none=True)
@@ -325,25 +326,17 @@ class Trainer:
             return {"loss/total": 0.0, "train/trained_pairs": 0}
         calls = [(b.to(self.device), k) for b in blocks for k in range(batch.rollout.num_steps)
                  if bool(mask[b, k].any())]
-        # the reference velocities of the KL term, all under one switch of the adapters (toggling them
-        # costs a walk over the model's modules); the same calls as below, so the same numbers
-        v_refs = [None] * len(calls)
-        if alg_cfg.beta > 0:
+        # the reference velocities, all under one switch of the adapters (toggling them costs a walk over
+        # the model's modules); the same calls as below, so the same numbers
+        v_refs: list[torch.Tensor | None] = [None] * len(calls)
+        if self.algorithm.needs_reference:
             with torch.no_grad(), self.backbone.reference():
                 v_refs = [self._velocity(batch.rollout, rows, k) for rows, k in calls]
         parts = [self._micro_step(batch, rows, k, total, v_ref) for (rows, k), v_ref in zip(calls, v_refs)]
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
         self.optimizer.step()
-        pg, ratio, clipped, logp, old, kl, off = (torch.cat([p[i] for p in parts]) for i in range(7))
-        loss = pg.mean() + alg_cfg.beta * kl.mean()
-        return {
-            "loss/total": loss.item(), "loss/policy": pg.mean().item(), "loss/kl": kl.mean().item(),
-            "ratio/mean": ratio.mean().item(), "ratio/min": ratio.min().item(), "ratio/max": ratio.max().item(),
-            "clipfrac/on_policy": clipped[~off].float().mean().item() if (~off).any() else None,
-            "clipfrac/off_policy": clipped[off].float().mean().item() if off.any() else None,
-            "approx_kl": approx_kl(logp, old).item(), "grad_norm": grad_norm.item(),
-            "train/trained_pairs": total,
-        }
+        return {**self.algorithm.summarize(parts, batch), "grad_norm": grad_norm.item(),
+                "train/trained_pairs": total}
 
     def _velocity(self, ro: Rollout, rows: torch.Tensor, k: int) -> torch.Tensor:
         """The network call the sampler made for ``rows`` at denoising step ``k`` (same inputs and shape)."""
@@ -353,38 +346,28 @@ class Trainer:
                                       detach_uncond=self.cfg.cfg_detach_uncond)
 
     def _micro_step(self, batch: TrainBatch, rows: torch.Tensor, k: int, total: int,
-                    v_ref: torch.Tensor | None = None):
-        """Forward + backward of denoising step ``k`` of one block of ``rows``; the loss of its trained rows
-        is scaled by their share of ``total`` pairs, so that the accumulated gradient is that of the mean.
-        ``v_ref``: the reference model's velocity for the same call (needed when ``beta > 0``)."""
-        cfg, alg_cfg, ro = self.cfg, self.algorithm.config, batch.rollout
+                    v_ref: torch.Tensor | None = None) -> PairLoss:
+        """Forward + backward of denoising step ``k`` of one block of ``rows``: the algorithm's loss of the
+        trained rows, scaled by their share of ``total`` pairs so that the accumulated gradient is that of
+        the mean. ``v_ref``: the reference model's velocity for the same call (when the algorithm needs it)."""
+        cfg, ro = self.cfg, batch.rollout
         n = len(rows)
         trained = batch.train_mask[rows, k]
-        sel = rows[trained]
         x, x_next = ro.latents[rows, k], ro.latents[rows, k + 1]
         sigma, sigma_next = ro.sigmas[k].expand(n), ro.sigmas[k + 1].expand(n)
         v = self._velocity(ro, rows, k)
         _, logp, mean, std = sde_step_with_logprob(v, sigma, sigma_next, x, cfg.noise_level, prev_sample=x_next,
                                                    sigma_max=ro.sigmas[1], logprob_reduction=cfg.logprob_reduction)
-        logp = logp[trained]
-        old = batch.old_log_probs[sel, k]
-        pg, ratio, clipped = clipped_surrogate(logp, old, batch.advantages[sel], alg_cfg.clip_range,
-                                               weight=batch.weights[sel])
-        loss = pg.sum()
-        kl = torch.zeros_like(pg)
-        calls = 1
-        if alg_cfg.beta > 0:
-            assert v_ref is not None
+        ref_mean = None
+        if v_ref is not None:
             ref_mean = sde_step_with_logprob(v_ref, sigma, sigma_next, x, cfg.noise_level, prev_sample=x_next,
-                                             sigma_max=ro.sigmas[1])[2]
-            dt = (sigma_next - sigma)[trained] if alg_cfg.kl_include_dt else None
-            kl = kl_to_reference(mean[trained], ref_mean[trained], std[trained], dt)
-            loss = loss + alg_cfg.beta * kl.sum()
-            calls = 2
-        (loss / total).backward()
+                                             sigma_max=ro.sigmas[1])[2][trained]
+        part = self.algorithm.loss(batch, rows[trained], k, logp[trained], mean[trained], std[trained], ref_mean,
+                                   (sigma_next - sigma)[trained])
+        (part.loss.sum() / total).backward()
+        calls = 2 if v_ref is not None else 1
         self.state.nfe += n * self.backbone.nfe_per_sample(cfg.guidance) * calls
-        return (pg.detach(), ratio.detach(), clipped, logp.detach(), old, kl.detach(),
-                ro.replayed[sel])
+        return part
 
     def _check_rewards(self, rollout: Rollout) -> None:
         """Every reward NaN: nothing to learn from, and most likely a task/reward mismatch."""

@@ -1,20 +1,25 @@
 """Flow-GRPO (arXiv 2505.05470): on-policy group-relative policy optimisation over SDE trajectories.
 
-The algorithm only turns a scored rollout into a training batch (advantages, the log-probs each ratio
-divides by, per-sample weights, which (sample, step) pairs are trained). The trainer owns the loop,
-the optimizer and the I/O; the math is in :mod:`opgrpo_bench.core`.
+Behind the interface of :mod:`opgrpo_bench.algorithms.base`: fresh groups only, every step SDE; a scored
+rollout becomes a training batch (group-relative advantages, ``logp_old`` as the ratio's denominator,
+weights 1, which (sample, step) pairs train), and each trained pair's loss is the clipped surrogate plus
+beta times the KL to the reference model. The trainer owns the loop, the optimizer and the I/O; the math
+is in :mod:`opgrpo_bench.core`.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from opgrpo_bench.algorithms.base import Algorithm, PairLoss, Rollout, TrainBatch
 from opgrpo_bench.core.advantages import finite_group_mask, group_advantages, nonzero_std_group_mask
-from opgrpo_bench.core.replay import ReplayEntry
+from opgrpo_bench.core.losses import approx_kl, clipped_surrogate, kl_to_reference
+
+__all__ = ["FlowGRPO", "FlowGRPOConfig", "Rollout", "TrainBatch"]
 
 
 @dataclass
@@ -37,74 +42,12 @@ class FlowGRPOConfig:
     """Train the first floor(train_fraction * T) denoising steps (the last, lowest-noise step never)."""
 
 
-@dataclass
-class Rollout:
-    """One iteration's scored samples (N = groups x group size), in group order.
-
-    Attributes:
-        prompt_ids: [N] index into the task's training prompts.
-        group_ids: [N] explicit group membership.
-        prompts / metas: per-sample prompt text and reward metadata.
-        latents: [N, T+1, *shape] trajectories; ``sigmas`` [T+1] their schedule.
-        log_probs: [N, T] log-probs of every transition under the sampling weights (theta_old).
-        behaviour_log_probs: [N, T] log-probs under the policy that generated each transition
-            (equal to ``log_probs`` except on replayed prefixes, where they are the stored ``logp_off``).
-        forced_len: [N] transitions taken from the replay buffer (0 = fresh sample).
-        rewards: [N] scores (float32); NaN means "not applicable" (masked out of advantages and buffer).
-        iteration: the iteration that produced it.
-        cond / cond_index: prompt conditioning, one row per group, and each sample's row [N].
-    """
-
-    prompt_ids: torch.Tensor
-    group_ids: torch.Tensor
-    prompts: list[str]
-    metas: list[dict[str, Any]]
-    latents: torch.Tensor
-    sigmas: torch.Tensor
-    log_probs: torch.Tensor
-    behaviour_log_probs: torch.Tensor
-    forced_len: torch.Tensor
-    rewards: torch.Tensor
-    iteration: int = 0
-    cond: dict[str, torch.Tensor] = field(default_factory=dict)
-    cond_index: torch.Tensor | None = None
-
-    @property
-    def replayed(self) -> torch.Tensor:
-        """[N] bool: the sample continues a stored (off-policy) prefix."""
-        return self.forced_len > 0
-
-    @property
-    def num_steps(self) -> int:
-        return self.log_probs.shape[1]
-
-
-@dataclass
-class TrainBatch:
-    """What the trainer optimises: for each sample i and step k with ``train_mask[i, k]``, the loss
-    ``weights[i] * clipped(exp(logp_theta - old_log_probs[i, k]), advantages[i])`` (+ beta * KL)."""
-
-    rollout: Rollout
-    advantages: torch.Tensor  # [N]
-    old_log_probs: torch.Tensor  # [N, T]
-    weights: torch.Tensor  # [N] float32, constant
-    train_mask: torch.Tensor  # [N, T] bool
-    metrics: dict[str, Any] = field(default_factory=dict)
-
-
-class FlowGRPO:
+class FlowGRPO(Algorithm):
     """Flow-GRPO: fresh groups only; every sample is on-policy (``w = 1``)."""
 
     name = "flow-grpo"
     config_cls = FlowGRPOConfig
-
-    def __init__(self, config: FlowGRPOConfig | None = None):
-        self.config = config or self.config_cls()
-
-    # -- hooks the trainer calls, in this order, once per iteration -------------------------------
-    def replay_entries(self, num_groups: int, iteration: int, generator: torch.Generator) -> list[ReplayEntry]:
-        """Stored trajectories to replay this iteration, one per replay group (none for Flow-GRPO)."""
-        return []
+    config: FlowGRPOConfig
 
     def trained_steps(self, num_steps: int) -> torch.Tensor:
         """[T] bool: which denoising steps are trained."""
@@ -145,9 +88,37 @@ class FlowGRPO:
         steps (it never depends on the weights); returns diagnostics for step records."""
         return {}
 
-    # -- checkpointing -----------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        return {}
+    # -- the loss ----------------------------------------------------------------------------------
+    @property
+    def needs_reference(self) -> bool:
+        return self.config.beta > 0
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
+    def loss(self, batch: TrainBatch, rows: torch.Tensor, step: int, log_prob: torch.Tensor,
+             mean: torch.Tensor, std: torch.Tensor, ref_mean: torch.Tensor | None,
+             dt: torch.Tensor) -> PairLoss:
+        """``weights * max(-A * rho, -A * clip(rho, 1 - eps, 1 + eps)) + beta * KL`` per pair."""
+        cfg = self.config
+        old = batch.old_log_probs[rows, step]
+        pg, ratio, clipped = clipped_surrogate(log_prob, old, batch.advantages[rows], cfg.clip_range,
+                                               weight=batch.weights[rows])
+        kl = torch.zeros_like(pg)
+        if cfg.beta > 0:
+            assert ref_mean is not None, "the KL term needs the reference model's mean"
+            kl = kl_to_reference(mean, ref_mean, std, dt if cfg.kl_include_dt else None)
+        stats = {"pg": pg.detach(), "kl": kl.detach(), "ratio": ratio.detach(), "clipped": clipped,
+                 "log_prob": log_prob.detach(), "old": old}
+        return PairLoss(pg + cfg.beta * kl, rows, stats)
+
+    def summarize(self, parts: list[PairLoss], batch: TrainBatch) -> dict[str, Any]:
+        """Loss terms, ratio range, clip fractions of fresh and of replayed samples, approximate KL."""
+        cat = {k: torch.cat([p.stats[k] for p in parts]) for k in parts[0].stats}
+        off = batch.rollout.replayed[torch.cat([p.rows for p in parts])]
+        clipped, ratio = cat["clipped"], cat["ratio"]
+        return {
+            "loss/total": (cat["pg"].mean() + self.config.beta * cat["kl"].mean()).item(),
+            "loss/policy": cat["pg"].mean().item(), "loss/kl": cat["kl"].mean().item(),
+            "ratio/mean": ratio.mean().item(), "ratio/min": ratio.min().item(), "ratio/max": ratio.max().item(),
+            "clipfrac/on_policy": clipped[~off].float().mean().item() if (~off).any() else None,
+            "clipfrac/off_policy": clipped[off].float().mean().item() if off.any() else None,
+            "approx_kl": approx_kl(cat["log_prob"], cat["old"]).item(),
+        }

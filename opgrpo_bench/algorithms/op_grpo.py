@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import torch
 
-from opgrpo_bench.algorithms.flow_grpo import FlowGRPO, FlowGRPOConfig, Rollout, TrainBatch
+from opgrpo_bench.algorithms.base import ForcedRow, Rollout, RolloutPlan, TrainBatch
+from opgrpo_bench.algorithms.flow_grpo import FlowGRPO, FlowGRPOConfig
 from opgrpo_bench.core.losses import sequence_log_weight
 from opgrpo_bench.core.replay import ReplayBuffer, ReplayEntry
 
@@ -85,8 +86,22 @@ class OPGRPO(FlowGRPO):
         return min(n, len(self.buffer), max(num_groups - 1, 0))
 
     def replay_entries(self, num_groups: int, iteration: int, generator: torch.Generator) -> list[ReplayEntry]:
+        """The stored entries replayed this iteration, one per replay group."""
         n = self.replay_groups(num_groups, generator)
         return self.buffer.sample(n, generator) if n else []
+
+    def plan(self, num_groups: int, group_size: int, num_steps: int, iteration: int,
+             generator: torch.Generator, draw_prompts: Callable[[int], list[int]]) -> RolloutPlan:
+        """Fresh groups first, then the replay groups: their prompt is the entry's, their last member follows
+        the stored prefix and continues by ``suffix``; a whole stored trajectory keeps its stored reward."""
+        replay = self.replay_entries(num_groups, iteration, generator)
+        fresh = draw_prompts(num_groups - len(replay))
+        forced = {}
+        for g, entry in enumerate(replay):
+            whole = len(entry.log_probs) >= num_steps
+            forced[(len(fresh) + g) * group_size + group_size - 1] = ForcedRow(
+                entry.latents, entry.log_probs, then=self.config.suffix, reward=entry.reward if whole else None)
+        return RolloutPlan(fresh + [e.prompt_id for e in replay], forced)
 
     def prefix_len(self, num_steps: int) -> int:
         return min(self.config.t_off, num_steps)
