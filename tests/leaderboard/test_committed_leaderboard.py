@@ -1,0 +1,23 @@
+"""The committed leaderboard is a pure function of the committed results files.
+
+``opgrpo-bench leaderboard leaderboard/runs --out DIR`` must rebuild ``leaderboard/leaderboard.json`` and
+``leaderboard/LEADERBOARD.md`` byte for byte (the statistics use fixed bootstrap seeds; wall-clock fields
+come from the same files, so they match too).
+"""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+RUNS = ROOT / "leaderboard" / "runs"
+
+
+@pytest.mark.skipif(not RUNS.is_dir(), reason="no committed results files")
+def test_committed_leaderboard_is_rebuilt_from_its_runs(tmp_path):
+    subprocess.run([sys.executable, "-m", "opgrpo_bench.cli", "leaderboard", "leaderboard/runs", "--out",
+                    str(tmp_path)], cwd=ROOT, check=True, capture_output=True, timeout=300)
+    for name in ("leaderboard.json", "LEADERBOARD.md"):
+        assert (tmp_path / name).read_bytes() == (ROOT / "leaderboard" / name).read_bytes(), name
