@@ -77,6 +77,7 @@ def run(
                       f"each), {jobs} jobs -> {out}")
         result = run_suite(name, out, leaderboard_out, jobs=jobs, console=console, resume=not fresh)
         console.print(f"suite '{name}' finished in {result['wall_s']:.0f} s; report in {leaderboard_out}/")
+        _print_verdict(result.get("leaderboard"))
         return
     from opgrpo_bench.tasks.digits import DIGITS_V1
 
@@ -96,6 +97,30 @@ def run(
 
 def _score(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
+
+
+def _print_verdict(doc: dict | None) -> None:
+    """The verdict table on stdout (plain text when stdout is not a terminal)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from opgrpo_bench.leaderboard.verdict import verdict_rows
+
+    rows = verdict_rows(doc or {})
+    if not rows:
+        return
+
+    def ci(pair: tuple) -> str:
+        return "—" if None in pair else f"[{pair[0]:.2f}, {pair[1]:.2f}]"
+
+    table = Table(title="verdict against flow-grpo (steps to target)", title_justify="left")
+    for col in ("task", "algorithm", "seeds", "steps ratio", "95% CI", "P(faster)", "95% CI ", "verdict"):
+        table.add_column(col)
+    for r in rows:
+        p = "—" if r["p_improvement"] is None else f"{r['p_improvement']:.2f}"
+        table.add_row(r["task"], r["algorithm"], str(r["seeds"]), f"{r['ratio']:.2f}x", ci(r["ci"]), p, ci(r["p_ci"]),
+                      r["verdict"])
+    Console(width=140).print(table)
 
 
 @app.command("list")
