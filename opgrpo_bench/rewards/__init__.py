@@ -32,6 +32,11 @@ REWARDS.register(
     "digit-pair", "opgrpo_bench.rewards.digits:DigitPairReward", description="1 if the digits-v1 classifier "
     "reads both halves of an 8x16 image as the prompted left/right digits, else 0", needs="CPU; weights built in-package",
 )
+REWARDS.register(
+    "digit-number", "opgrpo_bench.rewards.digits:DigitNumberReward", description="1 - edit distance / length "
+    "between the prompted number and the digits the digits-v1 classifier reads off an 8x(8k) image",
+    needs="CPU; weights built in-package",
+)
 _register("ocr", "ocr:OcrReward", "similarity of the prompt's quoted text to what PP-OCRv4 reads (Flow-GRPO)",
           "CPU", "PP-OCRv4 inside the rapidocr-onnxruntime wheel", "ocr", aliases=("text-rendering",))
 _register("jpeg-compressibility", "jpeg:JpegCompressibility", "minus the JPEG size in kB at quality 95 (DDPO)",

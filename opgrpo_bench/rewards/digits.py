@@ -3,6 +3,8 @@
 - ``digit-classifier`` (``digits-v1``): probability of the prompted digit.
 - ``digit-pair`` (``digits-pair-v1``): 1 when both halves of an 8x16 image show the prompted digits in the
   prompted order, else 0.
+- ``digit-number`` (``digits-number-v1``): an OCR-like string match of the digits read off an 8x(8k) image
+  against the prompted number, ``1 - edit_distance / length``.
 
 The classifier is a small MLP trained by the project on scikit-learn's bundled handwritten digits
 (:func:`train_digit_classifier`; weights shipped in ``opgrpo_bench/assets/digits-v1``). Its held-out
@@ -190,3 +192,91 @@ class DigitPairReward:
             scores[i] = float(int(pl.argmax()) == left and int(pr.argmax()) == right)
         return RewardOutput(scores=scores, components={"p_left": p_left, "p_right": p_right,
                                                        "p_both": p_left * p_right}, info={NAN_REASON: why_nan})
+
+
+_NUMBER_RE = re.compile(r"\d+")
+
+
+def prompted_number(prompt: str, metadata: dict[str, Any] | None = None) -> str | None:
+    """The digit string a prompt asks for: metadata ``number`` first, else the first run of numerals.
+
+    A string, so that leading zeros count (``"the number 042"`` -> ``"042"``); None when there is none.
+    """
+    if metadata and "number" in metadata:
+        return str(metadata["number"])
+    match = _NUMBER_RE.search(prompt)
+    return match.group(0) if match else None
+
+
+class DigitNumberReward:
+    """How well an 8x(8k) image renders the prompted number, read digit by digit by the digits-v1 classifier.
+
+    A miniature of Flow-GRPO's OCR reward. The image is cut into k 8x8 positions, left to right; the
+    classifier's argmax at each position gives the read string (always k characters, e.g. ``"374"`` from
+    an 8x24 image). With ``n`` the length of the prompted string and ``d`` the Levenshtein distance between
+    the two strings, the score is ``1 - min(d, n) / n`` (Flow-GRPO's formula): 1 for the right number,
+    2/3 for a 3-digit number with one wrong digit, 0 when nothing matches.
+
+    Components:
+        success: 1.0 when the read string is exactly the prompted one, else 0.0 (the strict metric).
+        char_acc: the fraction of the prompted string's positions read as the prompted digit (positional;
+            positions beyond the image count as wrong).
+        p_digits: the mean classifier probability of the prompted digit over those positions (a dense
+            diagnostic of how close a failure was).
+
+    The number comes from metadata ``number`` (a string such as ``"042"``) or else the prompt's first run of
+    numerals; prompts with neither score NaN, as do images with non-finite pixels (other rows untouched).
+    """
+
+    name: ClassVar[str] = "digit-number"
+    higher_is_better: ClassVar[bool] = True
+    range: ClassVar[tuple[float, float]] = (0.0, 1.0)
+    input_shape: ClassVar[tuple[int, int, int]] = (1, 8, 24)
+    """[C, H, W] of the images of the digits-number-v1 task (``opgrpo-bench score`` checks it); the reward
+    itself reads any [B, 1, 8, 8k]."""
+
+    def __init__(self, path: str | Path | None = None):
+        """Args: path: folder of the digits-v1 classifier (default: the weights shipped in the package)."""
+        self.classifier = DigitClassifierReward(path)
+        self.model, self.info = self.classifier.model, self.classifier.info
+
+    @torch.no_grad()
+    def read(self, images: torch.Tensor) -> tuple[list[str], torch.Tensor]:
+        """Images [B, 1, 8, 8k] in [0, 1] -> (read strings, probabilities [B, k, 10])."""
+        if images.dim() != 4 or images.shape[-2] != 8 or images.shape[-1] % 8 or images.shape[-1] == 0:
+            raise ValueError(f"digit-number expects [B, 1, 8, 8k] images, got {tuple(images.shape)}")
+        b, k = images.shape[0], images.shape[-1] // 8
+        cells = images.float().reshape(b, images.shape[1], 8, k, 8).permute(0, 3, 1, 2, 4).reshape(b * k, -1)
+        # One cell at a time: a sample's score must not depend on its batch (see DigitPairReward).
+        probs = torch.cat([self.model(cells[i : i + 1]) for i in range(b * k)]).softmax(-1).reshape(b, k, 10)
+        reads = ["".join(str(int(d)) for d in row) for row in probs.argmax(-1)]
+        return reads, probs
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor, prompts: Sequence[str],
+                 metadata: Sequence[dict[str, Any]] | None = None) -> RewardOutput:
+        """``images`` [B, 1, 8, 8k] in [0, 1] -> scores [B] in [0, 1] (NaN: no number in the prompt)."""
+        from opgrpo_bench.rewards.ocr import edit_distance
+
+        reads, probs = self.read(images)
+        metadata = metadata or [{}] * len(prompts)
+        n = len(prompts)
+        finite = torch.isfinite(images.reshape(n, -1)).all(-1)
+        scores, success, char_acc, p_digits = (torch.full((n,), float("nan")) for _ in range(4))
+        why_nan: list[str | None] = [None] * n
+        for i, (prompt, meta) in enumerate(zip(prompts, metadata)):
+            target = prompted_number(prompt, meta)
+            if not target or not target.isdigit():
+                why_nan[i] = "the prompt names no number (a run of numerals) and metadata has no 'number'"
+                continue
+            if not finite[i]:
+                why_nan[i] = "the image has non-finite pixels"
+                continue
+            read, m = reads[i], len(target)
+            scores[i] = 1.0 - min(edit_distance(read, target), m) / m
+            success[i] = float(read == target)
+            hits = [j < len(read) and read[j] == c for j, c in enumerate(target)]
+            char_acc[i] = sum(hits) / m
+            p_digits[i] = sum(float(probs[i, j, int(c)]) for j, c in enumerate(target) if j < len(read)) / m
+        return RewardOutput(scores=scores, components={"success": success, "char_acc": char_acc,
+                                                       "p_digits": p_digits}, info={NAN_REASON: why_nan})

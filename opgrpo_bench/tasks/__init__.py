@@ -9,6 +9,15 @@ TASKS.register("digits-v1", "opgrpo_bench.tasks.digits:DIGITS_V1", aliases=("dig
 TASKS.register("digits-pair-v1", "opgrpo_bench.tasks.digits_pair:DIGITS_PAIR_V1", aliases=("digits-pair",),
                description="two digits side by side as prompted (8x16), reward = both right (binary, sparse)",
                needs="CPU")
+TASKS.register("digits-number-v1", "opgrpo_bench.tasks.digits_number:DIGITS_NUMBER_V1",
+               aliases=("digits-number",), needs="CPU",
+               description="render a 3-digit number (8x24), 800 train / 100 held-out numbers, reward = "
+                           "1 - edit distance / 3 (OCR-like)")
+for _pool in (20, 100):
+    TASKS.register(f"digits-number-pool{_pool}-v1", f"opgrpo_bench.tasks.digits_number:DIGITS_NUMBER_POOL{_pool}_V1",
+                   description=f"digits-number-v1 trained on its first {_pool} training numbers (same eval set)",
+                   needs="CPU")
+del _pool
 
 TASKS.register("tiny-sd3-jpeg-v1", "opgrpo_bench.tasks.sd3_tasks:TINY_SD3_JPEG_V1", aliases=("tiny-sd3",),
                description="tiny in-code SD3 pipeline (3 text encoders, VAE, CFG), 32 px; reward = -JPEG kB",

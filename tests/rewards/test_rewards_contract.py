@@ -57,6 +57,11 @@ def digit_pair_inputs(b: int) -> tuple[torch.Tensor, list[str], list[dict[str, A
                                         for i in range(b)], None
 
 
+def digit_number_inputs(b: int) -> tuple[torch.Tensor, list[str], list[dict[str, Any]] | None]:
+    return _images(b, c=1, h=8, w=24), [f"the number {(37 * i) % 1000:03d}" if i % 3 else "no digits"
+                                        for i in range(b)], None
+
+
 def geneval_inputs(b: int) -> tuple[torch.Tensor, list[str], list[dict[str, Any]] | None]:
     metas: list[dict[str, Any]] = [
         {"tag": "single_object", "include": [{"class": "dog", "count": 1}]},
@@ -108,6 +113,7 @@ CASES: dict[str, Case] = {
         weights={"jpeg-compressibility": 1.0, "jpeg-incompressibility": 0.5})),
     "digit-classifier": Case(_digits, digit_inputs),
     "digit-pair": Case(lambda request: REWARDS.get("digit-pair")(), digit_pair_inputs),
+    "digit-number": Case(lambda request: REWARDS.get("digit-number")(), digit_number_inputs),
     "threshold": Case(lambda request: REWARDS.get("threshold")(reward="digit-classifier", threshold=0.1),
                       digit_inputs),
     "remote": Case(_remote),
