@@ -1,6 +1,7 @@
 """Regenerate the digits-number-v1 base model (tiny SD3 transformer + CLIP text encoder) on CPU.
 
-    python scripts/build_digits_number_assets.py [--out opgrpo_bench/assets/digits-number-v1] [--steps N] [--jitter-steps N]
+    python scripts/build_digits_number_assets.py [--out opgrpo_bench/assets/digits-number-v1] [--steps N]
+        [--jitter-steps N] [--lr LR] [--batch-size N] [--scratch] [--seed N]
 
 Single-threaded so that the result does not depend on the machine's core count (defaults: see
 ``opgrpo_bench.tasks.digits_number``; about one minute on one idle core). The weights start from the

@@ -123,7 +123,8 @@ def test_reward_reads_every_number_of_real_digits(reward: DigitNumberReward, tes
     # one digit swapped for another real digit: exactly 2/3 and no success
     wrong = [n[:2] + str((int(n[2]) + 1) % 10) for n in numbers]
     out = reward(torch.stack([draw(n, test_digits) for n in wrong]), [""] * 12, [{"number": n} for n in numbers])
-    assert torch.allclose(out.scores, torch.full((12,), 2 / 3)) and torch.equal(out.components["success"], torch.zeros(12))
+    assert torch.allclose(out.scores, torch.full((12,), 2 / 3))
+    assert torch.equal(out.components["success"], torch.zeros(12))
 
 
 def test_nan_for_unparsable_prompt_and_broken_pixels(reward: DigitNumberReward, test_digits) -> None:
@@ -163,6 +164,21 @@ def test_assets_load_and_sample(backbone, reward: DigitNumberReward) -> None:
     assert images.shape == (2, 1, 8, 24) and bool(((images >= 0) & (images <= 1)).all())
     scores = reward(images, prompts).scores
     assert bool(((scores >= 0) & (scores <= 1)).all())
+
+
+def test_base_model_is_in_the_measured_regime(backbone, reward: DigitNumberReward) -> None:
+    """The shipped base model renders held-out numbers partly right: few exact successes, a mean reward
+    with room above it (measured with 20 ODE steps: score 0.547, success 0.145)."""
+    from opgrpo_bench.sampling import sample_ode
+
+    prompts = TASKS.get("digits-number-v1").eval_prompts
+    noise = torch.randn((len(prompts), *backbone.latent_shape), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        images = backbone.decode(sample_ode(backbone, backbone.encode([p.text for p in prompts]), noise,
+                                            backbone.sigmas(10), 1.0))
+    out = reward(images, [p.text for p in prompts], [p.meta for p in prompts])
+    score, success = float(out.scores.mean()), float(out.components["success"].mean())
+    assert 0.35 < score < 0.75 and 0.0 < success < 0.3, (score, success)
 
 
 def test_pretraining_draws_training_numbers_and_is_deterministic() -> None:
