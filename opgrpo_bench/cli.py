@@ -37,7 +37,7 @@ def run(
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="setting key=value (repeatable)")] = None,
     jobs: Annotated[int, typer.Option("--jobs", "-j", help="parallel worker processes")] = 2,
     quick: Annotated[bool, typer.Option("--quick", help="the ~2-minute suite (same as --suite quick)")] = False,
-    suite: Annotated[Optional[str], typer.Option("--suite", help="a named suite: default, quick, reference")]
+    suite: Annotated[Optional[str], typer.Option("--suite", help="a named suite: default, quick, reference, regime")]
     = None,
     fresh: Annotated[bool, typer.Option("--fresh", help="retrain runs that already exist")] = False,
     leaderboard_out: Annotated[Path, typer.Option("--leaderboard-out", help="report directory (suites)")]

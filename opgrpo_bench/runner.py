@@ -60,7 +60,11 @@ def resolve(task: str, algorithm: str, seed: int, steps: int | None = None,
 
 def resolved_config(resolved: ResolvedRun) -> dict[str, Any]:
     """Everything that determines a run's numbers except its budget: task (id, version, prompt sets),
-    algorithm (preset name, class, every config field), every trainer setting, and the seed."""
+    algorithm (preset name, class, every config field), every trainer setting, and the seed.
+
+    The task's gold reward is left out on purpose: it only reads the eval images and changes no trained or
+    recorded training number, so results written before it existed stay valid (their eval records just
+    lack ``gold``; the leaderboard shows it as missing)."""
     task = resolved.task
     train = dataclasses.asdict(resolved.train_config)
     train.pop("steps")

@@ -27,6 +27,9 @@ ABLATIONS = ("op-grpo-no-replay", "op-grpo-no-correction", "op-grpo-naive-is", "
              "op-grpo-rho5", "op-grpo-rho25")
 
 
+POOL_TASKS = ("digits-number-pool20-v1", "digits-number-pool100-v1", "digits-number-v1")
+"""The paper-regime task at training pools of 20, 100 and 800 numbers (nested; one eval set): the regime map."""
+
 Grid = tuple[tuple[str, ...], tuple[str, ...], tuple[int, ...]]
 """(tasks, algorithms, seeds): every combination is a run."""
 
@@ -61,6 +64,8 @@ SUITES = {
         (("digits-v1", "digits-sparse-v1"), ("flow-grpo", "op-grpo"), (0, 1, 2, 3, 4)),
         (("digits-sparse-v1",), ABLATIONS, (0, 1, 2)),
     )),
+    # when does replay pay off: Flow-GRPO against OP-GRPO at three training-pool sizes of digits-number
+    "regime": Suite("regime", ((POOL_TASKS, ("flow-grpo", "op-grpo"), (0, 1, 2, 3, 4)),)),
 }
 
 

@@ -52,6 +52,7 @@ from opgrpo_bench.core.ema import ParameterEMA
 from opgrpo_bench.core.sde import sde_step_with_logprob
 from opgrpo_bench.errors import RunInterrupted, UserError
 from opgrpo_bench.registry import REWARDS
+from opgrpo_bench.rewards.base import RewardOutput
 from opgrpo_bench.rewards.worker import AsyncRewardWorker
 from opgrpo_bench.results import ResultsWriter, first_reaching, read_records, truncate_after_step
 from opgrpo_bench.sampling import sample_ode, sample_sde
@@ -173,6 +174,8 @@ class Trainer:
             torch.set_num_threads(config.num_threads)
         # the reward first: a missing reward model should fail before a large backbone loads
         self.reward = REWARDS.get(task.reward)(**task.reward_args)
+        # evaluation only, never trained on: a second reader that makes reward hacking visible
+        self.gold = REWARDS.get(task.gold_reward)(**task.gold_reward_args) if task.gold_reward else None
         self.scorer = AsyncRewardWorker(self.reward, max_pending=2)
         torch.manual_seed(config.seed)  # LoRA initialisation
         self.backbone: Backbone = task.build_backbone()
@@ -207,25 +210,35 @@ class Trainer:
         """Mean eval metric of ODE samples of the held-out prompts from fixed noises (EMA weights).
 
         The metric is the reward's score, or the component ``task.eval_metric`` when the task names one.
+        When the task has a gold reward, the same images are scored by it too: ``gold`` (its score, or
+        its ``eval_metric`` component) and ``gold/<component>``.
         """
-        def sample() -> Any:
+        texts, metas = [p.text for p in self.eval_prompts], [p.meta for p in self.eval_prompts]
+
+        def sample() -> torch.Tensor:
             x = sample_ode(self.backbone, self.eval_cond, self.eval_noise, self.eval_sigmas,
                            self.cfg.eval_guidance, batch_size=256)
-            return self.reward(self.backbone.decode(x), [p.text for p in self.eval_prompts],
-                               [p.meta for p in self.eval_prompts])
+            return self.backbone.decode(x)
 
         if self.ema is not None:
             with self.ema.applied(self.params):
-                out = sample()
+                images = sample()
         else:
-            out = sample()
+            images = sample()
+        record = self._metrics(self.reward(images, texts, metas), self.task.reward, "score", "eval/")
+        if self.gold is not None:
+            record.update(self._metrics(self.gold(images, texts, metas), self.task.gold_reward, "gold", "gold/"))
+        return record
+
+    def _metrics(self, out: RewardOutput, reward: str, main_key: str, prefix: str) -> dict[str, float]:
+        """``{main_key: mean eval metric, prefix + component: mean}`` of one reward's output (NaN-ignoring)."""
         metric = self.task.eval_metric
         if metric is not None and metric not in out.components:
             raise UserError(f"task '{self.task.id}' evaluates reward component '{metric}', which reward "
-                            f"'{self.task.reward}' does not return (it returns: {sorted(out.components)})")
+                            f"'{reward}' does not return (it returns: {sorted(out.components)})")
         main = out.scores if metric is None else out.components[metric]
-        record = {"score": torch.nanmean(main.float()).item()}
-        record.update({f"eval/{k}": torch.nanmean(v.float()).item() for k, v in out.components.items()})
+        record = {main_key: torch.nanmean(main.float()).item()}
+        record.update({f"{prefix}{k}": torch.nanmean(v.float()).item() for k, v in out.components.items()})
         return record
 
     def _log_eval(self) -> dict[str, Any]:
@@ -415,6 +428,7 @@ class Trainer:
             config={"train": dataclasses.asdict(self.cfg), "algorithm": algo_cfg}, config_hash=config_hash,
             target=self.task.target, higher_is_better=self.task.higher_is_better, budget_steps=self.cfg.steps,
             reward=self.task.reward, eval_metric=self.task.eval_metric, world_size=1,
+            gold_reward=self.task.gold_reward, gold_reward_args=self.task.gold_reward_args,
             precision=str(getattr(self.backbone, "dtype", torch.float32)),
             versions=_versions(), git_sha=_git_sha(), device=self._device_name(),
             start_time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -9,6 +9,12 @@
 The classifier is a small MLP trained by the project on scikit-learn's bundled handwritten digits
 (:func:`train_digit_classifier`; weights shipped in ``opgrpo_bench/assets/digits-v1``). Its held-out
 accuracy is recorded beside the weights.
+
+Every reward here also reads with the **gold** classifier (``classifier="gold"``): a small CNN (a different
+architecture) trained on the *other* split of the same data (the 20% the reward classifier never saw,
+:func:`train_gold_classifier`). The tasks evaluate it beside the reward and never train on it, so a policy
+that learns the reward classifier's quirks instead of the digits shows up as a widening gap between the
+eval score and the gold score.
 """
 
 from __future__ import annotations
@@ -68,6 +74,81 @@ def train_digit_classifier(x_train: torch.Tensor, y_train: torch.Tensor, x_test:
     return model, acc
 
 
+class GoldDigitClassifier(nn.Module):
+    """Small CNN on 8x8 grey images in [0, 1] ([B, 1, 8, 8] or [B, 64]) -> logits [B, 10].
+
+    Two 3x3 convolutions and a 2x2 max-pool, then a linear layer: translation structure the reward's
+    MLP lacks, so the two classifiers fail on different images.
+    """
+
+    def __init__(self, channels: int = 16):
+        """Args: channels: width of the first convolution (the second has twice as many)."""
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(1, channels, 3, padding=1), nn.ReLU(), nn.Conv2d(channels, 2 * channels, 3, padding=1),
+            nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Dropout(0.2), nn.Linear(2 * channels * 16, 10))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits [B, 10] of images [B, 1, 8, 8] or [B, 64]."""
+        return self.net(images.reshape(images.shape[0], 1, 8, 8).float())
+
+
+def _shift(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Each image of [N, 1, 8, 8] shifted by -1, 0 or +1 pixel in each direction (zeros shifted in)."""
+    padded = torch.nn.functional.pad(x, (1, 1, 1, 1))
+    dy, dx = torch.randint(3, (2, x.shape[0]), generator=generator)
+    return torch.stack([padded[i, :, dy[i]:dy[i] + 8, dx[i]:dx[i] + 8] for i in range(x.shape[0])])
+
+
+def train_gold_classifier(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor,
+                          y_test: torch.Tensor, seed: int = 0,
+                          epochs: int = 300) -> tuple[GoldDigitClassifier, float]:
+    """Train the gold CNN on images in [0, 1] [N, 1, 8, 8] with labels [N]; returns (model in eval mode,
+    accuracy on the test images).
+
+    Called with the digits split the other way round (trained on the 20% test split, measured on the 80%
+    the reward classifier trained on). Shifts of one pixel and pixel noise make up for the small set.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = GoldDigitClassifier()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-3)
+    n = x_train.shape[0]
+    for _ in range(epochs):
+        perm = torch.randperm(n, generator=gen)
+        for i in range(0, n, 128):
+            idx = perm[i:i + 128]
+            x = _shift(x_train[idx], gen)
+            x = (x + 0.05 * torch.randn(x.shape, generator=gen)).clamp(0, 1)
+            loss = nn.functional.cross_entropy(model(x), y_train[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+    with torch.no_grad():
+        acc = (model(x_test).argmax(-1) == y_test).float().mean().item()
+    return model, acc
+
+
+CLASSIFIERS = {"reward": (DigitClassifier, "classifier"), "gold": (GoldDigitClassifier, "gold_classifier")}
+"""``classifier=`` of the digit rewards -> (module class, file stem in the weights folder)."""
+
+
+def load_classifier(path: str | Path | None = None, classifier: str = "reward") -> tuple[nn.Module, dict]:
+    """(frozen classifier in eval mode, its info JSON) from ``path`` (default: the shipped digits-v1 folder)."""
+    from safetensors.torch import load_file
+
+    if classifier not in CLASSIFIERS:
+        raise ValueError(f"classifier must be one of {sorted(CLASSIFIERS)}, not {classifier!r}")
+    cls, stem = CLASSIFIERS[classifier]
+    folder = Path(path) if path else ASSETS
+    model = cls()
+    model.load_state_dict(load_file(folder / f"{stem}.safetensors"))
+    model.eval().requires_grad_(False)
+    info_file = folder / f"{stem}.json"
+    return model, json.loads(info_file.read_text()) if info_file.exists() else {}
+
+
 def prompted_digit(prompt: str, metadata: dict[str, Any] | None = None) -> int | None:
     """The digit a prompt asks for (metadata ``digit`` first, else the first numeral or number word)."""
     if metadata and "digit" in metadata:
@@ -87,16 +168,10 @@ class DigitClassifierReward:
     input_shape: ClassVar[tuple[int, int, int]] = (1, 8, 8)
     """[C, H, W] of the images it scores (the digits-v1 task's size); ``opgrpo-bench score`` checks it."""
 
-    def __init__(self, path: str | Path | None = None):
-        """Args: path: folder with ``classifier.safetensors`` (default: the weights shipped in the package)."""
-        from safetensors.torch import load_file
-
-        folder = Path(path) if path else ASSETS
-        self.model = DigitClassifier()
-        self.model.load_state_dict(load_file(folder / "classifier.safetensors"))
-        self.model.eval().requires_grad_(False)
-        info_file = folder / "classifier.json"
-        self.info = json.loads(info_file.read_text()) if info_file.exists() else {}
+    def __init__(self, path: str | Path | None = None, classifier: str = "reward"):
+        """Args: path: folder with the classifiers' safetensors (default: the weights shipped in the package);
+        classifier: ``"reward"`` (the MLP the tasks train on) or ``"gold"`` (the held-out CNN)."""
+        self.model, self.info = load_classifier(path, classifier)
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, prompts: Sequence[str],
@@ -157,9 +232,10 @@ class DigitPairReward:
     input_shape: ClassVar[tuple[int, int, int]] = (1, 8, 16)
     """[C, H, W] of the images it scores (the digits-pair-v1 task's size); ``opgrpo-bench score`` checks it."""
 
-    def __init__(self, path: str | Path | None = None):
-        """Args: path: folder of the digits-v1 classifier (default: the weights shipped in the package)."""
-        self.classifier = DigitClassifierReward(path)
+    def __init__(self, path: str | Path | None = None, classifier: str = "reward"):
+        """Args: path: folder of the digits-v1 classifiers (default: the weights shipped in the package);
+        classifier: ``"reward"`` or ``"gold"`` (see :class:`DigitClassifierReward`)."""
+        self.classifier = DigitClassifierReward(path, classifier)
         self.model, self.info = self.classifier.model, self.classifier.info
 
     @torch.no_grad()
@@ -235,9 +311,10 @@ class DigitNumberReward:
     """[C, H, W] of the images of the digits-number-v1 task (``opgrpo-bench score`` checks it); the reward
     itself reads any [B, 1, 8, 8k]."""
 
-    def __init__(self, path: str | Path | None = None):
-        """Args: path: folder of the digits-v1 classifier (default: the weights shipped in the package)."""
-        self.classifier = DigitClassifierReward(path)
+    def __init__(self, path: str | Path | None = None, classifier: str = "reward"):
+        """Args: path: folder of the digits-v1 classifiers (default: the weights shipped in the package);
+        classifier: ``"reward"`` or ``"gold"`` (see :class:`DigitClassifierReward`)."""
+        self.classifier = DigitClassifierReward(path, classifier)
         self.model, self.info = self.classifier.model, self.classifier.info
 
     @torch.no_grad()

@@ -226,6 +226,8 @@ def _digits_v1():
         description="8x8 handwritten digits (scikit-learn) with a tiny SD3 transformer; reward = p(prompted digit)",
         build_backbone=load_backbone,
         reward="digit-classifier",
+        gold_reward="digit-classifier",
+        gold_reward_args={"classifier": "gold"},
         train_prompts=make_prompts(TRAIN_TEMPLATES),
         eval_prompts=make_prompts(EVAL_TEMPLATES),
         eval_noises_per_prompt=4,

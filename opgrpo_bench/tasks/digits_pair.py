@@ -179,6 +179,8 @@ def _digits_pair_v1():
                     "digits right (binary, sparse)",
         build_backbone=load_pair_backbone,
         reward="digit-pair",
+        gold_reward="digit-pair",
+        gold_reward_args={"classifier": "gold"},
         train_prompts=make_pair_prompts(TRAIN_TEMPLATE),
         eval_prompts=make_pair_prompts(EVAL_TEMPLATE),
         # 90 "right of" prompts x 4 noises = 360 eval samples (one success = 0.0028). Base: 0.067. Target

@@ -40,6 +40,9 @@ class TaskSpec:
         eval_metric: the reward component (a key of ``RewardOutput.components``) that is the eval score;
             None = the reward's ``scores``. Lets a task train on a shaped reward and evaluate a strict one
             (GenEval: partial score for training, all-or-nothing correctness for evaluation).
+        gold_reward: registered reward scored on the eval images beside the reward and never trained on
+            (a held-out "gold" reader, so reward hacking shows as a gap); ``gold_reward_args`` its kwargs.
+            Recorded as ``gold`` (and ``gold/<component>``) in every eval record; None = no gold metric.
         needs: what the task needs to run (shown by ``list tasks``).
     """
 
@@ -58,6 +61,8 @@ class TaskSpec:
     default_seeds: tuple[int, ...] = (0, 1, 2)
     train_defaults: dict[str, Any] = field(default_factory=dict)
     eval_metric: str | None = None
+    gold_reward: str | None = None
+    gold_reward_args: dict[str, Any] = field(default_factory=dict)
     needs: str = "CPU"
 
     @property
