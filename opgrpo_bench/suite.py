@@ -277,7 +277,7 @@ def run_grid(combos: list[tuple[str, str, int]], out: str | Path, steps: int | N
                             try:
                                 board.update(*updates.get(timeout=0.2))
                             except queue_mod.Empty:
-                                pass
+                                board.tick()
                             for fut in [f for f in pending if f.done()]:
                                 pending.discard(fut)
                                 combo = futures[fut]
@@ -313,14 +313,30 @@ def run_grid(combos: list[tuple[str, str, int]], out: str | Path, steps: int | N
     return [results[first[c]] for c in asked]
 
 
-class _Board:
-    """Rich progress: one overall bar plus one bar per running run (step, train reward, last eval)."""
+HEARTBEAT_S = 30.0
+"""Seconds between plain progress lines when the console is not a terminal (CI logs, ``| tee``)."""
 
-    def __init__(self, progress: Any, budgets: dict[tuple[str, str, int], int], total: int):
-        self.progress, self.budgets = progress, budgets
+
+class _Board:
+    """Rich progress: one overall bar plus one bar per running run (step, train reward, last eval).
+
+    When the console is not a terminal, rich draws no live bars, so the board prints one plain line every
+    ``heartbeat_s`` seconds instead (runs done, and each running run's step, budget and last eval): a log
+    never goes silent for long, and a stuck run is visible.
+    """
+
+    def __init__(self, progress: Any, budgets: dict[tuple[str, str, int], int], total: int,
+                 heartbeat_s: float | None = None):
+        self.progress, self.budgets, self.total = progress, budgets, total
         self.overall = progress.add_task("[bold]all runs", total=total, info="")
         self.bars: dict[tuple[str, str, int], Any] = {}
         self.last_eval: dict[tuple[str, str, int], float] = {}
+        self.steps: dict[tuple[str, str, int], int] = {}
+        self.done = 0
+        self.plain = not progress.console.is_terminal
+        self.heartbeat_s = HEARTBEAT_S if heartbeat_s is None else heartbeat_s
+        self.t0 = time.monotonic()
+        self.next_beat = self.t0 + self.heartbeat_s
 
     def update(self, key: tuple[str, str, int], record: dict[str, Any]) -> None:
         if record.get("type") not in ("step", "eval"):
@@ -331,10 +347,24 @@ class _Board:
                                                     info="")
         if record["type"] == "eval":
             self.last_eval[key] = record["score"]
+        self.steps[key] = record["step"]
         reward = record.get("train/reward_mean")
         info = (f"reward {reward:.3f} " if reward is not None else "") + \
                (f"eval {self.last_eval[key]:.3f}" if key in self.last_eval else "")
         self.progress.update(self.bars[key], completed=record["step"], info=info)
+        self.tick()
+
+    def tick(self) -> None:
+        """Print the plain progress line when it is due (non-terminal consoles only)."""
+        now = time.monotonic()
+        if not self.plain or now < self.next_beat:
+            return
+        self.next_beat = now + self.heartbeat_s
+        running = "; ".join(
+            f"{k[0]} {k[1]} s{k[2]} step {self.steps.get(k, 0)}/{self.budgets[k]}"
+            + (f" eval {self.last_eval[k]:.3f}" if k in self.last_eval else "") for k in self.bars)
+        self.progress.console.print(f"[{now - self.t0:.0f} s] {self.done}/{self.total} runs done"
+                                    + (f"; running: {running}" if running else ""), highlight=False)
 
     def interrupted(self, key: tuple[str, str, int], step: int | None) -> None:
         if key in self.bars:
@@ -346,6 +376,7 @@ class _Board:
     def finish(self, key: tuple[str, str, int], end: dict[str, Any]) -> None:
         if key in self.bars:
             self.progress.remove_task(self.bars.pop(key))
+        self.done += 1
         status = f"reached at step {end['steps_to_target']}" if not end.get("censored") else "censored"
         best = end.get("best_score")
         self.progress.console.print(f"{key[0]} {key[1]} seed {key[2]}: {status}"

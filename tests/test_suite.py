@@ -36,6 +36,26 @@ def test_grid_in_two_worker_processes_then_skips_finished_runs(tmp_path):
     assert again == ends and [p.read_text() for p in paths] == before
 
 
+def test_a_log_that_is_not_a_terminal_gets_a_plain_progress_line(tmp_path, monkeypatch):
+    import io
+    import re
+
+    from rich.console import Console
+
+    import opgrpo_bench.suite as suite
+
+    monkeypatch.setattr(suite, "HEARTBEAT_S", 0.0)  # due at every record (30 s in use)
+    log = io.StringIO()
+    run_grid([("digits-v1", "flow-grpo", 0)], tmp_path, steps=2, sets=SMALL, jobs=1,
+             console=Console(file=log, width=200))
+    lines = re.findall(r"\[\d+ s\] (\d)/1 runs done; running: digits-v1 flow-grpo s0 step (\d)/2", log.getvalue())
+    assert ("0", "2") in lines and ("0", "0") in lines  # the step-0 eval, then the last step
+    monkeypatch.setattr(suite, "HEARTBEAT_S", 3600.0)
+    quiet = io.StringIO()
+    run_grid([("digits-v1", "flow-grpo", 1)], tmp_path, steps=2, sets=SMALL, jobs=1, console=Console(file=quiet))
+    assert "runs done" not in quiet.getvalue()
+
+
 # -- Ctrl-C in a grid of worker processes -------------------------------------------------------------
 # The fake per-run functions below run inside real pool workers (spawned; they import this module), so
 # they exercise the real signal handling of the parent and of `interruptible` in the workers.
