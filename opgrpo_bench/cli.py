@@ -29,32 +29,59 @@ app.command("score")(score)
 
 @app.command("run")
 def run(
+    spec: Annotated[Optional[Path], typer.Argument(help="a run or suite file in TOML (instead of the flags; "
+                                                   "see opgrpo_bench/specs.py)")] = None,
     task: Annotated[Optional[list[str]], typer.Option("--task", "-t", help="task id (repeatable)")] = None,
     algorithm: Annotated[Optional[list[str]], typer.Option("--algorithm", "-a", help="algorithm (repeatable)")] = None,
     seed: Annotated[Optional[list[int]], typer.Option("--seed", "-s", help="seed (repeatable)")] = None,
     steps: Annotated[Optional[int], typer.Option("--steps", help="optimizer-step budget (default: task's)")] = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="results directory")] = Path("runs"),
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="results directory [default: runs]")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="setting key=value (repeatable)")] = None,
-    jobs: Annotated[int, typer.Option("--jobs", "-j", help="parallel worker processes")] = 2,
+    jobs: Annotated[Optional[int], typer.Option("--jobs", "-j", help="parallel worker processes [default: 2]")]
+    = None,
     quick: Annotated[bool, typer.Option("--quick", help="the ~2-minute suite (same as --suite quick)")] = False,
     suite: Annotated[Optional[str], typer.Option("--suite", help="a named suite: default, quick, reference, regime")]
     = None,
     fresh: Annotated[bool, typer.Option("--fresh", help="retrain runs that already exist")] = False,
-    leaderboard_out: Annotated[Path, typer.Option("--leaderboard-out", help="report directory (suites)")]
-    = Path(LEADERBOARD_OUT),
+    leaderboard_out: Annotated[Optional[Path], typer.Option(
+        "--leaderboard-out", help=f"report directory (suites) [default: {LEADERBOARD_OUT}]")] = None,
 ) -> None:
     """Train runs. With no --task/--algorithm/--seed: the default suite (or --quick), then the leaderboard."""
     from rich.console import Console
 
     from opgrpo_bench.errors import UserError
     from opgrpo_bench.registry import ALGORITHMS, TASKS
-    from opgrpo_bench.suite import SUITES, run_grid, run_suite
+    from opgrpo_bench.suite import SUITES, Suite, run_grid
     from opgrpo_bench.validation import check_output_dir, check_positive
 
     console = Console(stderr=True)
+    grids: list = []
+    if spec is not None:
+        from opgrpo_bench.specs import load_spec
+
+        flags = [name for name, given in (
+            ("--task", task), ("--algorithm", algorithm), ("--seed", seed), ("--steps", steps is not None),
+            ("--out", out is not None), ("--set", set_), ("-j/--jobs", jobs is not None), ("--quick", quick),
+            ("--suite", suite is not None), ("--fresh", fresh), ("--leaderboard-out", leaderboard_out is not None))
+            if given]
+        if flags:
+            raise UserError(f"a spec file cannot be combined with {', '.join(flags)}; put them in {spec}")
+        loaded = load_spec(spec)
+        task, algorithm, seed = loaded.tasks or None, loaded.algorithms or None, loaded.seeds or None
+        steps, out, set_, jobs = loaded.steps, loaded.out, loaded.sets or None, loaded.jobs
+        suite, fresh, leaderboard_out, grids = loaded.suite, loaded.fresh, loaded.leaderboard_out, loaded.grids
+    out = out if out is not None else Path("runs")
+    jobs = jobs if jobs is not None else 2
+    leaderboard_out = leaderboard_out if leaderboard_out is not None else Path(LEADERBOARD_OUT)
     check_positive("-j/--jobs", jobs)
     if steps is not None and steps < 1:
         raise UserError(f"--steps must be positive, got {steps}")
+    if grids:  # a suite file: its own grids, with its budget and settings
+        check_output_dir(out, "--out")
+        check_output_dir(leaderboard_out, "--leaderboard-out")
+        custom = Suite(suite or spec.stem, tuple(grids), steps=steps, sets=tuple(set_ or []))
+        _run_named_suite(custom, out, leaderboard_out, jobs, fresh, console)
+        return
     grid_options = [name for name, given in (("--task", task), ("--algorithm", algorithm), ("--seed", seed),
                                              ("--steps", steps is not None), ("--set", set_)) if given]
     if suite is not None and quick and suite != "quick":
@@ -72,12 +99,7 @@ def run(
             raise UnknownNameError("suite", name, difflib.get_close_matches(name, list(SUITES), n=2), list(SUITES))
         check_output_dir(out, "--out")
         check_output_dir(leaderboard_out, "--leaderboard-out")
-        s = SUITES[name]
-        console.print(f"suite '{name}': {len(s.combos())} runs ({s.describe()}; {s.steps or 'task budget'} steps "
-                      f"each), {jobs} jobs -> {out}")
-        result = run_suite(name, out, leaderboard_out, jobs=jobs, console=console, resume=not fresh)
-        console.print(f"suite '{name}' finished in {result['wall_s']:.0f} s; report in {leaderboard_out}/")
-        _print_verdict(result.get("leaderboard"))
+        _run_named_suite(SUITES[name], out, leaderboard_out, jobs, fresh, console)
         return
     from opgrpo_bench.tasks.digits import DIGITS_V1
 
@@ -93,6 +115,17 @@ def run(
         reached = f"step {end['steps_to_target']}" if not end["censored"] else "not reached (censored)"
         typer.echo(f"{t} {a} seed {s}: target {reached}; best {_score(end.get('best_score'))}, "
                    f"final {_score(end.get('final_score'))}, {end['wall_s']:.1f} s")
+
+
+def _run_named_suite(s, out: Path, leaderboard_out: Path, jobs: int, fresh: bool, console) -> None:
+    """Run a :class:`opgrpo_bench.suite.Suite`, then print where the report went and the verdict table."""
+    from opgrpo_bench.suite import run_suite
+
+    console.print(f"suite '{s.name}': {len(s.combos())} runs ({s.describe()}; {s.steps or 'task budget'} steps "
+                  f"each), {jobs} jobs -> {out}")
+    result = run_suite(s, out, leaderboard_out, jobs=jobs, console=console, resume=not fresh)
+    console.print(f"suite '{s.name}' finished in {result['wall_s']:.0f} s; report in {leaderboard_out}/")
+    _print_verdict(result.get("leaderboard"))
 
 
 def _score(value: float | None) -> str:
@@ -121,6 +154,30 @@ def _print_verdict(doc: dict | None) -> None:
         table.add_row(r["task"], r["algorithm"], str(r["seeds"]), f"{r['ratio']:.2f}x", ci(r["ci"]), p, ci(r["p_ci"]),
                       r["verdict"])
     Console(width=140).print(table)
+
+
+@app.command("eval")
+def eval_(
+    run_dir: Annotated[Path, typer.Argument(help="a finished run's directory (it holds lora/ and lora_ema/)")],
+    task: Annotated[Optional[str], typer.Option("--task", "-t", help="evaluate on this task's eval prompts "
+                                                "(default: the run's own task)")] = None,
+    adapter: Annotated[str, typer.Option("--adapter", help="ema (what the run's evaluations used) or final")] = "ema",
+    as_json: Annotated[bool, typer.Option("--json", help="print the metrics as one JSON object")] = False,
+) -> None:
+    """Re-evaluate a run's saved LoRA adapter on a task's held-out prompts and print the score."""
+    import json
+
+    from opgrpo_bench.evaluation import evaluate_saved_run
+
+    record = evaluate_saved_run(run_dir, task, adapter)
+    if as_json:
+        print(json.dumps(record, sort_keys=True))
+        return
+    print(f"{record['task']}: score {record['score']:.4f}"
+          + (f", gold {record['gold']:.4f}" if "gold" in record else "")
+          + f" ({adapter} adapter of {run_dir}, trained on {record['run_task']})")
+    for key in sorted(k for k in record if "/" in k):
+        print(f"  {key} {record[key]:.4f}")
 
 
 @app.command("list")

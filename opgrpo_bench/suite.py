@@ -384,10 +384,12 @@ class _Board:
         self.progress.advance(self.overall)
 
 
-def run_suite(name: str, out: str | Path, leaderboard_out: str | Path | None, jobs: int = 2,
+def run_suite(name: "str | Suite", out: str | Path, leaderboard_out: str | Path | None, jobs: int = 2,
               console: Any = None, resume: bool = True) -> dict[str, Any]:
-    """Run a named suite, then write the leaderboard of ``out``; returns timing and the report dict."""
-    suite = SUITES[name]
+    """Run a suite (a name in :data:`SUITES`, or a :class:`Suite`, e.g. from a suite file), then write the
+    leaderboard of ``out``; returns timing and the report dict."""
+    suite = SUITES[name] if isinstance(name, str) else name
+    name = suite.name
     t0 = time.perf_counter()
     ends = run_grid(suite.combos(), out, suite.steps, list(suite.sets), jobs=jobs, console=console, resume=resume)
     doc = None

@@ -51,15 +51,13 @@ from opgrpo_bench.checkpoint import CheckpointError, load_state, save_state
 from opgrpo_bench.core.ema import ParameterEMA
 from opgrpo_bench.core.sde import sde_step_with_logprob
 from opgrpo_bench.errors import RunInterrupted, UserError
+from opgrpo_bench.evaluation import Evaluator
 from opgrpo_bench.registry import REWARDS
-from opgrpo_bench.rewards.base import RewardOutput
 from opgrpo_bench.rewards.worker import AsyncRewardWorker
 from opgrpo_bench.results import ResultsWriter, first_reaching, read_records, truncate_after_step
-from opgrpo_bench.sampling import sample_ode, sample_sde
+from opgrpo_bench.sampling import sample_sde
 from opgrpo_bench.tasks.spec import TaskSpec
 
-EVAL_NOISE_SEED = 20261126
-"""Evaluation noises are the same for every run of a task (seed- and algorithm-independent)."""
 CHECKPOINT = "checkpoint.safetensors"
 """Tensors + JSON (never a pickle): :mod:`opgrpo_bench.checkpoint`."""
 
@@ -189,57 +187,20 @@ class Trainer:
         self.prompt_gen = torch.Generator().manual_seed(config.seed)
         self.noise_gen = torch.Generator().manual_seed(config.seed + 1_000_003)
         self.sigmas = self.backbone.sigmas(config.num_steps).to(self.device)
-        self.eval_sigmas = self.backbone.sigmas(config.eval_num_steps).to(self.device)
         self.state = RunState()
         self.writer = ResultsWriter(self.run_dir)
         self._saved_at: int | None = None  # step of the last checkpoint written or loaded
-        self._build_eval_set()
+        self.evaluator = Evaluator(task, self.backbone, self.reward, self.gold, config.eval_num_steps,
+                                   config.eval_guidance)
 
     # -- evaluation ----------------------------------------------------------------------------
-    def _build_eval_set(self) -> None:
-        k = self.task.eval_noises_per_prompt
-        self.eval_prompts = [p for p in self.task.eval_prompts for _ in range(k)]
-        gen = torch.Generator().manual_seed(EVAL_NOISE_SEED)  # CPU draws: the same noises on any device
-        self.eval_noise = torch.randn((len(self.eval_prompts), *self.backbone.latent_shape),
-                                      generator=gen).to(self.device)
-        rows = torch.arange(len(self.task.eval_prompts)).repeat_interleave(k).to(self.device)
-        self.eval_cond = index_cond(self.backbone.encode([p.text for p in self.task.eval_prompts]), rows)
-
     @torch.no_grad()
     def evaluate(self) -> dict[str, Any]:
-        """Mean eval metric of ODE samples of the held-out prompts from fixed noises (EMA weights).
-
-        The metric is the reward's score, or the component ``task.eval_metric`` when the task names one.
-        When the task has a gold reward, the same images are scored by it too: ``gold`` (its score, or
-        its ``eval_metric`` component) and ``gold/<component>``.
-        """
-        texts, metas = [p.text for p in self.eval_prompts], [p.meta for p in self.eval_prompts]
-
-        def sample() -> torch.Tensor:
-            x = sample_ode(self.backbone, self.eval_cond, self.eval_noise, self.eval_sigmas,
-                           self.cfg.eval_guidance, batch_size=256)
-            return self.backbone.decode(x)
-
+        """The eval record's metrics (:class:`opgrpo_bench.evaluation.Evaluator`) with the EMA weights."""
         if self.ema is not None:
             with self.ema.applied(self.params):
-                images = sample()
-        else:
-            images = sample()
-        record = self._metrics(self.reward(images, texts, metas), self.task.reward, "score", "eval/")
-        if self.gold is not None:
-            record.update(self._metrics(self.gold(images, texts, metas), self.task.gold_reward, "gold", "gold/"))
-        return record
-
-    def _metrics(self, out: RewardOutput, reward: str, main_key: str, prefix: str) -> dict[str, float]:
-        """``{main_key: mean eval metric, prefix + component: mean}`` of one reward's output (NaN-ignoring)."""
-        metric = self.task.eval_metric
-        if metric is not None and metric not in out.components:
-            raise UserError(f"task '{self.task.id}' evaluates reward component '{metric}', which reward "
-                            f"'{reward}' does not return (it returns: {sorted(out.components)})")
-        main = out.scores if metric is None else out.components[metric]
-        record = {main_key: torch.nanmean(main.float()).item()}
-        record.update({f"{prefix}{k}": torch.nanmean(v.float()).item() for k, v in out.components.items()})
-        return record
+                return self.evaluator()
+        return self.evaluator()
 
     def _log_eval(self) -> dict[str, Any]:
         s = self.state
@@ -463,11 +424,23 @@ class Trainer:
                 if self.state.step // self.cfg.eval_every > before // self.cfg.eval_every:  # evaluated
                     self.save_checkpoint()
             self.save_checkpoint()  # kept, so that a larger budget can continue this run
+            self.export_adapters()
             return self.finish()
         except KeyboardInterrupt:
             raise RunInterrupted(self.state.step) from None
         finally:
             self.scorer.close()
+
+    def export_adapters(self) -> None:
+        """The final LoRA weights and (with an EMA) the EMA weights the evaluations used, as diffusers LoRA
+        folders in the run directory (:mod:`opgrpo_bench.export`)."""
+        from opgrpo_bench.export import ADAPTER_DIRS, save_adapter
+
+        transformer = self.backbone.transformer
+        save_adapter(transformer, self.run_dir / ADAPTER_DIRS["final"])
+        if self.ema is not None:
+            with self.ema.applied(self.params):
+                save_adapter(transformer, self.run_dir / ADAPTER_DIRS["ema"])
 
     def _at_boundary(self) -> bool:
         """Whether the last iteration ran all its optimizer steps (the state is between iterations)."""

@@ -129,6 +129,26 @@ CASES: list[tuple[str, list[str], str]] = [
      "image 'missing.png' does not exist"),
     ("score-bad-metadata", ["score", "--reward", "digit-classifier", "--prompt", "a 3", "--metadata", "[1]",
                             "img.png"], "--metadata must be a JSON object"),
+    # eval
+    ("eval-not-a-run", ["eval", "empty"], "empty is not a run directory (no metrics.jsonl)"),
+    ("eval-no-adapter", ["eval", "runs/digits-v1__op-grpo__seed0"], "has no ema adapter (lora_ema/"),
+    ("eval-final-no-adapter", ["eval", "runs/digits-v1__op-grpo__seed0", "--adapter", "final"],
+     "has no final adapter (lora/pytorch_lora_weights.safetensors is missing: the run did not finish)"),
+    ("eval-bad-adapter", ["eval", "runs/digits-v1__op-grpo__seed0", "--adapter", "best"],
+     "--adapter must be one of final, ema, not 'best'"),
+    ("eval-unknown-task", ["eval", "runs/digits-v1__op-grpo__seed0", "--task", "digit-v1"],
+     "unknown task 'digit-v1'. Did you mean: digits-v1"),
+    # run and suite files (TOML)
+    ("spec-missing", ["run", "missing.toml"], "spec file 'missing.toml' does not exist"),
+    ("spec-not-toml", ["run", "notes.txt"], "notes.txt is not valid TOML"),
+    ("spec-unknown-key", ["run", "spec-typo.toml"], "spec-typo.toml: unknown key 'tasks'. Did you mean: task"),
+    ("spec-bad-type", ["run", "spec-type.toml"], "spec-type.toml: steps must be an integer, not '5'"),
+    ("spec-bad-setting", ["run", "spec-lr.toml"], "invalid setting lr=0: must be > 0"),
+    ("spec-unknown-algorithm", ["run", "spec-algo.toml"], "unknown algorithm 'op-grpoo'. Did you mean: op-grpo"),
+    ("spec-grid-missing-key", ["run", "spec-grid.toml"], "spec-grid.toml: grid 1 needs exactly the keys tasks, "
+                                                         "algorithms, seeds (missing: seeds)"),
+    ("spec-and-flags", ["run", "spec-lr.toml", "--seed", "1"],
+     "a spec file cannot be combined with --seed; put them in spec-lr.toml"),
     ("score-missing-reward-option", ["score", "--prompt", "a 3", "img.png"], "Missing option '--reward'"),
 ]
 
@@ -152,6 +172,12 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (tmp_path / "leaderboard-out").mkdir()
     (tmp_path / "leaderboard-out" / "LEADERBOARD.md").write_text("# an earlier report\n")
     (tmp_path / "notes.txt").write_text("not a directory\n")
+    specs = {"spec-typo.toml": 'tasks = "digits-v1"\n', "spec-type.toml": 'task = "digits-v1"\nsteps = "5"\n',
+             "spec-lr.toml": 'task = "digits-v1"\nout = "runs"\n[set]\nlr = 0\n',
+             "spec-algo.toml": 'algorithm = "op-grpoo"\nout = "runs"\n',
+             "spec-grid.toml": '[[grid]]\ntasks = ["digits-v1"]\nalgorithms = ["flow-grpo"]\n'}
+    for name, text in specs.items():
+        (tmp_path / name).write_text(text)
     (tmp_path / "empty").mkdir()
     from PIL import Image
 

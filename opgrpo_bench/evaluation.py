@@ -1,0 +1,126 @@
+"""Evaluation of a policy on a task's held-out prompts: the one definition of a run's eval score.
+
+The trainer calls it between optimizer steps; ``opgrpo-bench eval`` calls it on a saved adapter, so a
+re-evaluation is the same computation as the run's own evaluations (same prompts, same fixed noises, same
+ODE schedule, same reward and gold reward).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from opgrpo_bench.backbones.base import Backbone, index_cond
+from opgrpo_bench.errors import UserError
+from opgrpo_bench.rewards.base import RewardOutput
+from opgrpo_bench.sampling import sample_ode
+from opgrpo_bench.tasks.spec import TaskSpec
+
+EVAL_NOISE_SEED = 20261126
+"""Evaluation noises are the same for every run of a task (seed- and algorithm-independent)."""
+
+
+class Evaluator:
+    """Scores ODE samples of ``task.eval_prompts`` (each with ``eval_noises_per_prompt`` fixed noises).
+
+    Args:
+        task: the task whose eval prompts, reward component and gold reward are used.
+        backbone: the policy (with its adapters; the caller applies EMA weights around the call).
+        reward: the task's reward; gold: its gold reward or None.
+        num_steps: ODE steps; guidance: CFG scale.
+    """
+
+    def __init__(self, task: TaskSpec, backbone: Backbone, reward: Any, gold: Any | None, num_steps: int,
+                 guidance: float):
+        self.task, self.backbone, self.reward, self.gold, self.guidance = task, backbone, reward, gold, guidance
+        device = getattr(backbone, "device", torch.device("cpu"))
+        self.sigmas = backbone.sigmas(num_steps).to(device)
+        k = task.eval_noises_per_prompt
+        self.prompts = [p for p in task.eval_prompts for _ in range(k)]
+        gen = torch.Generator().manual_seed(EVAL_NOISE_SEED)  # CPU draws: the same noises on any device
+        self.noise = torch.randn((len(self.prompts), *backbone.latent_shape), generator=gen).to(device)
+        rows = torch.arange(len(task.eval_prompts)).repeat_interleave(k).to(device)
+        self.cond = index_cond(backbone.encode([p.text for p in task.eval_prompts]), rows)
+
+    def images(self) -> torch.Tensor:
+        """Decoded eval samples [N, C, H, W] (videos [N, F, C, H, W]) in [0, 1] of the current weights."""
+        x = sample_ode(self.backbone, self.cond, self.noise, self.sigmas, self.guidance, batch_size=256)
+        return self.backbone.decode(x)
+
+    def score(self, images: torch.Tensor) -> dict[str, float]:
+        """``score`` (the task's eval metric), ``eval/<component>``, and with a gold reward ``gold`` and
+        ``gold/<component>``: means over the eval samples, NaN-ignoring."""
+        texts, metas = [p.text for p in self.prompts], [p.meta for p in self.prompts]
+        record = self._metrics(self.reward(images, texts, metas), self.task.reward, "score", "eval/")
+        if self.gold is not None:
+            record.update(self._metrics(self.gold(images, texts, metas), self.task.gold_reward, "gold", "gold/"))
+        return record
+
+    @torch.no_grad()
+    def __call__(self) -> dict[str, float]:
+        return self.score(self.images())
+
+    def _metrics(self, out: RewardOutput, reward: str | None, main_key: str, prefix: str) -> dict[str, float]:
+        metric = self.task.eval_metric
+        if metric is not None and metric not in out.components:
+            raise UserError(f"task '{self.task.id}' evaluates reward component '{metric}', which reward "
+                            f"'{reward}' does not return (it returns: {sorted(out.components)})")
+        main = out.scores if metric is None else out.components[metric]
+        record = {main_key: torch.nanmean(main.float()).item()}
+        record.update({f"{prefix}{k}": torch.nanmean(v.float()).item() for k, v in out.components.items()})
+        return record
+
+
+def evaluate_saved_run(run_dir: str | Path, task_id: str | None = None, adapter: str = "ema") -> dict[str, Any]:
+    """Re-evaluate a finished run's saved adapter on a task's eval prompts (its own task by default).
+
+    With the run's own task, the ODE steps and CFG scale are the run's (from its ``run_start``), so the
+    score equals the run's last evaluation; another task uses its own defaults. Returns the eval record's
+    metrics plus ``task``, ``adapter`` and ``run_task``. Every input problem is a one-line
+    :class:`UserError`, raised before any model loads.
+    """
+    import dataclasses
+    import json
+
+    from opgrpo_bench.export import ADAPTER_DIRS, WEIGHT_NAME, load_adapter
+    from opgrpo_bench.registry import REWARDS, TASKS
+    from opgrpo_bench.results import METRICS_FILE, read_records
+    from opgrpo_bench.trainer import TrainConfig
+
+    run_dir = Path(run_dir)
+    metrics = run_dir / METRICS_FILE
+    if not metrics.is_file():
+        raise UserError(f"{run_dir} is not a run directory (no {METRICS_FILE})")
+    if adapter not in ADAPTER_DIRS:
+        raise UserError(f"--adapter must be one of {', '.join(ADAPTER_DIRS)}, not '{adapter}'")
+    try:
+        start = next(r for r in read_records(metrics) if r.get("type") == "run_start")
+    except (StopIteration, OSError, json.JSONDecodeError):
+        raise UserError(f"{metrics} has no readable run_start record") from None
+    run_task = start.get("task")
+    task = TASKS.get(task_id or run_task)  # an unknown name: one line with suggestions
+    weights = run_dir / ADAPTER_DIRS[adapter] / WEIGHT_NAME
+    if not weights.is_file():
+        raise UserError(f"{run_dir} has no {adapter} adapter ({weights.relative_to(run_dir)} is missing: the run "
+                        "did not finish" + (", or kept no EMA; try --adapter final)" if adapter == "ema" else ")"))
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    if task.id == run_task:
+        saved = (start.get("config") or {}).get("train") or {}
+        settings = {k: v for k, v in saved.items() if k in fields}
+    else:
+        settings = {k: v for k, v in task.train_defaults.items() if k in fields}
+    cfg = TrainConfig(**settings)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    reward = REWARDS.get(task.reward)(**task.reward_args)
+    gold = REWARDS.get(task.gold_reward)(**task.gold_reward_args) if task.gold_reward else None
+    backbone = task.build_backbone()
+    try:
+        load_adapter(backbone.transformer, weights.parent)
+    except (ValueError, RuntimeError, KeyError) as err:
+        raise UserError(f"the {adapter} adapter of {run_dir} does not fit task '{task.id}''s backbone: "
+                        f"{str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}") from None
+    record = Evaluator(task, backbone, reward, gold, cfg.eval_num_steps, cfg.eval_guidance)()
+    return {"task": task.id, "run_task": run_task, "adapter": adapter, **record}
