@@ -81,7 +81,9 @@ def _new_figure(title: str, xlabel: str, ylabel: str) -> tuple[Figure, Any]:
 
 
 def curve_plot(label: str, task: dict[str, Any], colors: dict[str, str]) -> Plot:
-    """Eval score against optimizer step: mean over seeds, band = range over seeds, target line."""
+    """Eval score against optimizer step: mean over seeds, band = range over seeds, target line; the
+    held-out gold score (mean over seeds) dotted in the algorithm's colour where the runs record one."""
+    gold = task.get("gold") or {}
     with matplotlib.rc_context(_STYLE):
         fig, ax = _new_figure(f"{label}: eval score", "optimizer step", "eval score")
         # fainter bands when many algorithms overlap
@@ -92,13 +94,19 @@ def curve_plot(label: str, task: dict[str, Any], colors: dict[str, str]) -> Plot
             ax.plot(series["step"], series["mean"], color=color, lw=1.6, marker=_marker(len(series["step"])),
                     ms=2.5, label=f"{algorithm} ({seeds} seed{'s' if seeds != 1 else ''})")
             ax.fill_between(series["step"], series["min"], series["max"], color=color, alpha=alpha, lw=0)
+            if algorithm in gold:  # no band: two overlapping bands per algorithm would hide each other
+                ax.plot(gold[algorithm]["step"], gold[algorithm]["mean"], color=color, lw=1.4, ls=":",
+                        label=f"{algorithm} gold")
         ax.axhline(task["target"], color="black", ls="--", lw=1, label=f"target {task['target']:g}")
         _legend(ax)
         png = _render(fig)
     direction = "higher" if task["higher_is_better"] else "lower"
+    gold_text = (" Dotted: the held-out gold score of the same eval images (a reader training never sees), "
+                 "mean over seeds; a gap to the score that grows during training is reward hacking."
+                 if gold else "")
     return Plot(f"curve-{slug(label)}", "curve", label, f"{label}: eval score against optimizer step",
                 f"Mean over seeds (line) and range over seeds (band); dashed line: the target "
-                f"({direction} is better).", png)
+                f"({direction} is better).{gold_text}", png)
 
 
 def efficiency_plot(label: str, task: dict[str, Any], colors: dict[str, str]) -> Plot | None:

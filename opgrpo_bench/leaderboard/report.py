@@ -135,6 +135,15 @@ def fmt_auc(row: dict[str, Any]) -> str:
     return fmt_interval(row["auc"], row["auc_ci_low"], row["auc_ci_high"])
 
 
+def fmt_gold_gap(row: dict[str, Any]) -> str:
+    """``0.14 (+0.02)``: the median final score − gold gap, and in brackets its median change since the
+    first eval (``—`` when the row's runs record no gold score)."""
+    gap, change = row.get("final_gold_gap"), row.get("gold_gap_change")
+    if gap is None:
+        return "—"
+    return fmt(gap) if change is None else f"{fmt(gap)} ({'+' if change >= 0 else ''}{fmt(change)})"
+
+
 def fmt_reached(row: dict[str, Any]) -> str:
     text = f"{row['reached']}/{row['seeds']}" if row["seeds"] else "—"
     if row["censored"]:
@@ -209,12 +218,14 @@ def task_heading(label: str, rows: list[dict[str, Any]]) -> str:
 def results_table(rows: list[dict[str, Any]]) -> Table:
     columns = ["Algorithm", "Seeds", "Reached target", "Steps to target, median [IQR]",
                "Samples to target", "NFE to target", "Wall-clock to target (s)", "Best score",
-               "Final score", f"Steps vs {REFERENCE_ALGORITHM} [95% CI]", "Samples ratio [95% CI]",
+               "Final score", "Final gold score", "Score − gold, final (change since step 0)",
+               f"Steps vs {REFERENCE_ALGORITHM} [95% CI]", "Samples ratio [95% CI]",
                "Wall-clock ratio [95% CI]", f"P(fewer steps than {REFERENCE_ALGORITHM}) [95% CI]",
                "AUC, IQM [95% CI]"]
     body = [[row["algorithm"], fmt(row["seeds"]), fmt_reached(row), fmt_median_iqr(row, "steps"),
              fmt_median_iqr(row, "samples"), fmt_median_iqr(row, "nfe"), fmt_median_iqr(row, "wall_s"),
-             fmt(row["best_score"]), fmt(row["final_score"]), fmt_ratio(row, "speedup_"),
+             fmt(row["best_score"]), fmt(row["final_score"]), fmt(row["final_gold"]), fmt_gold_gap(row),
+             fmt_ratio(row, "speedup_"),
              fmt_ratio(row, "speedup_samples_"), fmt_ratio(row, "speedup_wall_s_"), fmt_prob(row),
              fmt_auc(row)] for row in rows]
     return Table(columns, body, numeric=set(range(1, len(columns))) - {2})
@@ -340,7 +351,11 @@ LEGEND = (
     "“≥”: the median involves runs that never reached the target, counted at their budget (a lower "
     "bound). “*”: censored runs enter the ratio. “†”: no shared seeds, ratio of medians. "
     "IQR = 25th–75th percentile over seeds. Best/final score: median over seeds of each run's best/last "
-    "eval score. Unfinished runs (no run_end) are excluded and listed below."
+    "eval score. Final gold score: median over seeds of the held-out gold score at each run's last eval "
+    "(the same images scored by a reader of another architecture that training never sees; “—” when the "
+    "runs do not record one). Score − gold: median over seeds of each run's final score minus its final "
+    "gold score, in brackets the median change of that gap since the run's first eval (a gap that grows "
+    "during training is reward hacking). Unfinished runs (no run_end) are excluded and listed below."
 )
 
 ROBUST_LEGEND = (
@@ -453,6 +468,10 @@ def build_document(runs_dir: str, files: list[str], runs: list[Run], warnings: l
                      "n = ceil(((z_(1-alpha/2) + z_power) * sd / |log r|)^2), at least 2",
             "aggregate": "aggregate[]: per algorithm, pooled over the task versions it shares with "
                          f"{REFERENCE_ALGORITHM}, stratified bootstrap",
+            "gold": "rows[].final_gold: median over seeds of the gold score (a held-out reader) at each run's "
+                    "last eval; final_gold_gap: median over seeds of final score - final gold; "
+                    "gold_gap_change: median over seeds of (final gap - gap at the first eval); null when "
+                    "the runs record no gold",
             "paper_protocol": f"paper_* keys: the same statistics with the target replaced by paper_target, "
                               f"the median over finished {REFERENCE_ALGORITHM} runs of each run's final "
                               f"eval score (null when there is none)",

@@ -32,6 +32,17 @@ Per row
     Diagnostics summaries (``clipfrac_on_policy``, ``clipfrac_off_policy``, ``logw_range`` =
     ``op/logw_max - op/logw_min``) are per-run means over step records, then medians over seeds.
 
+Gold metric (held-out reader, :func:`gold_fields`)
+    Tasks with a gold reward record ``gold`` in every eval record: the same eval images scored by a
+    classifier of another architecture that training never sees. Per run, the final gold score is the
+    ``gold`` of its last eval record (the record its final score comes from) and the gap is ``score -
+    gold`` at that record. Per row, following the final score: ``final_gold`` = median over seeds of the
+    per-run final gold, ``final_gold_gap`` = median over seeds of the per-run gaps (paired, so only seeds
+    with a gold value enter), ``gold_gap_change`` = median over seeds of (final gap - gap at the first
+    eval), which separates reward hacking (a gap that grows with training) from the two readers'
+    disagreement on the base model (the gap at step 0); ``gold_seeds`` counts the seeds with a final
+    gold. All four are null / 0 when the row's runs lack ``gold`` (runs made before it was recorded).
+
 Speed-up against ``flow-grpo`` (same task and task version)
     ratio = to_target(X) / to_target(flow-grpo), lower is better (0.342 = "34.2% of the steps"); computed
     for steps (``speedup_vs_flow_grpo``), samples, NFE and wall-clock. When the two algorithms share
@@ -311,6 +322,36 @@ def _median_or_none(values: Iterable[float | None]) -> float | None:
 def _logw_span(rec: dict[str, Any]) -> float | None:
     low, high = _finite(rec.get("op/logw_min")), _finite(rec.get("op/logw_max"))
     return None if low is None or high is None else high - low
+
+
+GOLD_KEY = "gold"
+
+
+def _gold_gap(rec: dict[str, Any]) -> float | None:
+    """``score - gold`` of one eval record, or None when either is missing or not finite."""
+    score, gold = _finite(rec.get("score")), _finite(rec.get(GOLD_KEY))
+    return None if score is None or gold is None else score - gold
+
+
+def gold_fields(outcomes: list[Outcome]) -> dict[str, Any]:
+    """A row's gold-metric fields (stats docstring, "Gold metric"); null where no run records ``gold``."""
+    finals, gaps, changes = [], [], []
+    for o in outcomes:
+        if not o.run.evals:
+            continue
+        first, last = o.run.evals[0], o.run.evals[-1]  # evals are sorted by step
+        gold = _finite(last.get(GOLD_KEY))
+        if gold is None:
+            continue
+        finals.append(gold)
+        gap = _gold_gap(last)
+        if gap is not None:
+            gaps.append(gap)
+            base_gap = _gold_gap(first)
+            if base_gap is not None:
+                changes.append(gap - base_gap)
+    return {"final_gold": _median_or_none(finals), "final_gold_gap": _median_or_none(gaps),
+            "gold_gap_change": _median_or_none(changes), "gold_seeds": len(finals)}
 
 
 def diagnostics_summary(outcomes: list[Outcome]) -> dict[str, float | None]:
@@ -651,6 +692,7 @@ def compute_rows(runs: list[Run]) -> list[dict[str, Any]]:
         else:
             row["best_score_max"] = None
         row["final_score"] = _median_or_none(o.final_score for o in outs)
+        row.update(gold_fields(outs))
         for metric in METRICS:
             prefix = "speedup_" if metric == "steps" else f"speedup_{metric}_"
             sp = row_speedup(algorithm, outs, ref, metric)
@@ -680,7 +722,8 @@ def _series_stats(by_step: dict[int, list[float]]) -> dict[str, list[float]]:
 
 
 def eval_curves(runs: list[Run]) -> dict[str, dict[str, Any]]:
-    """Per task label, per algorithm: eval score against optimizer step, mean and range over seeds.
+    """Per task label, per algorithm: eval score against optimizer step, mean and range over seeds;
+    under ``gold`` the same for the gold score, for the algorithms whose runs record one (else ``{}``).
 
     At each step only the seeds that evaluated there contribute (``n`` says how many).
     """
@@ -688,13 +731,17 @@ def eval_curves(runs: list[Run]) -> dict[str, dict[str, Any]]:
     for run in sorted((r for r in runs if usable(r)), key=lambda r: (group_key(r), r.seed)):
         label = task_label(run.task, run.task_version)
         task = curves.setdefault(label, {"target": run.target, "higher_is_better": run.higher_is_better,
-                                         "algorithms": {}})
+                                         "algorithms": {}, "gold": {}})
         by_step = task["algorithms"].setdefault(run.algorithm, defaultdict(list))
         for rec in run.evals:
             if rec.get("score") is not None:
                 by_step[rec["step"]].append(float(rec["score"]))
+            gold = _finite(rec.get(GOLD_KEY))
+            if gold is not None:  # created only on a first gold value: runs without gold add no series
+                task["gold"].setdefault(run.algorithm, defaultdict(list))[rec["step"]].append(gold)
     for task in curves.values():
         task["algorithms"] = {a: _series_stats(s) for a, s in task["algorithms"].items()}
+        task["gold"] = {a: _series_stats(s) for a, s in task["gold"].items()}
     return curves
 
 

@@ -11,6 +11,12 @@ The standard suite (task ``toy-v1``, target 0.8, higher is better, budget 100 st
 
 Counts at step s: samples = 16 s, NFE = 160 s, wall-clock = 2 s (flow-grpo) or 1.5 s (others).
 
+The standard suite records no gold score and no ``num_train_prompts``, like the runs made before those
+existed. ``write_run`` adds them on request: ``gold_offset`` d writes ``gold = score - d - gold_drift *
+step`` in every eval record, ``num_train_prompts`` goes into ``run_start``, and ``replay_age(step)`` gives
+an OP-GRPO step record's ``op/replay_age_mean`` (None: the key is written as null, as when nothing was
+replayed).
+
 The files are written with the real :class:`ResultsWriter`, except that its per-record ``fsync`` is
 skipped: durability is not under test here, and a thousand fsyncs per suite make the tests slow on a busy
 disk.
@@ -21,7 +27,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from unittest import mock
-from typing import Any
+from typing import Any, Callable
 
 from opgrpo_bench.results import ResultsWriter
 
@@ -56,16 +62,23 @@ def write_run(
     last_step: int = BUDGET,
     run_id: str | None = None,
     schema: str | None = None,
+    gold_offset: float | None = None,
+    gold_drift: float = 0.0,
+    num_train_prompts: int | None = None,
+    replay_age: Callable[[int], float | None] | None = None,
 ) -> Path:
     """Write one run's results file; returns the metrics.jsonl path."""
     with mock.patch.object(os, "fsync", lambda fd: None):
         return _write_run(root, algorithm, seed, reach, task=task, task_version=task_version,
-                          finished=finished, last_step=last_step, run_id=run_id, schema=schema)
+                          finished=finished, last_step=last_step, run_id=run_id, schema=schema,
+                          gold_offset=gold_offset, gold_drift=gold_drift,
+                          num_train_prompts=num_train_prompts, replay_age=replay_age)
 
 
 def _write_run(root: Path, algorithm: str, seed: int, reach: int | None, *, task: str,
                task_version: str | int, finished: bool, last_step: int, run_id: str | None,
-               schema: str | None) -> Path:
+               schema: str | None, gold_offset: float | None, gold_drift: float,
+               num_train_prompts: int | None, replay_age: Callable[[int], float | None] | None) -> Path:
     run_id = run_id or f"{task}-{algorithm}-s{seed}"
     writer = ResultsWriter(root / run_id)
     wall_per_step = 2.0 if algorithm == "flow-grpo" else 1.5
@@ -73,6 +86,8 @@ def _write_run(root: Path, algorithm: str, seed: int, reach: int | None, *, task
                                  config={"lr": 3e-4}, seed=seed, world_size=1, precision="fp32",
                                  versions={}, git_sha="0" * 40, device="cpu", start_time="2026-01-01T00:00:00",
                                  target=TARGET, higher_is_better=True, budget_steps=BUDGET)
+    if num_train_prompts is not None:
+        start["num_train_prompts"] = num_train_prompts
     writer.write("run_start", **start)
     op = algorithm.startswith("op-grpo") and algorithm != "op-grpo-no-replay"
     for step in range(0, last_step + 1):
@@ -86,9 +101,13 @@ def _write_run(root: Path, algorithm: str, seed: int, reach: int | None, *, task
                             "clipfrac/off_policy": 0.10,
                             "op/logratio_by_step": [0.0, -0.01, -0.02, -0.05, -0.1, -0.3, None, None, None,
                                                     None]})
+                if replay_age is not None:
+                    rec["op/replay_age_mean"] = replay_age(step)
             writer.write("step", **rec)
         if step % EVAL_EVERY == 0:
-            writer.write("eval", **counts, score=score_at(step, reach, seed))
+            score = score_at(step, reach, seed)
+            gold = {} if gold_offset is None else {"gold": score - gold_offset - gold_drift * step}
+            writer.write("eval", **counts, score=score, **gold)
     if finished:
         writer.write("run_end", status="completed", steps_to_target=reach, samples_to_target=None,
                      wall_s_to_target=None, censored=reach is None)
