@@ -5,6 +5,7 @@
   docstring).
 - :mod:`.robust`: rliable-style statistics (IQM, stratified bootstrap, probability of improvement,
   normalised AUC, power analysis); conventions in ``docs/STATISTICS.md``.
+- :mod:`.regime`: the regime map (one task at several training-pool sizes, ``-poolN`` task families).
 - :mod:`.report`: ``LEADERBOARD.md``, ``leaderboard.json`` and a self-contained ``index.html``.
 - :mod:`.cli`: the ``opgrpo-bench leaderboard`` command.
 

@@ -17,6 +17,7 @@ import matplotlib
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullLocator
 
 # A fixed style, independent of any user matplotlibrc, so output does not depend on the machine.
 _STYLE = {
@@ -38,7 +39,7 @@ class Plot:
     """One rendered figure: an id usable as an HTML anchor, title, caption and PNG bytes."""
 
     id: str
-    kind: str  # curve | efficiency | profile | logratio | clipfrac | logw
+    kind: str  # regime | curve | efficiency | profile | logratio | clipfrac | logw
     task: str
     title: str
     caption: str
@@ -189,8 +190,11 @@ def logratio_plot(label: str, diag: dict[str, Any], colors: dict[str, str]) -> P
         _legend(ax)
         png = _render(fig)
     return Plot(f"logratio-{slug(label)}", "logratio", label,
-                f"{label}: per-step log-ratio of replayed samples",
-                "Mean over training iterations and seeds of op/logratio_by_step, by denoising step.", png)
+                f"{label}: per-step log-ratio of replayed samples (the paper's Fig. 2)",
+                "Mean over step records and seeds of op/logratio_by_step (per iteration, the mean over "
+                "replayed samples of log p_old − log p_behaviour at each denoising step of the stored "
+                "prefix, signed), by denoising step; the values are in leaderboard.json under "
+                "logratio_profiles.", png)
 
 
 def clipfrac_plot(label: str, diag: dict[str, Any], colors: dict[str, str]) -> Plot | None:
@@ -237,13 +241,72 @@ def logw_plot(label: str, diag: dict[str, Any], colors: dict[str, str]) -> Plot 
                 "op/logw_median (line) between op/logw_min and op/logw_max (band), means over seeds.", png)
 
 
+def _log_pool_axis(ax: Any, sizes: list[int]) -> None:
+    """A log x axis labelled at the pool sizes themselves (minor ticks would label arbitrary values)."""
+    ax.set_xscale("log")
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xticks(sizes, labels=[str(s) for s in sizes])
+    ax.set_xlim(min(sizes) / 1.5, max(sizes) * 1.5)
+
+
+def regime_plot(family: dict[str, Any], color: str) -> Plot | None:
+    """The regime map of one task family: the op-grpo/flow-grpo steps ratio with its 95% interval (left),
+    the median replay age (middle) and the log-weight spread (right), against training-pool size on a log
+    axis. Members of unknown pool size are left out; None when no member has a known size."""
+    pools = [p for p in family["pools"] if p["pool_size"] is not None]
+    if not pools:
+        return None
+    sizes = sorted({p["pool_size"] for p in pools})
+    label = family["label"]
+    with matplotlib.rc_context(_STYLE):
+        fig = Figure(figsize=(_SIZE[0], 3.2), layout="constrained")
+        axes = fig.subplots(1, 3)
+        ax = axes[0]
+        for p in pools:
+            if p["speedup_vs_flow_grpo"] is None:
+                continue
+            r, lo, hi = p["speedup_vs_flow_grpo"], p["speedup_ci_low"], p["speedup_ci_high"]
+            yerr = None if lo is None or hi is None else [[r - lo], [hi - r]]
+            # hollow marker: censored runs enter the ratio, which is then only a bound
+            ax.errorbar([p["pool_size"]], [r], yerr=yerr, fmt="o", color=color, capsize=4, ms=6,
+                        mfc="white" if p["speedup_censored"] else color)
+        ax.axhline(1.0, color="black", ls="--", lw=1)
+        ax.set_title("steps to target vs flow-grpo")
+        ax.set_ylabel("ratio (lower = replay pays off)")
+        for ax, key, title, ylabel in ((axes[1], "replay_age_median", "replay age", "median age (iterations)"),
+                                       (axes[2], "logw_spread_median", "importance-weight spread",
+                                        "median log w max − min")):
+            have = [p for p in pools if p[key] is not None]
+            ax.plot([p["pool_size"] for p in have], [p[key] for p in have], color=color, marker="o", ms=5)
+            ax.set_title(title)
+            ax.set_ylabel(ylabel)
+            ax.set_ylim(bottom=0)
+        for ax in axes:
+            _log_pool_axis(ax, sizes)
+            ax.set_xlabel("training prompts (log scale)")
+        fig.suptitle(f"{label}: {family['algorithm']} by training-pool size")
+        png = _render(fig)
+    return Plot(f"regime-{slug(label)}", "regime", label, f"{label}: regime map",
+                f"Left: {family['algorithm']}'s steps to target divided by {family['reference_algorithm']}'s "
+                "(median of per-seed ratios, bars: 95% paired-bootstrap interval; hollow: censored runs "
+                "enter the ratio; dashed: no difference). Middle: median over runs of each run's median "
+                "op/replay_age_mean. Right: median over step records of op/logw_max − op/logw_min. "
+                "Pool sizes from run_start's num_train_prompts.", png)
+
+
 def all_plots(labels: list[str], curves: dict[str, Any], diagnostics: dict[str, Any],
               algorithms: list[str], efficiency: dict[str, Any] | None = None,
-              profiles: dict[str, Any] | None = None) -> list[Plot]:
-    """Every figure of the report, in a fixed order: per task (in ``labels`` order) the eval curve, the
-    sample-efficiency curve and the performance profiles, then the diagnostics figures that have data."""
+              profiles: dict[str, Any] | None = None,
+              regime: list[dict[str, Any]] | None = None) -> list[Plot]:
+    """Every figure of the report, in the order the page shows them: the regime map of each task family,
+    then per task (in ``labels`` order) the eval curve, the sample-efficiency curve and the performance
+    profiles, then the diagnostics figures that have data."""
     colors = colors_for(algorithms)
     plots: list[Plot] = []
+    for family in regime or []:
+        plot = regime_plot(family, colors.get(family["algorithm"], _PALETTE[1]))
+        if plot is not None:
+            plots.append(plot)
     for label in labels:
         if label in curves:
             plots.append(curve_plot(label, curves[label], colors))

@@ -39,10 +39,12 @@ from opgrpo_bench.leaderboard.stats import (
     diagnostics,
     eval_curves,
     exclusion_reason,
+    logratio_profiles,
     sample_efficiency,
     task_label,
     usable,
 )
+from opgrpo_bench.leaderboard.regime import REGIME_ALGORITHM, regime_map
 from opgrpo_bench.leaderboard.robust import POWER_ALPHA, POWER_RATIOS, POWER_TARGET
 from opgrpo_bench.results import first_reaching
 
@@ -142,6 +144,11 @@ def fmt_gold_gap(row: dict[str, Any]) -> str:
     if gap is None:
         return "—"
     return fmt(gap) if change is None else f"{fmt(gap)} ({'+' if change >= 0 else ''}{fmt(change)})"
+
+
+def fmt_sci(value: float | None) -> str:
+    """Three significant digits in scientific notation (log-ratios are often 1e-4 or smaller)."""
+    return "—" if value is None else f"{value:.2e}"
 
 
 def fmt_reached(row: dict[str, Any]) -> str:
@@ -320,6 +327,59 @@ def diagnostics_table(rows: list[dict[str, Any]]) -> Table | None:
                   "log w range (max − min)"], body, numeric={2, 3, 4})
 
 
+def regime_heading(family: dict[str, Any]) -> str:
+    return (f"{family['label']}: {family['algorithm']} against {family['reference_algorithm']} by "
+            "training-pool size")
+
+
+def regime_table(family: dict[str, Any]) -> Table:
+    """One task family's regime map: a row per pool size (module :mod:`.regime`)."""
+    body = []
+    for p in family["pools"]:
+        size = "?" if p["pool_size"] is None else fmt(p["pool_size"])
+        if p["pool_size_source"] == "task id":
+            size += " (from the id)"
+        ratio = "—" if p["speedup_vs_flow_grpo"] is None else _ratio_text(
+            p["speedup_vs_flow_grpo"], p["speedup_ci_low"], p["speedup_ci_high"], p["speedup_method"],
+            p["speedup_censored"])
+        prob = fmt_interval(p["prob_improvement"], p["prob_improvement_ci_low"], p["prob_improvement_ci_high"])
+        age = ("—" if p["replay_age_median"] is None
+               else f"{fmt(p['replay_age_median'])} ({p['replay_age_runs']} runs)")
+        body.append([size, p["label"], f"{p['seeds']} / {p['reference_seeds']}", ratio, prob, age,
+                     fmt_sci(p["logw_spread_median"]), fmt_sci(p["logw_median_abs"])])
+    ref, alg = family["reference_algorithm"], family["algorithm"]
+    return Table(["Training prompts", "Task", f"Seeds ({alg} / {ref})", f"Steps vs {ref} [95% CI]",
+                  f"P(fewer steps than {ref}) [95% CI]", "Replay age, median (iterations)",
+                  "log w spread (max − min), median", "|log w| (per-iteration median), median"],
+                 body, numeric={0, 2, 3, 4, 5, 6, 7})
+
+
+def regime_notes(families: list[dict[str, Any]]) -> list[str]:
+    """Why a pool size is approximate or a ratio missing."""
+    notes = []
+    for family in families:
+        for p in family["pools"]:
+            if p["pool_size_note"]:
+                notes.append(f"{p['label']}: {p['pool_size_note']}")
+            if p["speedup_note"]:
+                notes.append(f"{family['algorithm']} on {p['label']}: {p['speedup_note']}")
+    return notes
+
+
+def logratio_table(profiles: dict[str, dict[str, dict[str, list[Any]]]]) -> Table | None:
+    """The per-step log-ratio profiles: a row per task and algorithm, a column per denoising step that
+    has a value in some row (steps after every replayed prefix are left out)."""
+    entries = [(label, algorithm, prof) for label, algos in profiles.items()
+               for algorithm, prof in sorted(algos.items(), key=lambda kv: algorithm_sort_key(kv[0]))]
+    steps = sorted({k for _, _, prof in entries for k, v in enumerate(prof["mean"]) if v is not None})
+    if not steps:
+        return None
+    body = [[label, algorithm, *(fmt_sci(prof["mean"][k] if k < len(prof["mean"]) else None) for k in steps)]
+            for label, algorithm, prof in entries]
+    return Table(["Task", "Algorithm", *(f"k = {k}" for k in steps)], body,
+                 numeric=set(range(2, 2 + len(steps))))
+
+
 def incomplete_table(runs: list[dict[str, Any]]) -> Table | None:
     if not runs:
         return None
@@ -356,6 +416,23 @@ LEGEND = (
     "runs do not record one). Score − gold: median over seeds of each run's final score minus its final "
     "gold score, in brackets the median change of that gap since the run's first eval (a gap that grows "
     "during training is reward hacking). Unfinished runs (no run_end) are excluded and listed below."
+)
+
+REGIME_LEGEND = (
+    "When does replay pay off? Tasks whose ids differ only by a “-poolN” part are one task at several "
+    "training-pool sizes (the id without it is the full pool); the size is run_start's num_train_prompts. "
+    f"Per pool size, {REGIME_ALGORITHM} against {REFERENCE_ALGORITHM}: the steps ratio and P(fewer steps) "
+    "of the task's table (same intervals); replay age: median over runs of each run's median "
+    "op/replay_age_mean (iterations since the replayed prefixes were stored); log w spread: median over "
+    "step records (seeds pooled) of op/logw_max − op/logw_min; |log w|: median over the same records of "
+    "|op/logw_median|. Definitions in docs/STATISTICS.md."
+)
+
+LOGRATIO_LEGEND = (
+    "Per-step log-ratio profile (the paper's Fig. 2): per denoising step k of the replayed prefix, the mean "
+    "over step records and seeds of op/logratio_by_step[k], the iteration's mean over replayed samples of "
+    "log p_old − log p_behaviour (signed). Steps after every replayed prefix have no value and are not "
+    "shown."
 )
 
 ROBUST_LEGEND = (
@@ -472,11 +549,20 @@ def build_document(runs_dir: str, files: list[str], runs: list[Run], warnings: l
                     "last eval; final_gold_gap: median over seeds of final score - final gold; "
                     "gold_gap_change: median over seeds of (final gap - gap at the first eval); null when "
                     "the runs record no gold",
+            "regime_map": "regime_map[]: task ids that differ only by a -poolN part form a family; per pool "
+                          "size (run_start num_train_prompts) the op-grpo row's steps ratio and "
+                          "prob_improvement with their intervals, replay_age_median (median over runs of "
+                          "the per-run median op/replay_age_mean), logw_spread_median (median over step "
+                          "records of op/logw_max - op/logw_min), logw_median_abs (median over step "
+                          "records of |op/logw_median|); families with at least two pool sizes",
+            "logratio_profiles": "logratio_profiles[task][algorithm]: mean over step records and seeds of "
+                                 "op/logratio_by_step per denoising step (mean), values per step (n)",
             "paper_protocol": f"paper_* keys: the same statistics with the target replaced by paper_target, "
                               f"the median over finished {REFERENCE_ALGORITHM} runs of each run's final "
                               f"eval score (null when there is none)",
         },
         "rows": rows,
+        "regime_map": regime_map(runs, rows),
         "tasks": compute_tasks(runs),
         "aggregate": compute_aggregate(runs),
         "paper_reference": paper_reference(),
@@ -486,6 +572,7 @@ def build_document(runs_dir: str, files: list[str], runs: list[Run], warnings: l
         "warnings": warnings,
         "curves": eval_curves(runs),
         "sample_efficiency": sample_efficiency(runs),
+        "logratio_profiles": logratio_profiles(runs),
     }
 
 
@@ -517,6 +604,15 @@ def render_markdown(doc: dict[str, Any]) -> str:
     agg = aggregate_table(doc.get("aggregate", []))
     if agg:
         lines += ["## Across task versions (stratified bootstrap)", "", AGGREGATE_LEGEND, "", agg.markdown(), ""]
+    lines += ["## Regime map: when does replay pay off?", "", REGIME_LEGEND, ""]
+    families = doc.get("regime_map", [])
+    for family in families:
+        lines += [f"### {regime_heading(family)}", "", regime_table(family).markdown(), ""]
+    if not families:
+        lines += [f"*{NO_REGIME}*", ""]
+    lines += [f"- {note}" for note in regime_notes(families)]
+    if regime_notes(families):
+        lines.append("")
     lines += [f"## Paper reference ({PAPER_SOURCE})", "",
               "Numbers the OP-GRPO paper reports for SD3.5-M and Wan2.1, beside the closest quantity measured "
               "by this benchmark. The setups differ (models, tasks, targets, budgets): read them side by "
@@ -524,6 +620,9 @@ def render_markdown(doc: dict[str, Any]) -> str:
     diag = diagnostics_table(rows)
     lines += ["## OP-GRPO diagnostics (medians over seeds of per-run means)", ""]
     lines += [diag.markdown() if diag else "*No run logs OP-GRPO diagnostics.*", ""]
+    lr = logratio_table(doc.get("logratio_profiles", {}))
+    if lr:
+        lines += ["### Per-step log-ratio profile", "", LOGRATIO_LEGEND, "", lr.markdown(), ""]
     inc = incomplete_table(doc["incomplete_runs"])
     if inc:
         lines += ["## Incomplete runs (excluded from statistics)", "", inc.markdown(), ""]
@@ -568,6 +667,7 @@ window.addEventListener("load", function () {
 """
 
 
+NO_REGIME = "No task family has finished runs at two or more training-pool sizes yet."
 ROBUST_KINDS = ("efficiency", "profile")
 DIAGNOSTIC_KINDS = ("logratio", "clipfrac", "logw")
 
@@ -598,6 +698,7 @@ def render_html(doc: dict[str, Any], plots: list[Plot]) -> str:
              f'{len(doc["incomplete_runs"])} incomplete run(s) excluded{esc(_excluded_text(doc))}, '
              f'{len(doc["skipped_files"])} file(s) skipped.</p>']
     toc = ['<li><a href="#results">Measured results</a></li>',
+           '<li><a href="#regime">Regime map: when does replay pay off?</a></li>',
            '<li><a href="#paper">Paper reference</a></li>',
            '<li><a href="#curves">Eval-score curves</a></li>',
            '<li><a href="#efficiency">Sample efficiency and performance profiles</a></li>',
@@ -633,6 +734,22 @@ def render_html(doc: dict[str, Any], plots: list[Plot]) -> str:
         parts.append("<h3>Across task versions (stratified bootstrap)</h3>")
         parts.append(f'<p class="legend">{esc(AGGREGATE_LEGEND)}</p>')
         parts.append(agg.html("aggregate"))
+    parts.append("</section>")
+
+    parts.append('<section id="regime"><h2>Regime map: when does replay pay off?</h2>')
+    parts.append(f'<p class="legend">{esc(REGIME_LEGEND)}</p>')
+    families = doc.get("regime_map", [])
+    figures = {p.task: p for p in plots if p.kind == "regime"}
+    for family in families:
+        parts.append(f"<h3>{esc(regime_heading(family))}</h3>")
+        parts.append(regime_table(family).html("regime"))
+        if family["label"] in figures:
+            parts.append(_figure_html(figures[family["label"]]))
+    if not families:
+        parts.append(f"<p><em>{esc(NO_REGIME)}</em></p>")
+    notes = regime_notes(families)
+    if notes:
+        parts.append('<ul class="note">' + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>")
     parts.append("</section>")
 
     parts.append('<section id="paper" class="paper">')
@@ -751,7 +868,8 @@ def build_leaderboard(runs_dir: str | os.PathLike[str], out_dir: str | os.PathLi
     # The per-step diagnostics series are plotted but not stored in the JSON: at one point per optimizer
     # step they would make it megabytes; the results files hold them.
     plots = all_plots(labels, doc["curves"], diagnostics(loaded.runs), algorithms,
-                      efficiency=doc["sample_efficiency"], profiles=profile_data(doc["rows"]))
+                      efficiency=doc["sample_efficiency"], profiles=profile_data(doc["rows"]),
+                      regime=doc["regime_map"])
     doc["figures"] = [{"id": p.id, "kind": p.kind, "task": p.task, "title": p.title} for p in plots]
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -759,8 +759,14 @@ def _per_step_mean(runs: list[Run], key: str) -> dict[str, list[float]] | None:
     return {"step": stats["step"], "mean": stats["mean"]}
 
 
-def _logratio_profile(runs: list[Run]) -> list[float | None] | None:
-    """Mean of ``op/logratio_by_step`` per denoising step over all step records and seeds (nulls skipped)."""
+def logratio_profile(runs: list[Run]) -> dict[str, list[Any]] | None:
+    """The per-step log-ratio profile (the paper's Fig. 2) of a group of runs, or None when none logs it.
+
+    ``mean[k]``: mean of ``op/logratio_by_step[k]`` (the mean over the iteration's replayed samples of
+    ``log p_old - log p_behaviour`` at denoising step k, signed) over every step record of every run that
+    has a finite value there; ``n[k]`` how many values entered (null mean and 0 where none: steps after
+    the replayed prefix carry null).
+    """
     sums: dict[int, list[float]] = defaultdict(list)
     for run in runs:
         for rec in run.steps:
@@ -772,7 +778,31 @@ def _logratio_profile(runs: list[Run]) -> list[float | None] | None:
                     sums[k].append(float(v))
     if not sums:
         return None
-    return [sum(sums[k]) / len(sums[k]) if k in sums else None for k in range(max(sums) + 1)]
+    indexes = range(max(sums) + 1)
+    return {"mean": [sum(sums[k]) / len(sums[k]) if k in sums else None for k in indexes],
+            "n": [len(sums.get(k, ())) for k in indexes]}
+
+
+def _logratio_profile(runs: list[Run]) -> list[float | None] | None:
+    """Only the means of :func:`logratio_profile` (what the diagnostics figure plots)."""
+    profile = logratio_profile(runs)
+    return None if profile is None else profile["mean"]
+
+
+def logratio_profiles(runs: list[Run]) -> dict[str, dict[str, dict[str, list[Any]]]]:
+    """Per task label, per algorithm that logs ``op/logratio_by_step``: its :func:`logratio_profile` over
+    the usable runs (seeds pooled). This small table goes into ``leaderboard.json``; the per-step
+    diagnostics series do not."""
+    grouped: dict[str, dict[str, list[Run]]] = defaultdict(lambda: defaultdict(list))
+    for run in sorted((r for r in runs if usable(r)), key=lambda r: (group_key(r), r.seed)):
+        grouped[task_label(run.task, run.task_version)][run.algorithm].append(run)
+    out: dict[str, dict[str, dict[str, list[Any]]]] = {}
+    for label, algos in grouped.items():
+        for algorithm, group in algos.items():
+            profile = logratio_profile(group)
+            if profile is not None:
+                out.setdefault(label, {})[algorithm] = profile
+    return out
 
 
 def diagnostics(runs: list[Run]) -> dict[str, dict[str, Any]]:

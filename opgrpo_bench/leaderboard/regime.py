@@ -1,0 +1,174 @@
+"""The regime map: when does replay pay off? One task at several training-pool sizes, OP-GRPO against
+Flow-GRPO, beside how old the replayed prefixes are and how far their importance weights spread.
+
+Task families
+    Task ids that differ only by a ``-poolN`` part (``N`` a positive integer, the part followed by ``-``
+    or the end of the id) are one task at several training-pool sizes: ``digits-number-pool20-v1``,
+    ``digits-number-pool100-v1`` and ``digits-number-v1`` form the family ``digits-number-v1`` (the id
+    with the pool part removed; the id without one is the full pool). Only task versions with the same
+    ``task_version`` are grouped, and only ids with at most one pool part count as members (the first
+    ``-poolN`` is the one removed). A family is mapped when at least two of its members have rows.
+
+Pool size of a member
+    The ``num_train_prompts`` its usable runs record in ``run_start`` (``pool_size_source =
+    "num_train_prompts"``), which is what the runs actually trained on; when no run records it, or the runs
+    disagree, the ``N`` of the id (``"task id"``), else unknown (null; such a member is listed but not
+    plotted). ``pool_size_note`` says when a fallback was used or the id disagrees with the runs.
+
+Per member (pool size), for ``op-grpo`` against ``flow-grpo``
+    The steps ratio with its interval and the probability of improvement with its interval are copied from
+    the leaderboard rows (:func:`opgrpo_bench.leaderboard.stats.compute_rows`), so the map and the task
+    tables can never disagree. From the usable ``op-grpo`` runs' step records:
+
+    ``replay_age_median``
+        Per run, the median over its step records of ``op/replay_age_mean`` (the mean age, in
+        iterations, of the prefixes that iteration replayed; records without replay carry null and are
+        skipped); then the median over runs (``replay_age_runs`` runs had a value).
+    ``logw_spread_median``
+        Median over all step records of those runs, seeds pooled, of ``op/logw_max - op/logw_min``: the
+        spread of the iteration's sequence-level log importance weights over its replayed samples (0 for
+        an iteration that replays a single sample).
+    ``logw_median_abs``
+        Median over the same records of ``|op/logw_median|``: the size of the iteration's typical log
+        weight (0 = replayed prefixes as likely under the current policy as when they were stored).
+        ``logw_records`` counts the records (those with finite ``op/logw_min`` and ``op/logw_max``).
+
+    The trainer writes an iteration's ``op/*`` values on each of its optimizer steps' records; a median
+    over records is unchanged by that repetition when every iteration has the same number of steps.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import defaultdict
+from typing import Any, Iterable
+
+import numpy as np
+
+from opgrpo_bench.leaderboard.load import Run
+from opgrpo_bench.leaderboard.stats import (
+    REFERENCE_ALGORITHM,
+    task_label,
+    usable,
+    version_sort_key,
+)
+
+REGIME_ALGORITHM = "op-grpo"
+POOL_PART = re.compile(r"^(?P<head>.+?)-pool(?P<size>[1-9][0-9]*)(?P<tail>-.+)?$")
+REPLAY_AGE_KEY = "op/replay_age_mean"
+LOGW_MIN, LOGW_MEDIAN, LOGW_MAX = "op/logw_min", "op/logw_median", "op/logw_max"
+
+# The row fields the map copies, unchanged, from the op-grpo row of each member.
+ROW_FIELDS = ("speedup_vs_flow_grpo", "speedup_ci_low", "speedup_ci_high", "speedup_method", "speedup_n",
+              "speedup_censored", "speedup_note", "prob_improvement", "prob_improvement_ci_low",
+              "prob_improvement_ci_high", "reached")
+
+
+def pool_family(task: str) -> tuple[str, int | None]:
+    """The family id of a task and the pool size its id names: ``("digits-number-v1", 20)`` for
+    ``digits-number-pool20-v1``, ``(task, None)`` for an id without a pool part (or with two)."""
+    match = POOL_PART.match(task)
+    if match is None or POOL_PART.match(match["head"] + (match["tail"] or "")) is not None:
+        return task, None
+    return match["head"] + (match["tail"] or ""), int(match["size"])
+
+
+def _finite(value: Any) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def _median(values: Iterable[float]) -> float | None:
+    vals = list(values)
+    return float(np.median(vals)) if vals else None
+
+
+def pool_size(runs: list[Run], task: str) -> tuple[int | None, str | None, str]:
+    """``(size, source, note)`` of one member's training pool (module docstring, "Pool size")."""
+    recorded = sorted({r.start["num_train_prompts"] for r in runs
+                       if isinstance(r.start.get("num_train_prompts"), int)
+                       and not isinstance(r.start.get("num_train_prompts"), bool)
+                       and r.start["num_train_prompts"] > 0})
+    _, named = pool_family(task)
+    if len(recorded) == 1:
+        size = recorded[0]
+        note = "" if named in (None, size) else f"the id names {named} prompts, the runs trained on {size}"
+        return size, "num_train_prompts", note
+    why = ("runs disagree on num_train_prompts (" + ", ".join(map(str, recorded)) + ")" if recorded
+           else "no run records num_train_prompts")
+    if named is not None:
+        return named, "task id", f"{why}; the size is the one the id names"
+    return None, None, f"{why}; the pool size is unknown"
+
+
+def replay_age(runs: list[Run]) -> tuple[float | None, int]:
+    """Median over runs of each run's median ``op/replay_age_mean``; and how many runs had a value."""
+    per_run = [_median(v for v in (_finite(rec.get(REPLAY_AGE_KEY)) for rec in run.steps) if v is not None)
+               for run in runs]
+    values = [v for v in per_run if v is not None]
+    return _median(values), len(values)
+
+
+def logw_stats(runs: list[Run]) -> tuple[float | None, float | None, int]:
+    """Median over step records (seeds pooled) of ``logw_max - logw_min`` and of ``|logw_median|``, and
+    how many records had a spread."""
+    spreads, sizes = [], []
+    for run in runs:
+        for rec in run.steps:
+            low, high = _finite(rec.get(LOGW_MIN)), _finite(rec.get(LOGW_MAX))
+            if low is None or high is None:
+                continue
+            spreads.append(high - low)
+            middle = _finite(rec.get(LOGW_MEDIAN))
+            if middle is not None:
+                sizes.append(abs(middle))
+    return _median(spreads), _median(sizes), len(spreads)
+
+
+def _member(task: str, version: str, rows: dict[str, dict[str, Any]], runs: list[Run]) -> dict[str, Any]:
+    """One pool size of a family: its size, the op-grpo row's statistics and the replay diagnostics."""
+    size, source, note = pool_size(runs, task)
+    op_row, ref_row = rows.get(REGIME_ALGORITHM), rows.get(REFERENCE_ALGORITHM)
+    op_runs = [r for r in runs if r.algorithm == REGIME_ALGORITHM]
+    age, age_runs = replay_age(op_runs)
+    spread, size_abs, records = logw_stats(op_runs)
+    entry: dict[str, Any] = {
+        "task": task, "task_version": version, "label": task_label(task, version),
+        "pool_size": size, "pool_size_source": source, "pool_size_note": note,
+        "seeds": op_row["seeds"] if op_row else 0,
+        "reference_seeds": ref_row["seeds"] if ref_row else 0,
+        "reference_reached": ref_row["reached"] if ref_row else None,
+    }
+    entry.update({k: (op_row[k] if op_row else None) for k in ROW_FIELDS})
+    entry.update({"replay_age_median": age, "replay_age_runs": age_runs, "logw_spread_median": spread,
+                  "logw_median_abs": size_abs, "logw_records": records})
+    return entry
+
+
+def regime_map(runs: list[Run], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per task family with at least two mapped pool sizes, in family order; its ``pools`` in
+    increasing pool size (unknown sizes last). ``rows`` are the leaderboard rows of the same runs."""
+    by_task: dict[tuple[str, str], dict[str, dict[str, Any]]] = defaultdict(dict)
+    for row in rows:
+        if row["seeds"]:
+            by_task[(row["task"], row["task_version"])][row["algorithm"]] = row
+    runs_by_task: dict[tuple[str, str], list[Run]] = defaultdict(list)
+    for run in sorted((r for r in runs if usable(r)), key=lambda r: (r.task, r.task_version, r.algorithm,
+                                                                      r.seed)):
+        runs_by_task[(run.task, run.task_version)].append(run)
+    families: dict[tuple[str, str], list[tuple[str, str]]] = defaultdict(list)
+    for task, version in by_task:
+        families[(pool_family(task)[0], version)].append((task, version))
+    out = []
+    for family, version in sorted(families, key=lambda k: (k[0], version_sort_key(k[1]))):
+        members = families[(family, version)]
+        if len(members) < 2:
+            continue
+        pools = [_member(t, v, by_task[(t, v)], runs_by_task[(t, v)]) for t, v in members]
+        pools.sort(key=lambda p: (p["pool_size"] is None, p["pool_size"] or 0, p["task"]))
+        out.append({"family": family, "task_version": version, "label": task_label(family, version),
+                    "algorithm": REGIME_ALGORITHM, "reference_algorithm": REFERENCE_ALGORITHM,
+                    "pools": pools})
+    return out
