@@ -1,7 +1,10 @@
 """The backbone protocol: everything the trainer needs from a text-to-image/video flow model.
 
 A backbone hides the model family (SD3, FLUX, Wan, the CPU digits model). The trainer and the
-algorithms only ever call these methods; the SDE math lives in :mod:`opgrpo_bench.core.sde`.
+algorithms only ever call these methods; the SDE math lives in :mod:`opgrpo_bench.core.sde`. The diffusers
+backbones share one implementation of everything family-independent,
+:class:`opgrpo_bench.backbones.diffusers_backbone.DiffusersBackbone`; a backbone need not derive from it,
+only provide what :class:`Backbone` lists.
 
 Conventions: latents ``x`` have shape [B, *latent_shape]; ``sigma`` is a per-sample tensor [B] with
 ``x_sigma = (1 - sigma) * x_data + sigma * noise``; the network predicts the velocity ``noise - x_data``.
@@ -34,6 +37,20 @@ class Backbone(Protocol):
     """What a model family must provide."""
 
     latent_shape: tuple[int, ...]
+    """Shape of one sample's latents: [C, H, W] for images, [C, F, H, W] for videos."""
+    dtype: torch.dtype
+    """The base weights' dtype (network inputs are cast to it; LoRA adapters stay float32)."""
+
+    @property
+    def device(self) -> torch.device:
+        """Where the network runs; callers put noises and conditioning there (any device is accepted)."""
+        ...
+
+    def add_lora(self, rank: int = 32, alpha: int = 64, target_modules: Sequence[str] | None = None,
+                 init: str | bool = "gaussian") -> None:
+        """Attach trainable LoRA adapters (float32) that start as the identity; ``target_modules`` None =
+        the family's default targets. Called once, before :meth:`trainable_parameters`."""
+        ...
 
     def encode(self, prompts: Sequence[str]) -> Cond:
         """Conditioning for ``prompts`` (no grad; frozen text encoders), plus whatever CFG needs."""

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from opgrpo_bench.backbones.base import Backbone
-from opgrpo_bench.backbones.sd3 import SD3Backbone, missing_components
+from opgrpo_bench.backbones.folders import missing_components
+from opgrpo_bench.backbones.sd3 import SD3Backbone
 from opgrpo_bench.backbones.tiny import TinySD3Config, build_tiny_sd3_pipeline, config_hash, tiny_sd3_folder
 from opgrpo_bench.errors import MissingWeightsError, UserError
 from opgrpo_bench.sampling import sample_ode

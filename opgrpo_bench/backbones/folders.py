@@ -1,0 +1,143 @@
+"""Diffusers pipeline folders, found and checked offline, for any pipeline family (SD3, FLUX, Wan, ...).
+
+A backbone's ``from_pretrained`` takes a local diffusers folder or a Hugging Face repo id. This module turns
+either into a local folder and checks that it is complete *before* diffusers loads anything, because
+diffusers/transformers either fail with a message that does not name the missing component or, for a
+missing tokenizer folder, silently build an empty tokenizer. Nothing here touches the network: a repo id
+is looked up in the local Hugging Face cache only.
+
+Every failure is a :class:`~opgrpo_bench.errors.MissingWeightsError` with one line that names what is
+missing, which pipeline family was expected, and how to provide it (the CLI prints it and exits 2).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from opgrpo_bench.errors import MissingWeightsError
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".safetensors.index.json", ".bin.index.json")
+_TOKENIZER_FILES = {"tokenizer.json", "tokenizer_config.json", "vocab.json", "spiece.model"}
+
+
+def looks_like_path(value: str) -> bool:
+    """Repo ids look like ``owner/name``; anything else is a local path."""
+    return value.startswith(("/", ".", "~")) or value.count("/") != 1 or "\\" in value
+
+
+def _hint(env: str | None) -> str:
+    return f"set {env}=DIR or pass the path of" if env else "pass the path of"
+
+
+def resolve_pipeline_folder(path: str | os.PathLike[str], family: str, what: str, env: str | None = None,
+                            example: str | None = None) -> Path:
+    """The local folder of a diffusers pipeline: ``path`` itself, or its snapshot in the HF cache.
+
+    Checks that ``model_index.json`` and every component it lists are present (:func:`missing_components`).
+
+    Args:
+        path: a local folder, or a repo id (``owner/name``) looked up in the local Hugging Face cache.
+        family: the pipeline family the message names, e.g. ``"SD3/SD3.5"`` or ``"FLUX.1"``.
+        what: human name of the weights (``"SD3.5-Medium weights"``), the message's first words.
+        env: the environment variable that provides ``path``, named in the message's hint.
+        example: a repo id whose copy would do, shown in the message (e.g. the family's reference model).
+
+    Raises:
+        MissingWeightsError: one line saying what is missing and how to provide it.
+    """
+    value = str(path)
+    local = Path(value).expanduser()
+    if local.is_dir():
+        folder = local
+    elif looks_like_path(value) or local.exists():
+        eg = f" (e.g. a copy of {example})" if example else ""
+        raise MissingWeightsError(f"{what}: folder '{value}' does not exist; {_hint(env)} a diffusers {family} "
+                                  f"folder{eg}")
+    else:
+        folder = cached_snapshot(value, what, env)
+    missing = missing_components(folder)
+    if missing:
+        raise MissingWeightsError(
+            f"{what}: '{folder}' is not a complete diffusers {family} folder (missing: {', '.join(missing)}); "
+            f"{_hint(env)} a complete copy"
+        )
+    return folder
+
+
+def cached_snapshot(repo_id: str, what: str, env: str | None = None) -> Path:
+    """The cached snapshot of ``repo_id`` (local files only: fails at once, no network, no retries)."""
+    from huggingface_hub import constants, snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception:  # LocalEntryNotFoundError, HFValidationError, ...: all mean "not here"
+        raise MissingWeightsError(
+            f"{what}: '{repo_id}' is not in the Hugging Face cache ({constants.HF_HUB_CACHE}); run "
+            f"`hf download {repo_id}` where the hub is reachable and copy the cache here, or {_hint(env)} "
+            f"a local diffusers folder"
+        ) from None
+
+
+def missing_components(folder: str | os.PathLike[str]) -> list[str]:
+    """What a diffusers pipeline folder lacks: ``model_index.json`` or, per listed component, its files.
+
+    Tokenizers need ``tokenizer.json``, ``tokenizer_config.json``, ``vocab.json`` or ``spiece.model``;
+    schedulers ``scheduler_config.json``; models ``config.json`` and a weights file. Components listed as
+    ``[null, null]`` (optional parts a pipeline was saved without) need nothing.
+    """
+    folder = Path(folder)
+    index = folder / "model_index.json"
+    if not index.is_file():
+        return ["model_index.json"]
+    try:
+        spec = json.loads(index.read_text())
+    except (OSError, json.JSONDecodeError):
+        return ["a readable model_index.json"]
+    missing = []
+    for name, value in spec.items():
+        if name.startswith("_") or not isinstance(value, list) or len(value) != 2 or value[1] is None:
+            continue
+        cls_name, sub = str(value[1]), folder / name
+        files = {p.name for p in sub.iterdir()} if sub.is_dir() else set()
+        if not files:
+            missing.append(f"{name}/")
+        elif "Tokenizer" in cls_name:
+            if not files & _TOKENIZER_FILES:
+                missing.append(f"{name}/tokenizer files")
+        elif "Scheduler" in cls_name:
+            if "scheduler_config.json" not in files:
+                missing.append(f"{name}/scheduler_config.json")
+        else:
+            if "config.json" not in files:
+                missing.append(f"{name}/config.json")
+            if not any(f.endswith(_WEIGHT_SUFFIXES) for f in files):
+                missing.append(f"{name}/ weights")
+    return missing
+
+
+def load_pipeline(pipeline_cls: Any, folder: Path, family: str, what: str, dtype: torch.dtype) -> Any:
+    """``pipeline_cls.from_pretrained(folder)`` offline, in ``dtype``; a damaged file is one line.
+
+    Call it on a folder that :func:`resolve_pipeline_folder` accepted: what is left to fail is a file
+    that is present but unreadable (a truncated download, a corrupt safetensors file).
+
+    Raises:
+        MissingWeightsError: "<what>: cannot load the <family> pipeline in '<folder>': <first line>".
+    """
+    try:
+        return pipeline_cls.from_pretrained(str(folder), local_files_only=True, **dtype_kwarg(dtype))
+    except (OSError, ValueError) as err:  # diffusers: OSError for absent/broken files, ValueError for bad ids
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise MissingWeightsError(f"{what}: cannot load the {family} pipeline in '{folder}': {first}") from None
+
+
+def dtype_kwarg(dtype: torch.dtype) -> dict[str, torch.dtype]:
+    """Recent diffusers take ``dtype=`` (``torch_dtype=`` warns); older releases only know ``torch_dtype=``."""
+    from diffusers.utils import deprecation_utils
+
+    return {"dtype": dtype} if hasattr(deprecation_utils, "_resolve_dtype") else {"torch_dtype": dtype}
