@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from opgrpo_bench.errors import UserError
-from opgrpo_bench.registry import ALGORITHMS, TASKS
+from opgrpo_bench.registry import ALGORITHMS, BACKBONES, TASKS, UnknownNameError
 
 
 def run_id_for(task: str, algorithm: str, seed: int) -> str:
@@ -47,11 +47,16 @@ def resolve(task: str, algorithm: str, seed: int, steps: int | None = None,
     """Look up task and algorithm and build both configs (raises UserError / UnknownNameError).
 
     Every setting is merged and checked by :func:`opgrpo_bench.validation.build_settings` (types, ranges,
-    unknown keys, also in the task's ``train_defaults``) before anything loads.
+    unknown keys, also in the task's ``train_defaults``) before anything loads; so is the task's backbone
+    name (an entry lookup: nothing is imported).
     """
     from opgrpo_bench.validation import build_settings
 
     spec = TASKS.get(task)
+    try:
+        BACKBONES.entry(spec.backbone)
+    except UnknownNameError as err:  # a task (e.g. a plugin's) naming a backbone that is not installed
+        raise UserError(f"task '{spec.id}' names an {err}") from None
     preset = ALGORITHMS.get(algorithm)
     entry = ALGORITHMS.entry(algorithm)
     train_config, algo = build_settings(spec, preset, entry.name, seed, steps, parse_sets(sets))

@@ -288,6 +288,24 @@ def test_bad_task_defaults_are_refused(defaults, needle, bad_task, workspace, mo
     assert snapshot(workspace) == before
 
 
+def test_a_task_naming_an_unknown_backbone_is_refused(workspace, monkeypatch, capsys) -> None:
+    import dataclasses
+
+    from opgrpo_bench.registry import TASKS, Entry
+    from opgrpo_bench.tasks.digits import DIGITS_V1
+
+    spec = dataclasses.replace(DIGITS_V1, id="bad-backbone-v1", backbone="digits-v1-bsae")
+    TASKS.names()  # built-ins first, so that the temporary entry does not hide them
+    monkeypatch.setitem(TASKS._entries, "bad-backbone-v1", Entry("bad-backbone-v1", spec))
+    before = snapshot(workspace)
+    code, output = invoke(["run", "--task", "bad-backbone-v1", "--out", "runs", "-j", "1"], monkeypatch, capsys)
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert code == 2 and "Traceback" not in output and len(lines) == 1, output
+    assert lines[0].startswith("error: task 'bad-backbone-v1' names an unknown backbone 'digits-v1-bsae'. "
+                               "Did you mean: digits-v1-base"), lines[0]
+    assert snapshot(workspace) == before
+
+
 def test_another_algorithms_setting_in_task_defaults_is_fine(bad_task) -> None:
     from opgrpo_bench.runner import resolve
 

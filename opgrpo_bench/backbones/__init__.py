@@ -1,16 +1,31 @@
-"""Backbones: the only place where model families differ (encode, velocity, decode)."""
+"""Backbones: the only place where model families differ (encode, velocity, decode).
+
+Tasks name a backbone registered here (``TaskSpec.backbone``, with ``backbone_args``); the trainer builds it
+through this registry. Each entry's ``meta`` holds ``needs`` (one line for ``opgrpo-bench list backbones``)
+and ``external_weights``: True when it cannot be built without weights from outside the package (the
+backbone contract test skips those).
+"""
 
 from opgrpo_bench.registry import BACKBONES
 
 BACKBONES.register("sd3", "opgrpo_bench.backbones.sd3:SD3Backbone.from_pretrained",
                    description="Stable Diffusion 3 / 3.5 (diffusers folder, local path or HF cache)",
-                   needs="weights on disk; GPU for real sizes")
-BACKBONES.register("digits-sd3-tiny", "opgrpo_bench.tasks.digits:load_backbone",
-                   description="digits-v1 base model: 4-layer SD3 transformer in pixel space + tiny CLIP",
-                   needs="CPU; shipped in the package")
-BACKBONES.register("tiny-sd3", "opgrpo_bench.tasks.sd3_tasks:load_tiny_sd3_backbone",
-                   description="tiny SD3 pipeline built in code (2 CLIP + T5 + VAE), 32 px, loaded via from_pretrained",
-                   needs="CPU; built on first use")
+                   needs="weights on disk (path=...); GPU for real sizes", external_weights=True)
 BACKBONES.register("sd35m", "opgrpo_bench.tasks.sd3_tasks:load_sd35m_backbone",
                    description="Stable Diffusion 3.5 Medium at 512 px (bf16 on GPU)",
-                   needs="GPU; weights at $OPGRPO_SD35M_PATH or in the HF cache")
+                   needs="GPU; weights at $OPGRPO_SD35M_PATH or in the HF cache", external_weights=True)
+BACKBONES.register("tiny-sd3", "opgrpo_bench.tasks.sd3_tasks:load_tiny_sd3_backbone",
+                   description="tiny SD3 pipeline built in code (2 CLIP + T5 + VAE), 32 px, loaded via "
+                               "from_pretrained (tiny-sd3-jpeg-v1)",
+                   needs="CPU; built on first use", external_weights=False)
+BACKBONES.register("digits-v1-base", "opgrpo_bench.tasks.digits:load_backbone",
+                   description="digits-v1 base model: 4-layer SD3 transformer in pixel space [1, 8, 8] + tiny CLIP "
+                               "(digits-v1, digits-sparse-v1)",
+                   needs="CPU; shipped in the package", external_weights=False)
+BACKBONES.register("digits-pair-v1-base", "opgrpo_bench.tasks.digits_pair:load_pair_backbone",
+                   description="digits-pair-v1 base model: the digits-v1 architecture on [1, 8, 16] (two digits)",
+                   needs="CPU; shipped in the package", external_weights=False)
+BACKBONES.register("digits-number-v1-base", "opgrpo_bench.tasks.digits_number:load_number_backbone",
+                   description="digits-number-v1 base model: the digits-v1 architecture on [1, 8, 24] (3-digit "
+                               "numbers; all digits-number tasks)",
+                   needs="CPU; shipped in the package", external_weights=False)

@@ -224,7 +224,7 @@ def _digits_v1():
     return TaskSpec(
         id="digits-v1",
         description="8x8 handwritten digits (scikit-learn) with a tiny SD3 transformer; reward = p(prompted digit)",
-        build_backbone=load_backbone,
+        backbone="digits-v1-base",
         reward="digit-classifier",
         gold_reward="digit-classifier",
         gold_reward_args={"classifier": "gold"},

@@ -177,7 +177,7 @@ def _digits_pair_v1():
         id="digits-pair-v1",
         description="two 8x8 digits side by side as prompted (8x16), tiny SD3 transformer; reward = both "
                     "digits right (binary, sparse)",
-        build_backbone=load_pair_backbone,
+        backbone="digits-pair-v1-base",
         reward="digit-pair",
         gold_reward="digit-pair",
         gold_reward_args={"classifier": "gold"},

@@ -13,7 +13,6 @@ from opgrpo_bench.tasks.digits import (
     EVAL_TEMPLATES,
     PIXEL_TASK_DEFAULTS,
     TRAIN_TEMPLATES,
-    load_backbone,
     make_prompts,
 )
 from opgrpo_bench.tasks.spec import TaskSpec
@@ -29,7 +28,7 @@ def _only(prompts, digits=HARD_DIGITS):
 DIGITS_SPARSE_V1 = TaskSpec(
     id="digits-sparse-v1",
     description="digits-v1 base model, hardest digits, binary success p(digit) >= 0.99; sparse groups of 4",
-    build_backbone=load_backbone,
+    backbone="digits-v1-base",
     reward="threshold",
     reward_args={"reward": "digit-classifier", "threshold": SUCCESS_THRESHOLD},
     gold_reward="threshold",

@@ -56,7 +56,7 @@ def load_tiny_sd3_backbone():
 TINY_SD3_JPEG_V1 = TaskSpec(
     id="tiny-sd3-jpeg-v1",
     description="tiny in-code SD3 pipeline (3 text encoders, VAE, CFG 4.5), 32 px; reward = -JPEG kB",
-    build_backbone=load_tiny_sd3_backbone,
+    backbone="tiny-sd3",
     reward="jpeg-compressibility",
     train_prompts=tuple(Prompt(p) for p in TINY_TRAIN_PROMPTS),
     eval_prompts=tuple(Prompt(p) for p in TINY_EVAL_PROMPTS),
@@ -272,7 +272,7 @@ def _sd35m_spec(family: str, smoke: bool) -> TaskSpec:
     return TaskSpec(
         id=task_id,
         description=description,
-        build_backbone=load_sd35m_backbone,
+        backbone="sd35m",
         reward=reward,
         # GenEval: train on Flow-GRPO's partial score, evaluate GenEval's strict correctness (docs/REWARDS.md).
         reward_args={"mode": "partial"} if family == "geneval" else {},

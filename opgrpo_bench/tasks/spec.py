@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,8 @@ class TaskSpec:
     Attributes:
         id: versioned id, e.g. ``digits-v1``.
         description: one line for ``opgrpo-bench list tasks``.
-        build_backbone: zero-argument factory returning a Backbone (base weights, no LoRA yet).
+        backbone: registered backbone name (``opgrpo-bench list backbones``); ``backbone_args`` the kwargs
+            of its factory. :meth:`build_backbone` builds it through the ``BACKBONES`` registry.
         reward: registered reward name; ``reward_args`` its constructor kwargs.
         train_prompts / eval_prompts: the RL prompt set and the held-out evaluation set.
         eval_noises_per_prompt: evaluation draws this many fixed initial noises per eval prompt.
@@ -48,12 +49,13 @@ class TaskSpec:
 
     id: str
     description: str
-    build_backbone: Callable[[], Any]
+    backbone: str
     reward: str
     train_prompts: tuple[Prompt, ...]
     eval_prompts: tuple[Prompt, ...]
     target: float
     reward_args: dict[str, Any] = field(default_factory=dict)
+    backbone_args: dict[str, Any] = field(default_factory=dict)
     eval_noises_per_prompt: int = 4
     higher_is_better: bool = True
     budget_steps: int = 200
@@ -64,6 +66,12 @@ class TaskSpec:
     gold_reward: str | None = None
     gold_reward_args: dict[str, Any] = field(default_factory=dict)
     needs: str = "CPU"
+
+    def build_backbone(self) -> Any:
+        """The task's base model (a Backbone, no LoRA yet), built by its ``BACKBONES`` entry."""
+        from opgrpo_bench.registry import BACKBONES
+
+        return BACKBONES.get(self.backbone)(**self.backbone_args)
 
     @property
     def version(self) -> str:
