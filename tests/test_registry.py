@@ -4,7 +4,7 @@ from importlib import metadata
 
 import pytest
 
-from opgrpo_bench.registry import ALGORITHMS, REWARDS, TASKS, Registry, UnknownNameError
+from opgrpo_bench.registry import ALGORITHMS, BACKBONES, REWARDS, TASKS, Registry, UnknownNameError
 
 
 def test_register_lookup_alias_and_normalisation():
@@ -66,6 +66,23 @@ def test_built_in_entries():
     assert {"flow-grpo", "op-grpo", "op-grpo-no-replay", "op-grpo-no-correction", "op-grpo-naive-is",
             "op-grpo-no-truncation", "op-grpo-rho5", "op-grpo-rho25"} <= set(ALGORITHMS.names())
     assert "digits-v1" in TASKS.names() and "digit-classifier" in REWARDS.names()
+    assert {"sd3", "sd35m", "tiny-sd3", "digits-v1-base", "digits-pair-v1-base", "digits-number-v1-base",
+            "stub-video"} <= set(BACKBONES.names())
+
+
+def test_every_task_names_a_registered_backbone():
+    from opgrpo_bench.errors import MissingWeightsError
+
+    checked = 0
+    for name in TASKS.names():
+        try:
+            spec = TASKS.get(name)
+        except MissingWeightsError:  # an SD3.5-M task whose prompt files are not here
+            continue
+        assert spec.backbone in BACKBONES, (name, spec.backbone)
+        assert isinstance(spec.backbone_args, dict)
+        checked += 1
+    assert checked >= 8
 
 
 def test_ablation_presets_differ_from_op_grpo_in_exactly_one_field():
