@@ -45,6 +45,9 @@ def run(
     fresh: Annotated[bool, typer.Option("--fresh", help="retrain runs that already exist")] = False,
     leaderboard_out: Annotated[Optional[Path], typer.Option(
         "--leaderboard-out", help=f"report directory (suites) [default: {LEADERBOARD_OUT}]")] = None,
+    num_processes: Annotated[int, typer.Option(
+        "--num-processes", help="data-parallel processes per run (gloo on CPU, NCCL on GPUs); results do not "
+                                "depend on it")] = 1,
 ) -> None:
     """Train runs. With no --task/--algorithm/--seed: the default suite (or --quick), then the leaderboard."""
     from rich.console import Console
@@ -54,7 +57,12 @@ def run(
     from opgrpo_bench.suite import SUITES, Suite, run_grid
     from opgrpo_bench.validation import check_output_dir, check_positive
 
-    console = Console(stderr=True)
+    from opgrpo_bench.distributed import Distributed
+
+    check_positive("--num-processes", num_processes)
+    dist = Distributed.from_environment()
+    # ranks other than 0 train in step with rank 0 but print nothing
+    console = Console(stderr=True) if dist.is_main else Console(file=open(os.devnull, "w"))
     grids: list = []
     if spec is not None:
         from opgrpo_bench.specs import load_spec
@@ -76,6 +84,11 @@ def run(
     check_positive("-j/--jobs", jobs)
     if steps is not None and steps < 1:
         raise UserError(f"--steps must be positive, got {steps}")
+    if dist.active or num_processes > 1:
+        jobs = 1  # the processes of one run are the parallelism; runs follow one another
+    if num_processes > 1 and not dist.active:
+        _check_runs_then_launch(spec, task, algorithm, seed, steps, set_, out, num_processes)
+        return
     if grids:  # a suite file: its own grids, with its budget and settings
         check_output_dir(out, "--out")
         check_output_dir(leaderboard_out, "--leaderboard-out")
@@ -111,10 +124,51 @@ def run(
     combos = [(t, a, s) for t in tasks for a in algorithms for s in seeds]
     ends = run_grid(combos, out, steps, list(set_ or []), jobs=min(jobs, len(combos)), resume=not fresh,
                     console=console)
+    if not dist.is_main:
+        return
     for (t, a, s), end in zip(combos, ends):
         reached = f"step {end['steps_to_target']}" if not end["censored"] else "not reached (censored)"
         typer.echo(f"{t} {a} seed {s}: target {reached}; best {_score(end.get('best_score'))}, "
                    f"final {_score(end.get('final_score'))}, {end['wall_s']:.1f} s")
+
+
+def _check_runs_then_launch(spec, task, algorithm, seed, steps, sets, out, num_processes: int) -> None:
+    """Validate the runs here (one line and exit 2 for a mistake, before any process starts), then run this
+    same command in ``num_processes`` processes and exit with their status.
+
+    On GPUs the processes are started by ``accelerate launch --multi_gpu`` (NCCL); on a CPU by
+    ``torch.distributed.run`` (the launcher accelerate uses for several GPUs; accelerate's own CPU launcher
+    needs MPI), with gloo. Either way each process joins the group through accelerate's ``PartialState``.
+    """
+    import subprocess
+
+    import torch
+
+    from opgrpo_bench.runner import resolve
+    from opgrpo_bench.validation import check_output_dir
+
+    if spec is None and not (task or algorithm or seed):
+        from opgrpo_bench.errors import UserError
+
+        raise UserError("--num-processes trains given runs (--task/--algorithm/--seed or a run file), not a suite")
+    if spec is None:
+        for t in task or ["digits-v1"]:
+            for a in algorithm or ["flow-grpo"]:
+                for s_ in seed or [0]:
+                    resolve(t, a, s_, steps, list(sets or []))
+        check_output_dir(out, "--out")
+    argv = [a for a in sys.argv[1:]]
+    i = next(k for k, a in enumerate(argv) if a == "--num-processes" or a.startswith("--num-processes="))
+    del argv[i: i + (1 if "=" in argv[i] else 2)]
+    if torch.cuda.is_available():
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+               str(num_processes), "-m", "opgrpo_bench.cli", *argv]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+               str(num_processes), "-m", "opgrpo_bench.cli", *argv]
+    code = subprocess.call(cmd, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+    if code:
+        raise SystemExit(code)
 
 
 def _run_named_suite(s, out: Path, leaderboard_out: Path, jobs: int, fresh: bool, console) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from opgrpo_bench.distributed import Distributed
 from opgrpo_bench.errors import UserError
 from opgrpo_bench.registry import ALGORITHMS, BACKBONES, TASKS, UnknownNameError
 
@@ -158,6 +159,9 @@ def run_one(task: str, algorithm: str, seed: int, out: str | Path = "runs", step
 
     resolved = resolve(task, algorithm, seed, steps, sets)
     run_dir = Path(out) / resolved.run_id
+    dist = Distributed.from_environment()
+    if dist.active:
+        return _run_one_of_many(resolved, run_dir, resume, progress, dist)
     plan_run(resolved, run_dir, resume)  # refuse before creating or locking anything
     with RunLock(run_dir):
         action, end = plan_run(resolved, run_dir, resume)  # again, now that no one else can write
@@ -165,4 +169,26 @@ def run_one(task: str, algorithm: str, seed: int, out: str | Path = "runs", step
             return end
         trainer = Trainer(resolved.task, resolved.algorithm, resolved.train_config, run_dir,
                           algorithm_name=resolved.algorithm_name, progress=progress)
+        return trainer.run(resolved.run_id, resume=action == "resume", config_hash=config_hash(resolved))
+
+
+_ACTIONS = ("fresh", "resume", "done")
+
+
+def _run_one_of_many(resolved: ResolvedRun, run_dir: Path, resume: bool,
+                     progress: Callable[[dict[str, Any]], None] | None, dist: Distributed) -> dict[str, Any]:
+    """One rank of a data-parallel run: rank 0 locks the run directory and decides (fresh / resume /
+    done), every rank follows its decision (a refusal is raised on rank 0 and ends the launch)."""
+    from contextlib import nullcontext
+
+    from opgrpo_bench.results import RunLock
+    from opgrpo_bench.trainer import Trainer, follower_end
+
+    with RunLock(run_dir) if dist.is_main else nullcontext():
+        action, end = plan_run(resolved, run_dir, resume) if dist.is_main else ("fresh", None)
+        action = _ACTIONS[dist.broadcast_int(_ACTIONS.index(action))]
+        if action == "done":
+            return end if dist.is_main else follower_end(dist.rank)
+        trainer = Trainer(resolved.task, resolved.algorithm, resolved.train_config, run_dir,
+                          algorithm_name=resolved.algorithm_name, progress=progress, distributed=dist)
         return trainer.run(resolved.run_id, resume=action == "resume", config_hash=config_hash(resolved))

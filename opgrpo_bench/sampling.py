@@ -91,6 +91,21 @@ def sample_sde(
     return Trajectories(torch.stack(latents, 1), torch.stack(log_probs, 1))
 
 
+def skip_sde_noise(generator: torch.Generator | None, num_rows: int, num_steps: int,
+                   latent_shape: tuple[int, ...]) -> None:
+    """Advance ``generator`` exactly as :func:`sample_sde` would for ``num_rows`` rows over ``num_steps``
+    transitions, without sampling: one [num_rows, *latent_shape] float32 draw per transition (the
+    sampler draws at every transition, forced and ODE ones included).
+
+    A data-parallel rank calls this for the blocks another rank samples, so that its noise stream stays
+    the 1-process stream (:mod:`opgrpo_bench.distributed`). Must change together with :func:`sample_sde`.
+    """
+    if generator is None:
+        return
+    for _ in range(num_steps):
+        torch.randn((num_rows, *latent_shape), generator=generator, dtype=torch.float32, device=generator.device)
+
+
 @torch.no_grad()
 def sample_ode(backbone: Backbone, cond: Cond, noise: torch.Tensor, sigmas: torch.Tensor,
                guidance: float = 1.0, batch_size: int | None = None) -> torch.Tensor:

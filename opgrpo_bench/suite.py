@@ -377,7 +377,7 @@ class _Board:
         if key in self.bars:
             self.progress.remove_task(self.bars.pop(key))
         self.done += 1
-        status = f"reached at step {end['steps_to_target']}" if not end.get("censored") else "censored"
+        status = f"reached at step {end.get('steps_to_target')}" if not end.get("censored") else "censored"
         best = end.get("best_score")
         self.progress.console.print(f"{key[0]} {key[1]} seed {key[2]}: {status}"
                                     + (f", best {best:.3f}" if best is not None else ""))

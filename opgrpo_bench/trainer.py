@@ -50,12 +50,13 @@ from opgrpo_bench.backbones.base import Backbone, index_cond
 from opgrpo_bench.checkpoint import CheckpointError, load_state, save_state
 from opgrpo_bench.core.ema import ParameterEMA
 from opgrpo_bench.core.sde import sde_step_with_logprob
+from opgrpo_bench.distributed import Distributed
 from opgrpo_bench.errors import RunInterrupted, UserError
 from opgrpo_bench.evaluation import Evaluator
 from opgrpo_bench.registry import REWARDS
 from opgrpo_bench.rewards.worker import AsyncRewardWorker
 from opgrpo_bench.results import ResultsWriter, first_reaching, read_records, truncate_after_step
-from opgrpo_bench.sampling import sample_sde
+from opgrpo_bench.sampling import sample_sde, skip_sde_noise
 from opgrpo_bench.tasks.spec import TaskSpec
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -158,13 +159,31 @@ def _git_sha() -> str | None:
         return None
 
 
+def follower_end(rank: int, steps: int | None = None) -> dict[str, Any]:
+    """What a data-parallel rank other than 0 returns for a run: the results are rank 0's, so none here."""
+    return {"type": "run_end", "status": "completed", "rank": rank, "steps": steps, "steps_to_target": None,
+            "censored": None, "best_score": None, "final_score": None, "wall_s": 0.0}
+
+
+class _NoWriter:
+    """A data-parallel rank other than 0: records are built (for progress) but not written."""
+
+    def __init__(self, run_dir: str | Path):
+        self.path = Path(run_dir) / "metrics.jsonl"
+
+    def write(self, type_: str, **fields: Any) -> dict[str, Any]:
+        return {"type": type_, **fields}
+
+
 class Trainer:
     """Trains one (task, algorithm, seed) run and writes ``run_dir/metrics.jsonl``."""
 
     def __init__(self, task: TaskSpec, algorithm: Algorithm, config: TrainConfig, run_dir: str | Path,
                  algorithm_name: str | None = None,
-                 progress: Callable[[dict[str, Any]], None] | None = None):
+                 progress: Callable[[dict[str, Any]], None] | None = None,
+                 distributed: Distributed | None = None):
         self.task, self.algorithm, self.cfg = task, algorithm, config
+        self.dist = distributed or Distributed()
         self.algorithm_name = algorithm_name or algorithm.name
         self.run_dir = Path(run_dir)
         self.progress = progress or (lambda record: None)
@@ -188,7 +207,7 @@ class Trainer:
         self.noise_gen = torch.Generator().manual_seed(config.seed + 1_000_003)
         self.sigmas = self.backbone.sigmas(config.num_steps).to(self.device)
         self.state = RunState()
-        self.writer = ResultsWriter(self.run_dir)
+        self.writer = ResultsWriter(self.run_dir) if self.dist.is_main else _NoWriter(self.run_dir)
         self._saved_at: int | None = None  # step of the last checkpoint written or loaded
         self.evaluator = Evaluator(task, self.backbone, self.reward, self.gold, config.eval_num_steps,
                                    config.eval_guidance)
@@ -203,6 +222,8 @@ class Trainer:
         return self.evaluator()
 
     def _log_eval(self) -> dict[str, Any]:
+        if not self.dist.is_main:  # rank 0 evaluates and writes; evaluation has no collective
+            return {}
         s = self.state
         rec = self.writer.write("eval", step=s.step, samples=s.samples, nfe=s.nfe, wall_s=round(s.wall_s, 3),
                                 **self.evaluate())
@@ -252,10 +273,14 @@ class Trainer:
         cond_index = group_ids.to(self.device)
         cond = index_cond(group_cond, cond_index)
         prompts = [task.train_prompts[i] for i in prompt_ids.tolist()]
-        latents = torch.empty((N, T + 1, *self.backbone.latent_shape), device=self.device)
-        log_probs = torch.empty((N, T), device=self.device)
+        # zeros, not empty: with several processes each row is filled by its owner only, then summed
+        latents = torch.zeros((N, T + 1, *self.backbone.latent_shape), device=self.device)
+        log_probs = torch.zeros((N, T), device=self.device)
         pending = []
-        for block in (b for share in shares for b in share):
+        for g, block in enumerate(b for share in shares for b in share):
+            if not self.dist.owns(g):  # another rank samples it; keep the global noise stream
+                skip_sde_noise(self.noise_gen, len(block), T, tuple(self.backbone.latent_shape))
+                continue
             rows = block.to(self.device)
             traj = sample_sde(self.backbone, index_cond(cond, rows), noise[rows], self.sigmas, cfg.noise_level,
                               cfg.guidance, self.noise_gen, None if forced is None else forced[rows],
@@ -268,13 +293,16 @@ class Trainer:
             pending.append((rows, self.scorer.submit(self.backbone.decode(traj.latents[:, -1]),
                                                      [prompts[i].text for i in idx],
                                                      [prompts[i].meta for i in idx])))
+        self.dist.sum_(latents)  # every rank now holds the whole rollout
+        self.dist.sum_(log_probs)
         behaviour = log_probs.clone()
         if behaviour_prefix is not None:
             prefix = torch.arange(T, device=self.device)[None, :] < forced_len[:, None]
             behaviour = torch.where(prefix, behaviour_prefix, behaviour)
-        rewards = torch.empty(N, device=self.device)
+        rewards = torch.zeros(N, device=self.device)
         for rows, result in pending:
             rewards[rows] = result.result().scores.float().to(self.device)
+        self.dist.sum_(rewards)
         for i, row in plan.forced.items():  # a row that follows a whole stored trajectory keeps its reward
             if row.reward is not None:
                 rewards[i] = row.reward
@@ -287,30 +315,45 @@ class Trainer:
                           sde_steps=sde_steps)
         return rollout, shares
 
-    def update(self, batch: TrainBatch, blocks: list[torch.Tensor]) -> dict[str, Any]:
+    def update(self, batch: TrainBatch, blocks: list[torch.Tensor], first_block: int = 0) -> dict[str, Any]:
         """One optimizer step over the trained (sample, step) pairs of ``blocks``; returns its metrics.
 
         One forward (and backward) per block and trained denoising step, over the block's rows exactly
         as the sampler evaluated them; rows that are not trained at that step are evaluated but masked.
+        ``first_block`` is the global index of ``blocks[0]`` in the iteration: with several processes,
+        block ``first_block + j`` is computed by rank ``(first_block + j) % N`` and the gradients summed.
         """
         mask = batch.train_mask
         total = sum(int(mask[b].sum()) for b in blocks)
         self.optimizer.zero_grad(set_to_none=True)
-        if total == 0:  # no signal in this share: the step is spent without an update
+        if total == 0:  # no signal in this share: the step is spent without an update (on every rank)
             return {"loss/total": 0.0, "train/trained_pairs": 0}
-        calls = [(b.to(self.device), k) for b in blocks for k in range(batch.rollout.num_steps)
-                 if bool(mask[b, k].any())]
+        calls = [(b.to(self.device), k, (first_block + j) % self.dist.world_size) for j, b in enumerate(blocks)
+                 for k in range(batch.rollout.num_steps) if bool(mask[b, k].any())]
+        mine = [i for i, (_, _, owner) in enumerate(calls) if owner == self.dist.rank]
         # the reference velocities, all under one switch of the adapters (toggling them costs a walk over
         # the model's modules); the same calls as below, so the same numbers
-        v_refs: list[torch.Tensor | None] = [None] * len(calls)
-        if self.algorithm.needs_reference:
+        v_refs: dict[int, torch.Tensor | None] = {i: None for i in mine}
+        if self.algorithm.needs_reference and mine:
             with torch.no_grad(), self.backbone.reference():
-                v_refs = [self._velocity(batch.rollout, rows, k) for rows, k in calls]
-        parts = [self._micro_step(batch, rows, k, total, v_ref) for (rows, k), v_ref in zip(calls, v_refs)]
+                v_refs = {i: self._velocity(batch.rollout, calls[i][0], calls[i][1]) for i in mine}
+        own = {i: self._micro_step(batch, calls[i][0], calls[i][1], total, v_refs[i]) for i in mine}
+        per_call = 2 if self.algorithm.needs_reference else 1  # counted for every call, whoever ran it
+        self.state.nfe += sum(len(rows) for rows, _, _ in calls) * self.backbone.nfe_per_sample(self.cfg.guidance) \
+            * per_call
+        self.dist.sum_gradients(self.params)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
         self.optimizer.step()
+        parts = [own[i] for i in range(len(calls))] if not self.dist.active else self._gather_parts(own, calls, mask)
         return {**self.algorithm.summarize(parts, batch), "grad_norm": grad_norm.item(),
                 "train/trained_pairs": total}
+
+    def _gather_parts(self, own: dict[int, PairLoss], calls: list, mask: torch.Tensor) -> list[PairLoss]:
+        """Every call's per-pair statistics on every rank, in call order (for the step's metrics)."""
+        fields = {i: {"rows": p.rows, **p.stats} for i, p in own.items()}
+        lengths = [int(mask[rows.cpu(), k].sum()) for rows, k, _ in calls]
+        gathered = self.dist.gather_calls(fields, [o for _, _, o in calls], lengths)
+        return [PairLoss(loss=torch.zeros(0), rows=f.pop("rows").long(), stats=f) for f in gathered]
 
     def _velocity(self, ro: Rollout, rows: torch.Tensor, k: int) -> torch.Tensor:
         """The network call the sampler made for ``rows`` at denoising step ``k`` (same inputs and shape)."""
@@ -339,8 +382,6 @@ class Trainer:
         part = self.algorithm.loss(batch, rows[trained], k, logp[trained], mean[trained], std[trained], ref_mean,
                                    (sigma_next - sigma)[trained])
         (part.loss.sum() / total).backward()
-        calls = 2 if v_ref is not None else 1
-        self.state.nfe += n * self.backbone.nfe_per_sample(cfg.guidance) * calls
         return part
 
     def _check_rewards(self, rollout: Rollout) -> None:
@@ -363,10 +404,12 @@ class Trainer:
         # checkpoint at this iteration's end to hold the buffer that the next rollout reads
         common.update(self.algorithm.observe(rollout))
         self.state.iteration += 1
+        first = 0
         for blocks in shares:
             if self.state.step >= self.cfg.steps:
                 break
-            metrics = self.update(batch, blocks)
+            metrics = self.update(batch, blocks, first)
+            first += len(blocks)
             s = self.state
             s.step += 1
             if self.ema is not None:
@@ -388,7 +431,7 @@ class Trainer:
             algorithm=self.algorithm_name, algorithm_class=type(self.algorithm).__name__, seed=self.cfg.seed,
             config={"train": dataclasses.asdict(self.cfg), "algorithm": algo_cfg}, config_hash=config_hash,
             target=self.task.target, higher_is_better=self.task.higher_is_better, budget_steps=self.cfg.steps,
-            reward=self.task.reward, eval_metric=self.task.eval_metric, world_size=1,
+            reward=self.task.reward, eval_metric=self.task.eval_metric, world_size=self.dist.world_size,
             gold_reward=self.task.gold_reward, gold_reward_args=self.task.gold_reward_args,
             precision=str(getattr(self.backbone, "dtype", torch.float32)),
             versions=_versions(), git_sha=_git_sha(), device=self._device_name(),
@@ -409,10 +452,12 @@ class Trainer:
         """
         try:
             if resume and self.load_checkpoint():
-                truncate_after_step(self.writer.path, self.state.step, budget_steps=self.cfg.steps)
+                if self.dist.is_main:
+                    truncate_after_step(self.writer.path, self.state.step, budget_steps=self.cfg.steps)
             else:
-                for stale in (self.writer.path, self.run_dir / CHECKPOINT):
-                    stale.unlink(missing_ok=True)
+                if self.dist.is_main:
+                    for stale in (self.writer.path, self.run_dir / CHECKPOINT):
+                        stale.unlink(missing_ok=True)
                 self.writer.write("run_start", **self.run_start_record(run_id, config_hash))
                 self._log_eval()
                 self.save_checkpoint()
@@ -436,6 +481,8 @@ class Trainer:
         folders in the run directory (:mod:`opgrpo_bench.export`)."""
         from opgrpo_bench.export import ADAPTER_DIRS, save_adapter
 
+        if not self.dist.is_main:
+            return
         transformer = self.backbone.transformer
         save_adapter(transformer, self.run_dir / ADAPTER_DIRS["final"])
         if self.ema is not None:
@@ -447,6 +494,8 @@ class Trainer:
         return self.state.step == self.state.iteration * self.cfg.optimizer_steps_per_iter
 
     def finish(self) -> dict[str, Any]:
+        if not self.dist.is_main:  # the results are rank 0's
+            return follower_end(self.dist.rank, self.state.step)
         evals = [r for r in read_records(self.writer.path) if r.get("type") == "eval"]
         hit = first_reaching(evals, self.task.target, self.task.higher_is_better)
         scores = [e["score"] for e in evals if e.get("score") is not None]
@@ -465,6 +514,9 @@ class Trainer:
     def save_checkpoint(self) -> None:
         """Write the state between two iterations (atomically; safetensors + JSON, no pickle)."""
         if not self._at_boundary() or self._saved_at == self.state.step:
+            return
+        if not self.dist.is_main:  # every rank holds the same state; rank 0 writes it
+            self._saved_at = self.state.step
             return
         state = {
             "state": dataclasses.asdict(self.state),
