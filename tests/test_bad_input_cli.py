@@ -129,6 +129,11 @@ CASES: list[tuple[str, list[str], str]] = [
      "image 'missing.png' does not exist"),
     ("score-bad-metadata", ["score", "--reward", "digit-classifier", "--prompt", "a 3", "--metadata", "[1]",
                             "img.png"], "--metadata must be a JSON object"),
+    # data parallelism: checked before any process starts
+    ("num-processes-0", [*RUN, "--num-processes", "0"], "--num-processes must be >= 1"),
+    ("num-processes-suite", ["run", "--quick", "--out", "runs", "--num-processes", "2"],
+     "--num-processes trains given runs (--task/--algorithm/--seed or a run file), not a suite"),
+    ("num-processes-bad-setting", [*sets("lr=0"), "--num-processes", "2"], "invalid setting lr=0: must be > 0"),
     # eval
     ("eval-not-a-run", ["eval", "empty"], "empty is not a run directory (no metrics.jsonl)"),
     ("eval-no-adapter", ["eval", "runs/digits-v1__op-grpo__seed0"], "has no ema adapter (lora_ema/"),
