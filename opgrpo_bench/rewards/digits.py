@@ -54,16 +54,23 @@ def train_digit_classifier(x_train: torch.Tensor, y_train: torch.Tensor, x_test:
 
     Light pixel-noise augmentation makes the classifier less brittle on generated images.
     """
-    gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    model = DigitClassifier()
+    return _fit(DigitClassifier(), x_train, y_train, x_test, y_test, seed, epochs, batch=256, shift=False)
+
+
+def _fit(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor,
+         seed: int, epochs: int, batch: int, shift: bool) -> tuple[Any, float]:
+    """The classifiers' training loop: AdamW, seeded shuffles, pixel noise (and one-pixel shifts when
+    ``shift``); returns (model in eval mode, accuracy on the test images)."""
+    gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-3)
     n = x_train.shape[0]
     for _ in range(epochs):
         perm = torch.randperm(n, generator=gen)
-        for i in range(0, n, 256):
-            idx = perm[i:i + 256]
-            x = (x_train[idx] + 0.05 * torch.randn(x_train[idx].shape, generator=gen)).clamp(0, 1)
+        for i in range(0, n, batch):
+            idx = perm[i:i + batch]
+            x = _shift(x_train[idx], gen) if shift else x_train[idx]
+            x = (x + 0.05 * torch.randn(x.shape, generator=gen)).clamp(0, 1)
             loss = nn.functional.cross_entropy(model(x), y_train[idx])
             opt.zero_grad()
             loss.backward()
@@ -109,25 +116,8 @@ def train_gold_classifier(x_train: torch.Tensor, y_train: torch.Tensor, x_test: 
     Called with the digits split the other way round (trained on the 20% test split, measured on the 80%
     the reward classifier trained on). Shifts of one pixel and pixel noise make up for the small set.
     """
-    gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    model = GoldDigitClassifier()
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-3)
-    n = x_train.shape[0]
-    for _ in range(epochs):
-        perm = torch.randperm(n, generator=gen)
-        for i in range(0, n, 128):
-            idx = perm[i:i + 128]
-            x = _shift(x_train[idx], gen)
-            x = (x + 0.05 * torch.randn(x.shape, generator=gen)).clamp(0, 1)
-            loss = nn.functional.cross_entropy(model(x), y_train[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    model.eval()
-    with torch.no_grad():
-        acc = (model(x_test).argmax(-1) == y_test).float().mean().item()
-    return model, acc
+    return _fit(GoldDigitClassifier(), x_train, y_train, x_test, y_test, seed, epochs, batch=128, shift=True)
 
 
 CLASSIFIERS = {"reward": (DigitClassifier, "classifier"), "gold": (GoldDigitClassifier, "gold_classifier")}
