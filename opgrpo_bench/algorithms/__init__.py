@@ -19,6 +19,10 @@ PRESETS = {
     "op-grpo-no-truncation": Preset(_OP, {"t_off": 10**9}, "ablation: whole stored trajectory, stored reward"),
     "op-grpo-rho5": Preset(_OP, {"replay_proportion": 0.05}, "ablation: replay proportion 5%"),
     "op-grpo-rho25": Preset(_OP, {"replay_proportion": 0.25}, "ablation: replay proportion 25%"),
+    "flow-grpo-fast": Preset("opgrpo_bench.algorithms.flow_grpo_fast:FlowGRPOFast", {},
+                             "Flow-GRPO-Fast: SDE in a random 2-step window of the first half, ODE elsewhere"),
+    "mixgrpo": Preset("opgrpo_bench.algorithms.mixgrpo:MixGRPO", {},
+                      "MixGRPO: a sliding SDE window that advances over training, ODE elsewhere"),
 }
 
 for _name, _preset in PRESETS.items():
