@@ -45,6 +45,8 @@ def run(
     fresh: Annotated[bool, typer.Option("--fresh", help="retrain runs that already exist")] = False,
     leaderboard_out: Annotated[Optional[Path], typer.Option(
         "--leaderboard-out", help=f"report directory (suites) [default: {LEADERBOARD_OUT}]")] = None,
+    log: Annotated[Optional[list[str]], typer.Option(
+        "--log", help="also mirror the records to tensorboard or wandb (offline); repeatable")] = None,
     num_processes: Annotated[int, typer.Option(
         "--num-processes", help="data-parallel processes per run (gloo on CPU, NCCL on GPUs); results do not "
                                 "depend on it")] = 1,
@@ -122,8 +124,12 @@ def run(
     seeds = list(dict.fromkeys(seed or [0]))
     check_output_dir(out, "--out")
     combos = [(t, a, s) for t in tasks for a in algorithms for s in seeds]
+    if log:
+        from opgrpo_bench.mirrors import check_mirrors
+
+        log = check_mirrors(log)
     ends = run_grid(combos, out, steps, list(set_ or []), jobs=min(jobs, len(combos)), resume=not fresh,
-                    console=console)
+                    console=console, log=log)
     if not dist.is_main:
         return
     for (t, a, s), end in zip(combos, ends):

@@ -147,8 +147,11 @@ def plan_run(resolved: ResolvedRun, run_dir: Path, resume: bool = True) -> tuple
 
 def run_one(task: str, algorithm: str, seed: int, out: str | Path = "runs", steps: int | None = None,
             sets: list[str] | None = None, resume: bool = True,
-            progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+            progress: Callable[[dict[str, Any]], None] | None = None,
+            log: list[str] | None = None) -> dict[str, Any]:
     """Train one run into ``out/<run_id>/``; returns its ``run_end`` record.
+
+    ``log`` names mirrors of the records (``tensorboard``, ``wandb``; :mod:`opgrpo_bench.mirrors`).
 
     With ``resume`` a finished run of the same configuration is returned as is and an interrupted one
     continues exactly from its last checkpoint (:func:`plan_run`). The run directory is locked for the
@@ -160,15 +163,19 @@ def run_one(task: str, algorithm: str, seed: int, out: str | Path = "runs", step
     resolved = resolve(task, algorithm, seed, steps, sets)
     run_dir = Path(out) / resolved.run_id
     dist = Distributed.from_environment()
+    if log:
+        from opgrpo_bench.mirrors import check_mirrors
+
+        log = check_mirrors(log)
     if dist.active:
-        return _run_one_of_many(resolved, run_dir, resume, progress, dist)
+        return _run_one_of_many(resolved, run_dir, resume, progress, dist, log or [])
     plan_run(resolved, run_dir, resume)  # refuse before creating or locking anything
     with RunLock(run_dir):
         action, end = plan_run(resolved, run_dir, resume)  # again, now that no one else can write
         if action == "done":
             return end
         trainer = Trainer(resolved.task, resolved.algorithm, resolved.train_config, run_dir,
-                          algorithm_name=resolved.algorithm_name, progress=progress)
+                          algorithm_name=resolved.algorithm_name, progress=progress, mirrors=log or [])
         return trainer.run(resolved.run_id, resume=action == "resume", config_hash=config_hash(resolved))
 
 
@@ -176,7 +183,8 @@ _ACTIONS = ("fresh", "resume", "done")
 
 
 def _run_one_of_many(resolved: ResolvedRun, run_dir: Path, resume: bool,
-                     progress: Callable[[dict[str, Any]], None] | None, dist: Distributed) -> dict[str, Any]:
+                     progress: Callable[[dict[str, Any]], None] | None, dist: Distributed,
+                     log: list[str]) -> dict[str, Any]:
     """One rank of a data-parallel run: rank 0 locks the run directory and decides (fresh / resume /
     done), every rank follows its decision (a refusal is raised on rank 0 and ends the launch)."""
     from contextlib import nullcontext
@@ -190,5 +198,6 @@ def _run_one_of_many(resolved: ResolvedRun, run_dir: Path, resume: bool,
         if action == "done":
             return end if dist.is_main else follower_end(dist.rank)
         trainer = Trainer(resolved.task, resolved.algorithm, resolved.train_config, run_dir,
-                          algorithm_name=resolved.algorithm_name, progress=progress, distributed=dist)
+                          algorithm_name=resolved.algorithm_name, progress=progress, distributed=dist,
+                          mirrors=log)
         return trainer.run(resolved.run_id, resume=action == "resume", config_hash=config_hash(resolved))

@@ -135,7 +135,7 @@ def interruptible(fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
 
 
 def _worker(task: str, algorithm: str, seed: int, out: str, steps: int | None, sets: list[str],
-            resume: bool, updates: Any) -> dict[str, Any]:
+            resume: bool, updates: Any, log: list[str] | None = None) -> dict[str, Any]:
     """Runs in a worker process; streams step/eval records to the parent through ``updates``."""
     import os
 
@@ -149,7 +149,7 @@ def _worker(task: str, algorithm: str, seed: int, out: str, steps: int | None, s
             updates.put((key, record))
 
     return interruptible(lambda: run_one(task, algorithm, seed, out=out, steps=steps, sets=sets, resume=resume,
-                                         progress=progress))
+                                         progress=progress, log=log))
 
 
 class _CtrlC:
@@ -203,7 +203,7 @@ def _kill_workers(pool: ProcessPoolExecutor) -> None:
 
 def run_grid(combos: list[tuple[str, str, int]], out: str | Path, steps: int | None = None,
              sets: list[str] | None = None, jobs: int = 1, resume: bool = True,
-             console: Any = None) -> list[dict[str, Any]]:
+             console: Any = None, log: list[str] | None = None) -> list[dict[str, Any]]:
     """Train every (task, algorithm, seed) in ``combos`` with ``jobs`` worker processes.
 
     Returns the ``run_end`` records in ``combos`` order. All runs are validated (names, settings) before
@@ -244,7 +244,7 @@ def run_grid(combos: list[tuple[str, str, int]], out: str | Path, steps: int | N
             for combo in combos:
                 try:
                     results[combo] = run_one(*combo, out=out, steps=steps, sets=list(sets or []), resume=resume,
-                                             progress=lambda rec, c=combo: board.update(c, rec))
+                                             progress=lambda rec, c=combo: board.update(c, rec), log=log)
                 except (RunInterrupted, KeyboardInterrupt) as err:
                     step = getattr(err, "step", None)
                     board.interrupted(combo, step)
@@ -266,7 +266,7 @@ def run_grid(combos: list[tuple[str, str, int]], out: str | Path, steps: int | N
                                          initargs=(stop,)) as pool:
                     updates = manager.Queue()
                     futures: dict[Future, tuple[str, str, int]] = {
-                        pool.submit(_worker, *c, str(out), steps, list(sets or []), resume, updates): c
+                        pool.submit(_worker, *c, str(out), steps, list(sets or []), resume, updates, log): c
                         for c in combos}
                     ctrl_c.watch()
                     pending = set(futures)

@@ -40,7 +40,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -175,14 +175,29 @@ class _NoWriter:
         return {"type": type_, **fields}
 
 
+class _MirroredWriter:
+    """The results writer, then each mirror (``--log``): the JSONL record is written first, and stays the
+    source of truth."""
+
+    def __init__(self, writer: Any, mirrors: list[Any]):
+        self.inner, self.mirrors, self.path = writer, mirrors, writer.path
+
+    def write(self, type_: str, **fields: Any) -> dict[str, Any]:
+        record = self.inner.write(type_, **fields)
+        for mirror in self.mirrors:
+            mirror.write(record)
+        return record
+
+
 class Trainer:
     """Trains one (task, algorithm, seed) run and writes ``run_dir/metrics.jsonl``."""
 
     def __init__(self, task: TaskSpec, algorithm: Algorithm, config: TrainConfig, run_dir: str | Path,
                  algorithm_name: str | None = None,
                  progress: Callable[[dict[str, Any]], None] | None = None,
-                 distributed: Distributed | None = None):
+                 distributed: Distributed | None = None, mirrors: Sequence[str] = ()):
         self.task, self.algorithm, self.cfg = task, algorithm, config
+        self.mirror_names = list(mirrors)  # --log: TensorBoard / wandb copies of the records (mirrors.py)
         self.dist = distributed or Distributed()
         self.algorithm_name = algorithm_name or algorithm.name
         self.run_dir = Path(run_dir)
@@ -450,6 +465,12 @@ class Trainer:
         replays from there (the budget in ``run_start`` becomes this config's). Ctrl-C raises
         :class:`RunInterrupted` with the last step written.
         """
+        mirrors: list[Any] = []
+        if self.mirror_names and self.dist.is_main:
+            from opgrpo_bench.mirrors import open_mirrors
+
+            mirrors = open_mirrors(self.mirror_names, self.run_dir, self.run_start_record(run_id, config_hash))
+            self.writer = _MirroredWriter(self.writer, mirrors)
         try:
             if resume and self.load_checkpoint():
                 if self.dist.is_main:
@@ -475,6 +496,8 @@ class Trainer:
             raise RunInterrupted(self.state.step) from None
         finally:
             self.scorer.close()
+            for mirror in mirrors:
+                mirror.close()
 
     def export_adapters(self) -> None:
         """The final LoRA weights and (with an EMA) the EMA weights the evaluations used, as diffusers LoRA
