@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from opgrpo_bench.backbones.base import Backbone, Cond
-from opgrpo_bench.core.sde import ode_step, sde_step_with_logprob
+from opgrpo_bench.core.sde import ode_step, transition_function
 
 
 @dataclass
@@ -44,6 +44,7 @@ def sample_sde(
     ode_after_forced: bool | torch.Tensor = False,
     logprob_reduction: str = "mean",
     sde_steps: torch.Tensor | None = None,
+    transition: str = "sde",
 ) -> Trajectories:
     """Roll out the Flow-GRPO SDE from ``noise`` [N, *shape] along ``sigmas`` [T+1].
 
@@ -55,11 +56,14 @@ def sample_sde(
             (OP-GRPO's ``suffix = "ode"``).
         sde_steps: [T] bool, the transitions sampled by the SDE; the others are ODE steps for every unforced
             row (windowed samplers), their log-probs meaningless. None = all SDE.
+        transition: ``"sde"`` (Flow-GRPO's SDE step) or ``"cps"`` (the coefficient-preserving step), see
+            :func:`opgrpo_bench.core.sde.transition_function`; both draw one noise tensor per step.
 
     Noise is drawn for every row at every step whatever the row does, so the random stream does not depend
     on forcing or on ODE steps.
     """
     n, steps = noise.shape[0], len(sigmas) - 1
+    step_fn = transition_function(transition)
     x = noise.clone()
     ode_mask = torch.zeros(n, dtype=torch.bool, device=noise.device)
     if forced is not None:
@@ -70,7 +74,7 @@ def sample_sde(
     for k in range(steps):
         sigma, sigma_next = sigmas[k].expand(n), sigmas[k + 1].expand(n)
         v = backbone.velocity(x, sigma, cond, guidance)
-        x_next, logp, _, _ = sde_step_with_logprob(
+        x_next, logp, _, _ = step_fn(
             v, sigma, sigma_next, x, noise_level, generator=generator, sigma_max=sigmas[1],
             logprob_reduction=logprob_reduction)
         ode_step_all = sde_steps is not None and not bool(sde_steps[k])
@@ -82,7 +86,7 @@ def sample_sde(
                     stored = forced[:, min(k + 1, forced.shape[1] - 1)].to(x.dtype)
                     x_next = torch.where(_rows(replay, x), stored, x_next)
                 x_next = torch.where(_rows(ode_rows, x), ode_step(v, sigma, sigma_next, x).to(x.dtype), x_next)
-                _, logp, _, _ = sde_step_with_logprob(
+                _, logp, _, _ = step_fn(
                     v, sigma, sigma_next, x, noise_level, prev_sample=x_next, sigma_max=sigmas[1],
                     logprob_reduction=logprob_reduction)
         x = x_next

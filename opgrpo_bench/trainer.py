@@ -49,7 +49,7 @@ from opgrpo_bench.algorithms.base import Algorithm, PairLoss, Rollout, TrainBatc
 from opgrpo_bench.backbones.base import Backbone, index_cond
 from opgrpo_bench.checkpoint import CheckpointError, load_state, save_state
 from opgrpo_bench.core.ema import ParameterEMA
-from opgrpo_bench.core.sde import sde_step_with_logprob
+from opgrpo_bench.core.sde import transition_function
 from opgrpo_bench.distributed import Distributed
 from opgrpo_bench.errors import RunInterrupted, UserError
 from opgrpo_bench.evaluation import Evaluator
@@ -300,7 +300,8 @@ class Trainer:
             traj = sample_sde(self.backbone, index_cond(cond, rows), noise[rows], self.sigmas, cfg.noise_level,
                               cfg.guidance, self.noise_gen, None if forced is None else forced[rows],
                               forced_len[rows], ode_after_forced=ode_after[rows],
-                              logprob_reduction=cfg.logprob_reduction, sde_steps=sde_steps)
+                              logprob_reduction=cfg.logprob_reduction, sde_steps=sde_steps,
+                              transition=self.algorithm.transition)
             latents[rows] = traj.latents.to(latents.dtype)
             log_probs[rows] = traj.log_probs
             # scoring this block (on the worker thread) overlaps the sampling of the next one
@@ -388,11 +389,12 @@ class Trainer:
         x, x_next = ro.latents[rows, k], ro.latents[rows, k + 1]
         sigma, sigma_next = ro.sigmas[k].expand(n), ro.sigmas[k + 1].expand(n)
         v = self._velocity(ro, rows, k)
-        _, logp, mean, std = sde_step_with_logprob(v, sigma, sigma_next, x, cfg.noise_level, prev_sample=x_next,
+        step_fn = transition_function(self.algorithm.transition)
+        _, logp, mean, std = step_fn(v, sigma, sigma_next, x, cfg.noise_level, prev_sample=x_next,
                                                    sigma_max=ro.sigmas[1], logprob_reduction=cfg.logprob_reduction)
         ref_mean = None
         if v_ref is not None:
-            ref_mean = sde_step_with_logprob(v_ref, sigma, sigma_next, x, cfg.noise_level, prev_sample=x_next,
+            ref_mean = step_fn(v_ref, sigma, sigma_next, x, cfg.noise_level, prev_sample=x_next,
                                              sigma_max=ro.sigmas[1])[2][trained]
         part = self.algorithm.loss(batch, rows[trained], k, logp[trained], mean[trained], std[trained], ref_mean,
                                    (sigma_next - sigma)[trained])

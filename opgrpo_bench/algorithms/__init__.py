@@ -21,6 +21,8 @@ PRESETS = {
     "op-grpo-rho25": Preset(_OP, {"replay_proportion": 0.25}, "ablation: replay proportion 25%"),
     "flow-grpo-fast": Preset("opgrpo_bench.algorithms.flow_grpo_fast:FlowGRPOFast", {},
                              "Flow-GRPO-Fast: SDE in a random 2-step window of the first half, ODE elsewhere"),
+    "flow-grpo-cps": Preset("opgrpo_bench.algorithms.flow_grpo_cps:FlowGRPOCPS", {},
+                            "Flow-GRPO with the coefficient-preserving sampler (CPS), clip 1e-5"),
     "mixgrpo": Preset("opgrpo_bench.algorithms.mixgrpo:MixGRPO", {},
                       "MixGRPO: a sliding SDE window that advances over training, ODE elsewhere"),
 }

@@ -142,6 +142,9 @@ class Algorithm:
 
     name = "algorithm"
     config_cls: type = object
+    transition = "sde"
+    """The stochastic step the rollouts use and the ratios are computed with: ``"sde"`` (Flow-GRPO) or
+    ``"cps"`` (coefficient-preserving); :func:`opgrpo_bench.core.sde.transition_function`."""
 
     def __init__(self, config: Any | None = None):
         self.config = config or self.config_cls()

@@ -32,6 +32,7 @@ __all__ = [
     "ode_step",
     "sde_step_with_logprob",
     "cps_step_with_logprob",
+    "transition_function",
 ]
 
 LogprobReduction = Literal["mean", "sum"]
@@ -311,3 +312,15 @@ def cps_step_with_logprob(
     log_prob = -((target - prev_sample_mean) ** 2)
     log_prob = _reduce_non_batch(log_prob, logprob_reduction)
     return prev_sample, log_prob, prev_sample_mean, std_dev_t.expand(x.shape[0], *std_dev_t.shape[1:])
+
+
+TRANSITIONS = {"sde": sde_step_with_logprob, "cps": cps_step_with_logprob}
+"""The stochastic transitions an algorithm may sample with (same signature and returns)."""
+
+
+def transition_function(name: str):
+    """:func:`sde_step_with_logprob` for ``"sde"``, :func:`cps_step_with_logprob` for ``"cps"``."""
+    try:
+        return TRANSITIONS[name]
+    except KeyError:
+        raise ValueError(f"transition must be one of {sorted(TRANSITIONS)}, not {name!r}") from None

@@ -1,0 +1,32 @@
+"""Flow-GRPO with the coefficient-preserving sampler (CPS; Flow-GRPO's ``sde_type="cps"``).
+
+The rollouts take :func:`opgrpo_bench.core.sde.cps_step_with_logprob` instead of the SDE step: the
+next latent is ``(1 - sigma') x0_hat + sqrt(sigma'^2 - s^2) eps_hat + s eps`` with
+``s = sigma' sin(a pi / 2)``, so the noise and signal coefficients stay those of the flow's marginal at
+``sigma'`` (docs/ALGORITHMS.md, section 1). Its "log-prob" is ``-mean((x' - mean)^2)``, without the
+variance and constants, so ratios live on another scale than the SDE's: Flow-GRPO's CPS configurations
+clip at 1e-5 (and sample with noise level 0.8, a trainer setting: ``--set noise_level=0.8``). The update
+is Flow-GRPO's, unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from opgrpo_bench.algorithms.flow_grpo import FlowGRPO, FlowGRPOConfig
+
+
+@dataclass
+class FlowGRPOCPSConfig(FlowGRPOConfig):
+    """Flow-GRPO's settings with CPS's own clip range."""
+
+    clip_range: float = 1e-5
+    """The PPO clip on CPS's ratio scale (Flow-GRPO's CPS configurations)."""
+
+
+class FlowGRPOCPS(FlowGRPO):
+    """Flow-GRPO sampling and training with the coefficient-preserving step."""
+
+    name = "flow-grpo-cps"
+    config_cls = FlowGRPOCPSConfig
+    transition = "cps"
