@@ -197,7 +197,9 @@ class Trainer:
                  progress: Callable[[dict[str, Any]], None] | None = None,
                  distributed: Distributed | None = None, mirrors: Sequence[str] = ()):
         self.task, self.algorithm, self.cfg = task, algorithm, config
-        self.mirror_names = list(mirrors)  # --log: TensorBoard / wandb copies of the records (mirrors.py)
+        self.mirror_names = list(mirrors)
+        # the stochastic step's noise level: the trainer's setting unless the algorithm has its own
+        self.noise_level = algorithm.noise_level(config.noise_level)  # --log: TensorBoard / wandb copies of the records (mirrors.py)
         self.dist = distributed or Distributed()
         self.algorithm_name = algorithm_name or algorithm.name
         self.run_dir = Path(run_dir)
@@ -268,6 +270,8 @@ class Trainer:
         order = torch.randperm(N, generator=self.prompt_gen)
         shares = plan_blocks(order, cfg.optimizer_steps_per_iter, cfg.micro_batch)
         noise = torch.randn((N, *self.backbone.latent_shape), generator=self.noise_gen).to(self.device)
+        if plan.shared_noise:  # every member of a group starts from its first member's noise (drawn anyway)
+            noise = noise[torch.arange(N, device=noise.device) // G * G]
 
         # rows that follow a stored trajectory for their first transitions
         forced_len = torch.zeros(N, dtype=torch.long, device=self.device)
@@ -297,7 +301,7 @@ class Trainer:
                 skip_sde_noise(self.noise_gen, len(block), T, tuple(self.backbone.latent_shape))
                 continue
             rows = block.to(self.device)
-            traj = sample_sde(self.backbone, index_cond(cond, rows), noise[rows], self.sigmas, cfg.noise_level,
+            traj = sample_sde(self.backbone, index_cond(cond, rows), noise[rows], self.sigmas, self.noise_level,
                               cfg.guidance, self.noise_gen, None if forced is None else forced[rows],
                               forced_len[rows], ode_after_forced=ode_after[rows],
                               logprob_reduction=cfg.logprob_reduction, sde_steps=sde_steps,
@@ -390,11 +394,11 @@ class Trainer:
         sigma, sigma_next = ro.sigmas[k].expand(n), ro.sigmas[k + 1].expand(n)
         v = self._velocity(ro, rows, k)
         step_fn = transition_function(self.algorithm.transition)
-        _, logp, mean, std = step_fn(v, sigma, sigma_next, x, cfg.noise_level, prev_sample=x_next,
+        _, logp, mean, std = step_fn(v, sigma, sigma_next, x, self.noise_level, prev_sample=x_next,
                                                    sigma_max=ro.sigmas[1], logprob_reduction=cfg.logprob_reduction)
         ref_mean = None
         if v_ref is not None:
-            ref_mean = step_fn(v_ref, sigma, sigma_next, x, cfg.noise_level, prev_sample=x_next,
+            ref_mean = step_fn(v_ref, sigma, sigma_next, x, self.noise_level, prev_sample=x_next,
                                              sigma_max=ro.sigmas[1])[2][trained]
         part = self.algorithm.loss(batch, rows[trained], k, logp[trained], mean[trained], std[trained], ref_mean,
                                    (sigma_next - sigma)[trained])

@@ -23,6 +23,8 @@ PRESETS = {
                              "Flow-GRPO-Fast: SDE in a random 2-step window of the first half, ODE elsewhere"),
     "flow-grpo-cps": Preset("opgrpo_bench.algorithms.flow_grpo_cps:FlowGRPOCPS", {},
                             "Flow-GRPO with the coefficient-preserving sampler (CPS), clip 1e-5"),
+    "dance-grpo": Preset("opgrpo_bench.algorithms.dance_grpo:DanceGRPO", {},
+                         "DanceGRPO: constant-noise SDE, shared group noise, random 60% of steps trained"),
     "mixgrpo": Preset("opgrpo_bench.algorithms.mixgrpo:MixGRPO", {},
                       "MixGRPO: a sliding SDE window that advances over training, ODE elsewhere"),
 }

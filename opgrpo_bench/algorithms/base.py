@@ -59,11 +59,14 @@ class RolloutPlan:
         forced: row index -> :class:`ForcedRow` for rows that follow a stored trajectory.
         sde_steps: [T] bool, which transitions use the SDE (the rest the ODE, the same for every row);
             None = all of them.
+        shared_noise: the group shares one initial noise (see the field).
     """
 
     prompt_ids: list[int]
     forced: dict[int, ForcedRow] = field(default_factory=dict)
     sde_steps: torch.Tensor | None = None
+    shared_noise: bool = False
+    """Every member of a group starts from the same initial noise (DanceGRPO), that of its first row."""
 
 
 @dataclass
@@ -142,6 +145,11 @@ class Algorithm:
 
     name = "algorithm"
     config_cls: type = object
+    def noise_level(self, trainer_noise_level: float) -> float:
+        """The noise level of the stochastic step: the trainer's ``noise_level`` setting by default (an
+        algorithm whose step has its own parameter, e.g. DanceGRPO's constant eta, returns that)."""
+        return trainer_noise_level
+
     transition = "sde"
     """The stochastic step the rollouts use and the ratios are computed with: ``"sde"`` (Flow-GRPO) or
     ``"cps"`` (coefficient-preserving); :func:`opgrpo_bench.core.sde.transition_function`."""

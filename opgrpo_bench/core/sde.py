@@ -32,6 +32,7 @@ __all__ = [
     "ode_step",
     "sde_step_with_logprob",
     "cps_step_with_logprob",
+    "constant_noise_sde_step_with_logprob",
     "transition_function",
 ]
 
@@ -244,11 +245,45 @@ def sde_step_with_logprob(
     """
     _check_noise_level(noise_level)
     x = sample.float()
+    sigma_t = expand_like(sigma, x)
+    std_dev_t = sde_noise_scale(sigma_t, noise_level, sigma_max)
+    return _flow_sde_step(model_output, sigma, sigma_next, sample, std_dev_t, prev_sample, generator,
+                          logprob_reduction)
+
+
+def constant_noise_sde_step_with_logprob(
+    model_output: torch.Tensor,
+    sigma: torch.Tensor | float,
+    sigma_next: torch.Tensor | float,
+    sample: torch.Tensor,
+    noise_level: float = 0.3,
+    prev_sample: torch.Tensor | None = None,
+    generator: GeneratorLike = None,
+    sigma_max: torch.Tensor | float | None = None,
+    logprob_reduction: LogprobReduction = "mean",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The same flow SDE step with a constant diffusion coefficient ``s = a`` (DanceGRPO's choice; Flow-GRPO's
+    is ``a * sqrt(sigma / (1 - sigma))``): the mean, the noise ``s * sqrt(-dt) * eps`` and the log-density
+    are those of :func:`sde_step_with_logprob` with this ``s``. It never diverges, so ``sigma_max`` is
+    accepted for a common signature and ignored. DanceGRPO's default ``a`` is 0.3.
+    """
+    _check_noise_level(noise_level)
+    del sigma_max
+    x = sample.float()
+    std_dev_t = torch.full_like(expand_like(sigma, x), float(noise_level))
+    return _flow_sde_step(model_output, sigma, sigma_next, sample, std_dev_t, prev_sample, generator,
+                          logprob_reduction)
+
+
+def _flow_sde_step(model_output: torch.Tensor, sigma: torch.Tensor | float, sigma_next: torch.Tensor | float,
+                   sample: torch.Tensor, std_dev_t: torch.Tensor, prev_sample: torch.Tensor | None,
+                   generator: GeneratorLike, logprob_reduction: LogprobReduction):
+    """The flow SDE step for a given diffusion coefficient ``std_dev_t`` ([B, 1, ..., 1]); see
+    :func:`sde_step_with_logprob` for the formulas and returns."""
+    x = sample.float()
     v = model_output.float()
     sigma_t = expand_like(sigma, x)
     dt = expand_like(sigma_next, x) - sigma_t
-
-    std_dev_t = sde_noise_scale(sigma_t, noise_level, sigma_max)
     s2 = std_dev_t**2
     prev_sample_mean = x * (1 + s2 * dt / (2 * sigma_t)) + v * (1 + s2 * (1 - sigma_t) / (2 * sigma_t)) * dt
     step_std = std_dev_t * torch.sqrt(-dt)
@@ -314,12 +349,14 @@ def cps_step_with_logprob(
     return prev_sample, log_prob, prev_sample_mean, std_dev_t.expand(x.shape[0], *std_dev_t.shape[1:])
 
 
-TRANSITIONS = {"sde": sde_step_with_logprob, "cps": cps_step_with_logprob}
+TRANSITIONS = {"sde": sde_step_with_logprob, "cps": cps_step_with_logprob,
+               "sde-constant": constant_noise_sde_step_with_logprob}
 """The stochastic transitions an algorithm may sample with (same signature and returns)."""
 
 
 def transition_function(name: str):
-    """:func:`sde_step_with_logprob` for ``"sde"``, :func:`cps_step_with_logprob` for ``"cps"``."""
+    """:func:`sde_step_with_logprob` for ``"sde"``, :func:`cps_step_with_logprob` for ``"cps"``,
+    :func:`constant_noise_sde_step_with_logprob` for ``"sde-constant"``."""
     try:
         return TRANSITIONS[name]
     except KeyError:

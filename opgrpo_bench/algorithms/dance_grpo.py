@@ -1,0 +1,71 @@
+"""DanceGRPO: GRPO over flow SDE trajectories with shared group noise and a random subset of trained steps.
+
+What differs from Flow-GRPO (DanceGRPO's paper and public code, as read for this project):
+
+- **The SDE's diffusion coefficient is constant**, ``s = eta`` (default 0.3), instead of Flow-GRPO's
+  ``a * sqrt(sigma / (1 - sigma))``: the same drift-corrected flow SDE step otherwise
+  (:func:`opgrpo_bench.core.sde.constant_noise_sde_step_with_logprob`); ``eta`` is this algorithm's
+  setting, the trainer's ``noise_level`` is not used.
+- **Shared initial noise within a group**: the members of a group start from the same ``x_T`` and
+  differ only through the SDE noise, so the group compares what the sampler's choices did.
+- **A random subset of the transitions is trained**: each iteration a fraction ``timestep_fraction``
+  (0.6) of the T transitions, drawn without replacement, the same for every sample of the iteration.
+
+Advantages, clipping and the KL term are Flow-GRPO's (DanceGRPO's own code uses per-group advantage
+normalisation and no KL; choose ``global_std=False``, ``beta=0`` with ``--set`` to follow it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from opgrpo_bench.algorithms.base import RolloutPlan
+from opgrpo_bench.algorithms.flow_grpo import FlowGRPO, FlowGRPOConfig
+
+
+@dataclass
+class DanceGRPOConfig(FlowGRPOConfig):
+    """DanceGRPO's sampler and timestep selection on top of Flow-GRPO's update."""
+
+    eta: float = 0.3
+    """Constant diffusion coefficient of the SDE."""
+    timestep_fraction: float = 0.6
+    """Fraction of the T transitions trained each iteration (at least one), drawn at random."""
+
+
+class DanceGRPO(FlowGRPO):
+    """DanceGRPO: constant-noise SDE, shared group noise, a random subset of trained transitions."""
+
+    name = "dance-grpo"
+    config_cls = DanceGRPOConfig
+    config: DanceGRPOConfig
+    transition = "sde-constant"
+
+    def __init__(self, config: DanceGRPOConfig | None = None):
+        super().__init__(config)
+        if not self.config.eta > 0:
+            raise ValueError(f"eta must be > 0, not {self.config.eta}")
+        if not 0.0 < self.config.timestep_fraction <= 1.0:
+            raise ValueError(f"timestep_fraction must be in (0, 1], not {self.config.timestep_fraction}")
+        self._steps: torch.Tensor | None = None  # this iteration's trained transitions (set by plan)
+
+    def noise_level(self, trainer_noise_level: float) -> float:
+        return self.config.eta
+
+    def plan(self, num_groups: int, group_size: int, num_steps: int, iteration: int,
+             generator: torch.Generator, draw_prompts: Callable[[int], list[int]]) -> RolloutPlan:
+        prompts = draw_prompts(num_groups)
+        k = max(1, round(self.config.timestep_fraction * num_steps))
+        chosen = torch.randperm(num_steps, generator=generator)[:k]
+        self._steps = torch.zeros(num_steps, dtype=torch.bool)
+        self._steps[chosen] = True
+        return RolloutPlan(prompts, shared_noise=True)
+
+    def trained_steps(self, num_steps: int) -> torch.Tensor:
+        """This iteration's random subset (drawn by :meth:`plan`, which precedes :meth:`prepare`)."""
+        if self._steps is None or len(self._steps) != num_steps:
+            return super().trained_steps(num_steps)
+        return self._steps.clone()
