@@ -87,18 +87,33 @@ def test_killing_one_rank_ends_the_run_with_an_error(tmp_path):
     while time.time() < deadline and not (metrics.exists() and '"type": "step"' in metrics.read_text()):
         time.sleep(0.5)
     assert metrics.exists(), "the run did not start"
-    ranks = subprocess.run(["pgrep", "-f", "-s", str(proc.pid), "opgrpo_bench.cli run"], capture_output=True,
-                           text=True).stdout.split()
-    workers = [int(p) for p in ranks if int(p) != proc.pid]
-    victim = max(workers)  # one of the training ranks, not the launchers
+    # the CLI starts torchrun, whose children are the training ranks (each in a session of its own)
+    def children(pid: int) -> list[int]:
+        out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+        return [int(p) for p in out]
+
+    workers = [w for agent in children(proc.pid) for w in children(agent)]
+    assert len(workers) == 2, workers
+    victim = workers[-1]
     os.kill(victim, signal.SIGKILL)
     start = time.time()
     try:
         code = proc.wait(timeout=60)
+        elapsed = time.time() - start
+        time.sleep(1)
+        survivors = [w for w in workers if subprocess.run(["kill", "-0", str(w)], capture_output=True).returncode == 0]
     finally:
-        if proc.poll() is None:
+        for pid in workers:  # whatever is left of the launch
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
             os.killpg(proc.pid, signal.SIGKILL)
-    assert code != 0 and time.time() - start < 60
+        except ProcessLookupError:
+            pass
+    assert code != 0 and elapsed < 60
+    assert not survivors, f"ranks {survivors} outlived the run"
 
 
 @pytest.mark.multi_process
