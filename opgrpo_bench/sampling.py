@@ -20,10 +20,12 @@ from opgrpo_bench.core.sde import ode_step, transition_function
 
 @dataclass
 class Trajectories:
-    """``latents`` [N, T+1, *latent_shape] (x_0 = noise ... x_T = sample), ``log_probs`` [N, T] float32."""
+    """``latents`` [N, T+1, *latent_shape] (x_0 = noise ... x_T = sample), ``log_probs`` [N, T] float32;
+    ``means`` [N, T, *latent_shape] float32, the transitions' means, when asked for (else None)."""
 
     latents: torch.Tensor
     log_probs: torch.Tensor
+    means: torch.Tensor | None = None
 
 
 def _rows(mask: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -45,6 +47,7 @@ def sample_sde(
     logprob_reduction: str = "mean",
     sde_steps: torch.Tensor | None = None,
     transition: str = "sde",
+    return_means: bool = False,
 ) -> Trajectories:
     """Roll out the Flow-GRPO SDE from ``noise`` [N, *shape] along ``sigmas`` [T+1].
 
@@ -56,6 +59,7 @@ def sample_sde(
             (OP-GRPO's ``suffix = "ode"``).
         sde_steps: [T] bool, the transitions sampled by the SDE; the others are ODE steps for every unforced
             row (windowed samplers), their log-probs meaningless. None = all SDE.
+        return_means: also return every transition's mean (GRPO-Guard's ratio needs the sampler's).
         transition: ``"sde"`` (Flow-GRPO's SDE step) or ``"cps"`` (the coefficient-preserving step), see
             :func:`opgrpo_bench.core.sde.transition_function`; both draw one noise tensor per step.
 
@@ -70,11 +74,11 @@ def sample_sde(
         assert forced_len is not None
         x = torch.where(_rows(forced_len > 0, x), forced[:, 0].to(x.dtype), x)
         ode_mask = (forced_len > 0) & torch.as_tensor(ode_after_forced, dtype=torch.bool, device=noise.device)
-    latents, log_probs = [x], []
+    latents, log_probs, means = [x], [], []
     for k in range(steps):
         sigma, sigma_next = sigmas[k].expand(n), sigmas[k + 1].expand(n)
         v = backbone.velocity(x, sigma, cond, guidance)
-        x_next, logp, _, _ = step_fn(
+        x_next, logp, mean, _ = step_fn(
             v, sigma, sigma_next, x, noise_level, generator=generator, sigma_max=sigmas[1],
             logprob_reduction=logprob_reduction)
         ode_step_all = sde_steps is not None and not bool(sde_steps[k])
@@ -92,7 +96,10 @@ def sample_sde(
         x = x_next
         latents.append(x)
         log_probs.append(logp)
-    return Trajectories(torch.stack(latents, 1), torch.stack(log_probs, 1))
+        if return_means:  # the mean does not depend on the drawn sample, only on x and v
+            means.append(mean)
+    return Trajectories(torch.stack(latents, 1), torch.stack(log_probs, 1),
+                        torch.stack(means, 1) if return_means else None)
 
 
 def skip_sde_noise(generator: torch.Generator | None, num_rows: int, num_steps: int,

@@ -295,6 +295,8 @@ class Trainer:
         # zeros, not empty: with several processes each row is filled by its owner only, then summed
         latents = torch.zeros((N, T + 1, *self.backbone.latent_shape), device=self.device)
         log_probs = torch.zeros((N, T), device=self.device)
+        keep_means = self.algorithm.needs_behaviour_means
+        means = torch.zeros((N, T, *self.backbone.latent_shape), device=self.device) if keep_means else None
         pending = []
         for g, block in enumerate(b for share in shares for b in share):
             if not self.dist.owns(g):  # another rank samples it; keep the global noise stream
@@ -305,9 +307,11 @@ class Trainer:
                               cfg.guidance, self.noise_gen, None if forced is None else forced[rows],
                               forced_len[rows], ode_after_forced=ode_after[rows],
                               logprob_reduction=cfg.logprob_reduction, sde_steps=sde_steps,
-                              transition=self.algorithm.transition)
+                              transition=self.algorithm.transition, return_means=keep_means)
             latents[rows] = traj.latents.to(latents.dtype)
             log_probs[rows] = traj.log_probs
+            if means is not None:
+                means[rows] = traj.means
             # scoring this block (on the worker thread) overlaps the sampling of the next one
             idx = block.tolist()
             pending.append((rows, self.scorer.submit(self.backbone.decode(traj.latents[:, -1]),
@@ -315,6 +319,8 @@ class Trainer:
                                                      [prompts[i].meta for i in idx])))
         self.dist.sum_(latents)  # every rank now holds the whole rollout
         self.dist.sum_(log_probs)
+        if means is not None:
+            self.dist.sum_(means)
         behaviour = log_probs.clone()
         if behaviour_prefix is not None:
             prefix = torch.arange(T, device=self.device)[None, :] < forced_len[:, None]
@@ -332,7 +338,7 @@ class Trainer:
         rollout = Rollout(prompt_ids, group_ids, [p.text for p in prompts], [p.meta for p in prompts],
                           latents, self.sigmas, log_probs, behaviour, forced_len, rewards,
                           iteration=self.state.iteration, cond=group_cond, cond_index=cond_index,
-                          sde_steps=sde_steps)
+                          sde_steps=sde_steps, means=means)
         return rollout, shares
 
     def update(self, batch: TrainBatch, blocks: list[torch.Tensor], first_block: int = 0) -> dict[str, Any]:

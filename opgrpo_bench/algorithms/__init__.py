@@ -25,6 +25,8 @@ PRESETS = {
                             "Flow-GRPO with the coefficient-preserving sampler (CPS), clip 1e-5"),
     "dance-grpo": Preset("opgrpo_bench.algorithms.dance_grpo:DanceGRPO", {},
                          "DanceGRPO: constant-noise SDE, shared group noise, random 60% of steps trained"),
+    "grpo-guard": Preset("opgrpo_bench.algorithms.grpo_guard:GRPOGuard", {},
+                         "GRPO-Guard: Flow-GRPO on a regulated, step-normalised ratio"),
     "mixgrpo": Preset("opgrpo_bench.algorithms.mixgrpo:MixGRPO", {},
                       "MixGRPO: a sliding SDE window that advances over training, ODE elsewhere"),
 }

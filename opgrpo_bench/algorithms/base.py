@@ -86,6 +86,8 @@ class Rollout:
         iteration: the iteration that produced it.
         cond / cond_index: prompt conditioning, one row per group, and each sample's row [N].
         sde_steps: [T] bool, the plan's SDE transitions.
+        means: [N, T, *shape] the sampler's transition means (only for an algorithm with
+            ``needs_behaviour_means``; else None).
     """
 
     prompt_ids: torch.Tensor
@@ -102,6 +104,7 @@ class Rollout:
     cond: dict[str, torch.Tensor] = field(default_factory=dict)
     cond_index: torch.Tensor | None = None
     sde_steps: torch.Tensor | None = None
+    means: torch.Tensor | None = None
 
     @property
     def replayed(self) -> torch.Tensor:
@@ -145,6 +148,9 @@ class Algorithm:
 
     name = "algorithm"
     config_cls: type = object
+    needs_behaviour_means = False
+    """Whether the rollout must keep the sampler's transition means (``Rollout.means``; GRPO-Guard)."""
+
     def noise_level(self, trainer_noise_level: float) -> float:
         """The noise level of the stochastic step: the trainer's ``noise_level`` setting by default (an
         algorithm whose step has its own parameter, e.g. DanceGRPO's constant eta, returns that)."""

@@ -132,3 +132,36 @@ def approx_kl(log_prob: torch.Tensor, old_log_prob: torch.Tensor) -> torch.Tenso
     """
     diff = log_prob.detach().float() - old_log_prob.detach().float()
     return 0.5 * (diff**2).mean()
+
+
+def guard_log_ratio(
+    log_prob: torch.Tensor,
+    old_log_prob: torch.Tensor,
+    mean: torch.Tensor,
+    old_mean: torch.Tensor,
+    step_std: torch.Tensor,
+) -> torch.Tensor:
+    """GRPO-Guard's regulated log-ratio of one Gaussian transition, per sample.
+
+    With ``sigma`` the transition's standard deviation (``step_std``, the SDE's ``s * sqrt(-dt)``) and
+    ``mse = mean((mean - old_mean)^2)`` over the latent's elements::
+
+        log r = (log_prob - old_log_prob) * sigma + mse / (2 * sigma)
+
+    For a Gaussian step this equals ``mean((x' - old_mean) * (mean - old_mean)) / sigma``: the plain
+    log-ratio's ``-mse / (2 sigma^2)`` term, whose expectation under the sampler is negative (the
+    "negatively biased ratio" of Flow-GRPO's SDE), is removed, and multiplying by ``sigma`` puts every
+    denoising step on one scale instead of letting the low-noise steps, where ``sigma`` is small,
+    dominate the clipped objective. ``log_prob`` must use the "mean" reduction.
+
+    Args:
+        log_prob, old_log_prob: [N] under the current and the sampling weights.
+        mean, old_mean: [N, *shape] the transition's mean under each (``mean`` differentiable).
+        step_std: [N] or [N, 1, ..., 1], the transition's standard deviation.
+
+    Returns:
+        [N] float32, differentiable through ``log_prob`` and ``mean``.
+    """
+    sigma = step_std.float().reshape(step_std.shape[0], -1)[:, 0]
+    mse = ((mean.float() - old_mean.detach().float()) ** 2).flatten(1).mean(1)
+    return (log_prob.float() - old_log_prob.detach().float()) * sigma + mse / (2 * sigma)

@@ -1,0 +1,47 @@
+"""GRPO-Guard (arXiv 2510.22319): Flow-GRPO with a regulated ratio against implicit over-optimisation.
+
+Flow-GRPO's per-step ratio ``exp(logp_new - logp_old)`` of a Gaussian SDE transition contains the term
+``-|mean_new - mean_old|^2 / (2 sigma^2)``, negative whatever the sample: the ratio distribution is
+shifted below 1, more so at the low-noise steps where ``sigma`` is small, so the clip bounds one side
+far more often than the other and the steps contribute very unequally. GRPO-Guard replaces the
+log-ratio by :func:`opgrpo_bench.core.losses.guard_log_ratio`,
+``(logp_new - logp_old) * sigma + mse(mean_new, mean_old) / (2 sigma)``, which removes that term and
+normalises each step by its noise scale; the clipped surrogate, advantages and KL are Flow-GRPO's. This
+follows the formula as implemented in the public Flow-Factory trainer (``grpo-guard``), read for this
+project. It needs the sampler's transition means (``needs_behaviour_means``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from opgrpo_bench.algorithms.base import PairLoss, TrainBatch
+from opgrpo_bench.algorithms.flow_grpo import FlowGRPO, FlowGRPOConfig
+from opgrpo_bench.core.losses import clipped_surrogate, guard_log_ratio, kl_to_reference
+
+
+class GRPOGuard(FlowGRPO):
+    """Flow-GRPO's update on GRPO-Guard's regulated ratio."""
+
+    name = "grpo-guard"
+    config_cls = FlowGRPOConfig
+    needs_behaviour_means = True
+
+    def loss(self, batch: TrainBatch, rows: torch.Tensor, step: int, log_prob: torch.Tensor,
+             mean: torch.Tensor, std: torch.Tensor, ref_mean: torch.Tensor | None,
+             dt: torch.Tensor) -> PairLoss:
+        cfg = self.config
+        ro = batch.rollout
+        assert ro.means is not None, "GRPO-Guard needs the rollout's transition means"
+        old = batch.old_log_probs[rows, step]
+        step_std = std.reshape(std.shape[0], -1)[:, 0] * torch.sqrt(-dt.float().reshape(-1))
+        log_ratio = guard_log_ratio(log_prob, old, mean, ro.means[rows, step], step_std)
+        pg, ratio, clipped = clipped_surrogate(log_ratio, torch.zeros_like(log_ratio), batch.advantages[rows],
+                                               cfg.clip_range, weight=batch.weights[rows])
+        kl = torch.zeros_like(pg)
+        if cfg.beta > 0:
+            assert ref_mean is not None, "the KL term needs the reference model's mean"
+            kl = kl_to_reference(mean, ref_mean, std, dt if cfg.kl_include_dt else None)
+        stats = {"pg": pg.detach(), "kl": kl.detach(), "ratio": ratio.detach(), "clipped": clipped,
+                 "log_prob": log_prob.detach(), "old": old}
+        return PairLoss(pg + cfg.beta * kl, rows, stats)
