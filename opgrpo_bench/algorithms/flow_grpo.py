@@ -93,13 +93,20 @@ class FlowGRPO(Algorithm):
     def needs_reference(self) -> bool:
         return self.config.beta > 0
 
+    def ratio_terms(self, batch: TrainBatch, rows: torch.Tensor, step: int, log_prob: torch.Tensor,
+                    mean: torch.Tensor, std: torch.Tensor, dt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(numerator, denominator) of the ratio's log, ``rho = exp(numerator - denominator)``: Flow-GRPO's
+        ``(log p_theta, log p_old)``; GRPO-Guard regulates it."""
+        return log_prob, batch.old_log_probs[rows, step]
+
     def loss(self, batch: TrainBatch, rows: torch.Tensor, step: int, log_prob: torch.Tensor,
              mean: torch.Tensor, std: torch.Tensor, ref_mean: torch.Tensor | None,
              dt: torch.Tensor) -> PairLoss:
         """``weights * max(-A * rho, -A * clip(rho, 1 - eps, 1 + eps)) + beta * KL`` per pair."""
         cfg = self.config
         old = batch.old_log_probs[rows, step]
-        pg, ratio, clipped = clipped_surrogate(log_prob, old, batch.advantages[rows], cfg.clip_range,
+        new_term, old_term = self.ratio_terms(batch, rows, step, log_prob, mean, std, dt)
+        pg, ratio, clipped = clipped_surrogate(new_term, old_term, batch.advantages[rows], cfg.clip_range,
                                                weight=batch.weights[rows])
         kl = torch.zeros_like(pg)
         if cfg.beta > 0:

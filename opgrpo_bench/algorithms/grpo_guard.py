@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import torch
 
-from opgrpo_bench.algorithms.base import PairLoss, TrainBatch
+from opgrpo_bench.algorithms.base import TrainBatch
 from opgrpo_bench.algorithms.flow_grpo import FlowGRPO, FlowGRPOConfig
-from opgrpo_bench.core.losses import clipped_surrogate, guard_log_ratio, kl_to_reference
+from opgrpo_bench.core.losses import guard_log_ratio
 
 
 class GRPOGuard(FlowGRPO):
@@ -27,21 +27,11 @@ class GRPOGuard(FlowGRPO):
     config_cls = FlowGRPOConfig
     needs_behaviour_means = True
 
-    def loss(self, batch: TrainBatch, rows: torch.Tensor, step: int, log_prob: torch.Tensor,
-             mean: torch.Tensor, std: torch.Tensor, ref_mean: torch.Tensor | None,
-             dt: torch.Tensor) -> PairLoss:
-        cfg = self.config
+    def ratio_terms(self, batch: TrainBatch, rows: torch.Tensor, step: int, log_prob: torch.Tensor,
+                    mean: torch.Tensor, std: torch.Tensor, dt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the regulated log-ratio, 0): see :func:`opgrpo_bench.core.losses.guard_log_ratio`."""
         ro = batch.rollout
         assert ro.means is not None, "GRPO-Guard needs the rollout's transition means"
-        old = batch.old_log_probs[rows, step]
         step_std = std.reshape(std.shape[0], -1)[:, 0] * torch.sqrt(-dt.float().reshape(-1))
-        log_ratio = guard_log_ratio(log_prob, old, mean, ro.means[rows, step], step_std)
-        pg, ratio, clipped = clipped_surrogate(log_ratio, torch.zeros_like(log_ratio), batch.advantages[rows],
-                                               cfg.clip_range, weight=batch.weights[rows])
-        kl = torch.zeros_like(pg)
-        if cfg.beta > 0:
-            assert ref_mean is not None, "the KL term needs the reference model's mean"
-            kl = kl_to_reference(mean, ref_mean, std, dt if cfg.kl_include_dt else None)
-        stats = {"pg": pg.detach(), "kl": kl.detach(), "ratio": ratio.detach(), "clipped": clipped,
-                 "log_prob": log_prob.detach(), "old": old}
-        return PairLoss(pg + cfg.beta * kl, rows, stats)
+        log_ratio = guard_log_ratio(log_prob, batch.old_log_probs[rows, step], mean, ro.means[rows, step], step_std)
+        return log_ratio, torch.zeros_like(log_ratio)
