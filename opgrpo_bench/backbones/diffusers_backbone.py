@@ -41,6 +41,23 @@ def row_batches(n: int, size: int | None) -> list[slice]:
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
 
+@torch.no_grad()
+def vae_decode(vae: Any, x: torch.Tensor, slices: Sequence[slice]) -> torch.Tensor:
+    """Images [B, 3, H, W] in [0, 1] (float32, on ``x``'s device) from normalised VAE latents [B, C, h, w].
+
+    SD3 and FLUX both store latents as ``(z - shift_factor) * scaling_factor``; this undoes it before the
+    VAE decoder and maps the decoder's [-1, 1] to [0, 1], as their diffusers pipelines do. ``slices`` cut the
+    batch into decoder calls (row batching bounds the decoder's activation memory).
+    """
+    cfg = vae.config
+    # AutoencoderKL's default shift_factor is None (SD1/SDXL VAEs); SD3's is 0.0609, FLUX.1's 0.1159.
+    shift = getattr(cfg, "shift_factor", None) or 0.0
+    vae_param = next(vae.parameters())
+    latents = x.to(device=vae_param.device, dtype=vae_param.dtype) / cfg.scaling_factor + shift
+    images = torch.cat([vae.decode(latents[s], return_dict=False)[0] for s in slices])
+    return ((images.float() + 1) / 2).clamp(0, 1).to(x.device)
+
+
 class DiffusersBackbone:
     """Model-family-independent part of a backbone over a diffusers network with peft LoRA adapters.
 

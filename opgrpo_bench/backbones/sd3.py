@@ -24,7 +24,7 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
 
 from opgrpo_bench.backbones.base import Cond
-from opgrpo_bench.backbones.diffusers_backbone import DiffusersBackbone
+from opgrpo_bench.backbones.diffusers_backbone import DiffusersBackbone, vae_decode
 from opgrpo_bench.backbones.folders import load_pipeline, resolve_pipeline_folder
 from opgrpo_bench.errors import UserError
 
@@ -100,14 +100,7 @@ class SD3Backbone(DiffusersBackbone):
         """
         if self.vae is None:
             return ((x.float() + 1) / 2).clamp(0, 1)
-        cfg = self.vae.config
-        # AutoencoderKL's default shift_factor is None (SD1/SDXL VAEs); SD3's is 0.0609.
-        shift = getattr(cfg, "shift_factor", None) or 0.0
-        vae_param = next(self.vae.parameters())
-        latents = x.to(device=vae_param.device, dtype=vae_param.dtype) / cfg.scaling_factor + shift
-        images = torch.cat([self.vae.decode(latents[s], return_dict=False)[0]
-                            for s in self.row_batches(latents.shape[0])])
-        return ((images.float() + 1) / 2).clamp(0, 1).to(x.device)
+        return vae_decode(self.vae, x, self.row_batches(x.shape[0]))
 
     # -- loading real weights -----------------------------------------------------------------
     @classmethod

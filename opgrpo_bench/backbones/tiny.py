@@ -26,7 +26,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 
@@ -229,7 +229,8 @@ def cache_root() -> Path:
     return Path(base) / "opgrpo-bench"
 
 
-def _config_dict(config: TinySD3Config) -> dict[str, Any]:
+def _config_dict(config: Any) -> dict[str, Any]:
+    """A tiny-pipeline config dataclass as JSON-ready values (tuples as lists)."""
     return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
 
 
@@ -241,27 +242,35 @@ def _versions() -> dict[str, str]:
     return {"torch": torch.__version__, "diffusers": diffusers.__version__, "transformers": transformers.__version__}
 
 
-def config_hash(config: TinySD3Config = TinySD3Config(), seed: int = 0) -> str:
-    """Cache key: configuration, seed and library versions."""
+def config_hash(config: Any = TinySD3Config(), seed: int = 0) -> str:
+    """Cache key: configuration (any tiny-pipeline config dataclass), seed and library versions."""
     payload = json.dumps({"config": _config_dict(config), "seed": seed, "versions": _versions()}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
 def tiny_sd3_folder(config: TinySD3Config = TinySD3Config(), seed: int = 0,
                     root: str | os.PathLike[str] | None = None) -> Path:
-    """The cached tiny SD3 folder for ``(config, seed)``, built on first use.
+    """The cached tiny SD3 folder for ``(config, seed)``, built on first use (see :func:`cached_folder`)."""
+    return cached_folder("tiny-sd3", config_hash(config, seed), lambda tmp: build_tiny_sd3_folder(tmp, config, seed),
+                         root)
+
+
+def cached_folder(kind: str, key: str, build: Callable[[Path], Any],
+                  root: str | os.PathLike[str] | None = None) -> Path:
+    """``<root>/<kind>/<key>``, made by ``build(folder)`` on first use (any tiny pipeline family).
 
     The folder is written to a temporary sibling and renamed into place, so a reader never sees a partial
-    folder; if another process wins the race, its (identical) folder is kept.
+    folder; if another process wins the race, its (identical) folder is kept. A folder holding
+    ``model_index.json`` counts as built (the rename makes a folder appear whole or not at all).
     """
     root = Path(root) if root is not None else cache_root()
-    folder = root / "tiny-sd3" / config_hash(config, seed)
+    folder = root / kind / key
     if (folder / "model_index.json").is_file():
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".tmp-", dir=folder.parent))
     try:
-        build_tiny_sd3_folder(tmp, config, seed)
+        build(tmp)
         try:
             os.replace(tmp, folder)
         except OSError:  # another process renamed its copy first (target exists and is not empty)
@@ -271,4 +280,3 @@ def tiny_sd3_folder(config: TinySD3Config = TinySD3Config(), seed: int = 0,
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return folder
-
