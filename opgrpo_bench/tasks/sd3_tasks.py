@@ -152,18 +152,26 @@ def read_prompt_file(path: Path) -> tuple[Prompt, ...]:
     return tuple(prompts)
 
 
-def load_prompt_sets(family: str, task_id: str) -> tuple[tuple[Prompt, ...], tuple[Prompt, ...]]:
-    """(train, eval) prompts of a family from ``$OPGRPO_PROMPTS_DIR``; MissingWeightsError when absent."""
+def load_prompt_sets(family: str, task_id: str, model: str = "SD3.5-M",
+                     weights_missing: Callable[[], str | None] = sd35m_weights_missing,
+                     weights_env: str = SD35M_ENV,
+                     smoke_task: str | None = None) -> tuple[tuple[Prompt, ...], tuple[Prompt, ...]]:
+    """(train, eval) prompts of a family from ``$OPGRPO_PROMPTS_DIR``; MissingWeightsError when absent.
+
+    The message also says whether the task's model weights are missing (``weights_missing``, a cheap
+    check naming ``weights_env``), so that one attempt tells the user everything to provide, and names the
+    smoke variant (``smoke_task``, default ``<family>-sd35m-smoke-v1``) that runs without the files.
+    """
     root = os.environ.get(PROMPTS_ENV)
     names = PROMPT_FILES[family]
     wanted = " and ".join(f"{PROMPTS_ENV}/{n}" for n in names)
-    weights = sd35m_weights_missing()
-    also = f" (the SD3.5-M weights are missing too: set {SD35M_ENV})" if weights else ""
+    weights = weights_missing()
+    also = f" (the {model} weights are missing too: set {weights_env})" if weights else ""
+    smoke = smoke_task or f"{family}-sd35m-smoke-v1"
     if not root:
         raise MissingWeightsError(
             f"task '{task_id}' needs Flow-GRPO's prompt files: set {PROMPTS_ENV}=DIR to a copy of Flow-GRPO's "
-            f"dataset/ folder holding {', '.join(names)}{also}; '{family}-sd35m-smoke-v1' runs on built-in "
-            f"sample prompts"
+            f"dataset/ folder holding {', '.join(names)}{also}; '{smoke}' runs on built-in sample prompts"
         )
     missing = [n for n in names if not (Path(root).expanduser() / n).is_file()]
     if missing:

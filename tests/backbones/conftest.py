@@ -1,4 +1,4 @@
-"""Fixtures for the backbone tests: one tiny SD3 folder per session, built in code, loaded offline."""
+"""Backbone test fixtures: a tiny SD3 and a tiny FLUX folder per session, built in code, loaded offline."""
 
 from __future__ import annotations
 
@@ -45,4 +45,24 @@ def backbone(tiny_folder: Path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield SD3Backbone.from_pretrained(tiny_folder, resolution=32, max_sequence_length=16)
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_flux_folder(cache_dir: Path) -> Path:
+    """The tiny-flux-jpeg-v1 pipeline folder (the same one the task loads)."""
+    from opgrpo_bench.backbones.tiny_flux import TinyFluxConfig, tiny_flux_folder as folder
+    from opgrpo_bench.tasks.flux_tasks import TINY_RESOLUTION, TINY_SEED
+
+    return folder(TinyFluxConfig(resolution=TINY_RESOLUTION), seed=TINY_SEED)
+
+
+@pytest.fixture()
+def flux(tiny_flux_folder: Path):
+    """A fresh FLUX backbone loaded from the tiny folder (no LoRA yet), 32 px, one torch thread."""
+    from opgrpo_bench.backbones.flux import FluxBackbone
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield FluxBackbone.from_pretrained(tiny_flux_folder, resolution=32, max_sequence_length=16)
     torch.set_num_threads(threads)
