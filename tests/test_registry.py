@@ -66,8 +66,8 @@ def test_built_in_entries():
     assert {"flow-grpo", "op-grpo", "op-grpo-no-replay", "op-grpo-no-correction", "op-grpo-naive-is",
             "op-grpo-no-truncation", "op-grpo-rho5", "op-grpo-rho25"} <= set(ALGORITHMS.names())
     assert "digits-v1" in TASKS.names() and "digit-classifier" in REWARDS.names()
-    assert {"sd3", "sd35m", "tiny-sd3", "digits-v1-base", "digits-pair-v1-base", "digits-number-v1-base",
-            "stub-video"} <= set(BACKBONES.names())
+    assert {"sd3", "sd35m", "tiny-sd3", "flux", "flux1-dev", "tiny-flux", "digits-v1-base", "digits-pair-v1-base",
+            "digits-number-v1-base", "stub-video"} <= set(BACKBONES.names())
 
 
 def test_every_task_names_a_registered_backbone():
@@ -77,7 +77,7 @@ def test_every_task_names_a_registered_backbone():
     for name in TASKS.names():
         try:
             spec = TASKS.get(name)
-        except MissingWeightsError:  # an SD3.5-M task whose prompt files are not here
+        except MissingWeightsError:  # an SD3.5-M / FLUX.1-dev task whose prompt files are not here
             continue
         assert spec.backbone in BACKBONES, (name, spec.backbone)
         assert isinstance(spec.backbone_args, dict)

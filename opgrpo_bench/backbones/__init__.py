@@ -18,6 +18,16 @@ BACKBONES.register("tiny-sd3", "opgrpo_bench.tasks.sd3_tasks:load_tiny_sd3_backb
                    description="tiny SD3 pipeline built in code (2 CLIP + T5 + VAE), 32 px, loaded via "
                                "from_pretrained (tiny-sd3-jpeg-v1)",
                    needs="CPU; built on first use", external_weights=False)
+BACKBONES.register("flux", "opgrpo_bench.backbones.flux:FluxBackbone.from_pretrained",
+                   description="FLUX.1 (diffusers folder, local path or HF cache); distilled guidance, no true CFG",
+                   needs="weights on disk (path=...); GPU for real sizes", external_weights=True)
+BACKBONES.register("flux1-dev", "opgrpo_bench.tasks.flux_tasks:load_flux_dev_backbone",
+                   description="FLUX.1-dev at 512 px, distilled guidance 3.5 (bf16 on GPU, float32 VAE)",
+                   needs="GPU; weights at $OPGRPO_FLUX_PATH or in the HF cache", external_weights=True)
+BACKBONES.register("tiny-flux", "opgrpo_bench.tasks.flux_tasks:load_tiny_flux_backbone",
+                   description="tiny FLUX pipeline built in code (CLIP + T5 + VAE), 32 px, loaded via "
+                               "from_pretrained (tiny-flux-jpeg-v1)",
+                   needs="CPU; built on first use", external_weights=False)
 BACKBONES.register("digits-v1-base", "opgrpo_bench.tasks.digits:load_backbone",
                    description="digits-v1 base model: 4-layer SD3 transformer in pixel space [1, 8, 8] + tiny CLIP "
                                "(digits-v1, digits-sparse-v1)",

@@ -33,6 +33,18 @@ for _family, _reward in (("ocr", "OCR"), ("pickscore", "PickScore"), ("geneval",
                    needs="GPU; SD3.5-M weights ($OPGRPO_SD35M_PATH or HF cache); reward weights")
 del _family, _reward
 
+TASKS.register("tiny-flux-jpeg-v1", "opgrpo_bench.tasks.flux_tasks:TINY_FLUX_JPEG_V1", aliases=("tiny-flux",),
+               description="tiny in-code FLUX pipeline (CLIP + T5 + VAE, distilled guidance), 32 px; reward = "
+                           "-JPEG kB", needs="CPU; built in code on first use")
+TASKS.register("pickscore-flux-v1", "opgrpo_bench.tasks.flux_tasks:PICKSCORE_FLUX_V1",
+               description="FLUX.1-dev 512 px, reward = PickScore, Flow-GRPO prompts and settings",
+               needs="GPU; FLUX.1-dev weights ($OPGRPO_FLUX_PATH or HF cache); prompt files ($OPGRPO_PROMPTS_DIR); "
+                     "reward weights")
+TASKS.register("pickscore-flux-smoke-v1", "opgrpo_bench.tasks.flux_tasks:PICKSCORE_FLUX_SMOKE_V1",
+               description="SMOKE: FLUX.1-dev, reward = PickScore, built-in sample prompts, 4 steps (wiring check, "
+                           "not comparable)",
+               needs="GPU; FLUX.1-dev weights ($OPGRPO_FLUX_PATH or HF cache); reward weights")
+
 TASKS.register("digits-sparse-v1", "opgrpo_bench.tasks.digits_sparse:DIGITS_SPARSE_V1",
                description="digits-v1 base model, hardest digits, binary success (sparse rewards)", needs="CPU")
 

@@ -1,11 +1,12 @@
 """The backbone contract, checked on every registered backbone that builds on a CPU without outside weights.
 
-Whatever the family (SD3 with a VAE, the pixel-space digits models, the 5-D video stub), a backbone must:
+Whatever the family (SD3 with a VAE, FLUX with packed latents, the pixel-space digits models, the 5-D video
+stub), a backbone must:
 give velocities and decoded images/videos of the documented shapes; give identical outputs for identical
 inputs (and identical weights when built twice); start, after ``add_lora``, exactly at the base model;
 give the base model under ``reference()`` whatever the adapters hold; and train nothing but LoRA.
-Entries registered with ``external_weights=True`` (``sd3``, ``sd35m``) are skipped with the reason:
-``tests/backbones/test_sd35m_weights.py`` covers SD3.5-M where its weights and a GPU exist.
+Entries registered with ``external_weights=True`` (``sd3``, ``sd35m``, ``flux``, ``flux1-dev``) are skipped
+with the reason: ``tests/backbones/test_sd35m_weights.py`` covers SD3.5-M where its weights and a GPU exist.
 """
 
 from __future__ import annotations
