@@ -19,7 +19,7 @@ Counting conventions (recorded in every ``step``/``eval`` record):
 - ``step``: optimizer steps taken (a "training step"); a share whose groups all carry no signal still
   spends its step (nothing to optimise), so sparse rewards cost steps as they should. Budgets are exact:
   a run may end in the middle of an iteration.
-- ``samples``: fresh samples generated (replayed samples are not fresh).
+- ``samples``: fresh samples generated (rows that follow a stored trajectory are not fresh).
 - ``nfe``: per-sample network evaluations in rollouts and updates, as run (CFG counts 2, the reference
   forward of the KL term counts; evaluation excluded).
 - ``wall_s``: training wall-clock seconds, evaluation and checkpointing excluded.
@@ -428,7 +428,7 @@ class Trainer:
                   "train/reward_std": rewards.std(unbiased=False).item() if len(rewards) > 1 else None,
                   **batch.metrics}
         # observing never depends on the weights, so it may come before the updates; it must, for a
-        # checkpoint at this iteration's end to hold the buffer that the next rollout reads
+        # checkpoint at this iteration's end to hold the algorithm state that the next rollout reads
         common.update(self.algorithm.observe(rollout))
         self.state.iteration += 1
         first = 0
