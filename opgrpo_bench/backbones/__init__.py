@@ -28,6 +28,16 @@ BACKBONES.register("tiny-flux", "opgrpo_bench.tasks.flux_tasks:load_tiny_flux_ba
                    description="tiny FLUX pipeline built in code (CLIP + T5 + VAE), 32 px, loaded via "
                                "from_pretrained (tiny-flux-jpeg-v1)",
                    needs="CPU; built on first use", external_weights=False)
+BACKBONES.register("wan", "opgrpo_bench.backbones.wan:WanBackbone.from_pretrained",
+                   description="Wan2.1 text-to-video (diffusers folder, local path or HF cache); true CFG, 5-D latents",
+                   needs="weights on disk (path=...); GPU for real sizes", external_weights=True)
+BACKBONES.register("wan21-t2v-1.3b", "opgrpo_bench.tasks.wan_tasks:load_wan21_backbone",
+                   description="Wan2.1-T2V-1.3B at 240x416, 33 frames (bf16 on GPU, float32 VAE)",
+                   needs="GPU; weights at $OPGRPO_WAN_PATH or in the HF cache", external_weights=True)
+BACKBONES.register("tiny-wan", "opgrpo_bench.tasks.wan_tasks:load_tiny_wan_backbone",
+                   description="tiny Wan2.1 pipeline built in code (UMT5 + 3-D VAE), 9 frames of 32 px, loaded via "
+                               "from_pretrained (tiny-wan-video-v1)",
+                   needs="CPU; built on first use", external_weights=False)
 BACKBONES.register("digits-v1-base", "opgrpo_bench.tasks.digits:load_backbone",
                    description="digits-v1 base model: 4-layer SD3 transformer in pixel space [1, 8, 8] + tiny CLIP "
                                "(digits-v1, digits-sparse-v1)",

@@ -1,4 +1,4 @@
-"""Backbone test fixtures: a tiny SD3 and a tiny FLUX folder per session, built in code, loaded offline."""
+"""Backbone test fixtures: a tiny SD3, FLUX and Wan folder per session, built in code, loaded offline."""
 
 from __future__ import annotations
 
@@ -65,4 +65,24 @@ def flux(tiny_flux_folder: Path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield FluxBackbone.from_pretrained(tiny_flux_folder, resolution=32, max_sequence_length=16)
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_wan_folder(cache_dir: Path) -> Path:
+    """The tiny-wan-video-v1 pipeline folder (the same one the task loads)."""
+    from opgrpo_bench.backbones.tiny_wan import TinyWanConfig, tiny_wan_folder as folder
+    from opgrpo_bench.tasks.wan_tasks import TINY_HEIGHT, TINY_NUM_FRAMES, TINY_SEED, TINY_WIDTH
+
+    return folder(TinyWanConfig(height=TINY_HEIGHT, width=TINY_WIDTH, num_frames=TINY_NUM_FRAMES), seed=TINY_SEED)
+
+
+@pytest.fixture()
+def wan(tiny_wan_folder: Path):
+    """A fresh Wan backbone loaded from the tiny folder (no LoRA yet), 9 frames of 32 px, one torch thread."""
+    from opgrpo_bench.backbones.wan import WanBackbone
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield WanBackbone.from_pretrained(tiny_wan_folder, height=32, width=32, num_frames=9, max_sequence_length=16)
     torch.set_num_threads(threads)

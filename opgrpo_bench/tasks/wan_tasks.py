@@ -1,0 +1,195 @@
+"""Tasks on Wan2.1 text-to-video backbones.
+
+- ``tiny-wan-video-v1``: the tiny Wan pipeline built in code (:mod:`opgrpo_bench.backbones.tiny_wan`;
+  UMT5 + causal 3-D VAE + a Wan transformer) with a frame-wise video reward (``video`` over
+  ``jpeg-compressibility``: minus the mean JPEG size of the 9 frames). It exercises the whole video path end
+  to end (5-D latents, true CFG, latent normalisation, VAE temporal decompression, frame-wise reward) on a CPU
+  in seconds; its numbers say nothing about algorithms on real models.
+- ``video-ocr-wan21-v1``: Flow-GRPO's Wan2.1 text-rendering task (its ``config/grpo.py:general_ocr_wan2_1``
+  and ``scripts/train_wan2_1.py``): Wan2.1-T2V-1.3B at 240x416 with 33 frames, 20 training / 50 evaluation
+  steps, CFG 4.5, groups of 4, lr 1e-4, clip range 1e-3, KL beta 0.004, per-group std, bf16, LoRA r32/alpha64,
+  EMA 0.9 every 8 steps; reward ``video-ocr`` (the OCR reward on every frame, mean over frames). It needs
+  the Wan2.1 weights (``$OPGRPO_WAN_PATH`` = a diffusers folder or a repo id, else
+  ``Wan-AI/Wan2.1-T2V-1.3B-Diffusers`` in the local Hugging Face cache) and Flow-GRPO's OCR prompt files
+  (``$OPGRPO_PROMPTS_DIR``: ``ocr/{train,test}.txt``, as ``ocr-sd35m-v1``).
+- ``video-ocr-wan21-smoke-v1``: SMOKE variant on the built-in sample OCR prompts and a few steps, to check
+  the wiring on a GPU with the real weights. Its scores are not comparable with anything.
+
+The Wan2.1 spec is built on first access (module ``__getattr__``), because building it reads the prompt
+files: a missing file raises :class:`~opgrpo_bench.errors.MissingWeightsError` with one line, which the CLI
+prints before anything heavy is loaded.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from typing import Any, Callable
+
+import torch
+
+from opgrpo_bench.errors import MissingWeightsError
+from opgrpo_bench.tasks.sd3_tasks import (
+    PROMPTS_ENV,
+    SAMPLES,
+    TINY_EVAL_PROMPTS,
+    TINY_TRAIN_PROMPTS,
+    _default_device,
+    load_prompt_sets,
+)
+from opgrpo_bench.tasks.spec import Prompt, TaskSpec
+
+# -- tiny-wan-video-v1 -------------------------------------------------------------------------------
+TINY_HEIGHT = 32
+TINY_WIDTH = 32
+TINY_NUM_FRAMES = 9
+"""9 frames = 3 latent frames (the causal VAE: first frame alone, then 4 frames per latent frame)."""
+TINY_MAX_SEQUENCE_LENGTH = 16
+TINY_SEED = 0
+
+
+def load_tiny_wan_backbone():
+    """The tiny Wan pipeline (cached folder, built on first use) through ``WanBackbone.from_pretrained``."""
+    from opgrpo_bench.backbones.tiny_wan import TinyWanConfig, tiny_wan_folder
+    from opgrpo_bench.backbones.wan import WanBackbone
+
+    config = TinyWanConfig(height=TINY_HEIGHT, width=TINY_WIDTH, num_frames=TINY_NUM_FRAMES)
+    return WanBackbone.from_pretrained(tiny_wan_folder(config, seed=TINY_SEED), height=TINY_HEIGHT, width=TINY_WIDTH,
+                                       num_frames=TINY_NUM_FRAMES, max_sequence_length=TINY_MAX_SEQUENCE_LENGTH,
+                                       what="tiny Wan pipeline")
+
+
+TINY_WAN_VIDEO_V1 = TaskSpec(
+    id="tiny-wan-video-v1",
+    description="tiny in-code Wan2.1 pipeline (UMT5 + 3-D VAE, CFG 4.5), 9 frames of 32 px; reward = -JPEG kB "
+                "per frame, mean over frames",
+    backbone="tiny-wan",
+    reward="video",
+    reward_args={"reward": "jpeg-compressibility", "aggregate": "mean"},
+    train_prompts=tuple(Prompt(p) for p in TINY_TRAIN_PROMPTS),
+    eval_prompts=tuple(Prompt(p) for p in TINY_EVAL_PROMPTS),
+    eval_noises_per_prompt=2,
+    # Random-init model with tiny-sd3-jpeg-v1's settings (large clip range and learning rate, no KL), true
+    # CFG 4.5 as Wan2.1 uses it. The target is NOT measured (no full run on this loaded CPU): it is a
+    # placeholder near tiny-sd3-jpeg-v1's, and this task checks the Wan video wiring, not algorithms.
+    target=-1.50,
+    budget_steps=200,
+    eval_every=10,
+    default_seeds=(0, 1, 2),
+    train_defaults=dict(prompts_per_iter=4, group_size=4, num_steps=4, eval_num_steps=4, guidance=4.5,
+                        eval_guidance=4.5, lora_rank=4, lora_alpha=8, lr=1e-2, clip_range=1e-2, beta=0.0,
+                        num_threads=1),
+    needs="CPU; built in code on first use (cached under ~/.cache/opgrpo-bench or $OPGRPO_CACHE_DIR)",
+)
+
+# -- Wan2.1-T2V-1.3B tasks ---------------------------------------------------------------------------
+WAN21_ENV = "OPGRPO_WAN_PATH"
+WAN21_REPO = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
+WAN21_HEIGHT = 240
+WAN21_WIDTH = 416
+WAN21_NUM_FRAMES = 33
+"""Flow-GRPO's Wan2.1 OCR videos: 33 frames of 240x416 (latents [16, 9, 30, 52])."""
+WAN21_MAX_SEQUENCE_LENGTH = 512
+"""Flow-GRPO encodes Wan prompts with 512 UMT5 tokens (train_wan2_1.py's compute_text_embeddings)."""
+WAN21_MAX_BATCH = 8
+"""Rows per no-grad transformer/VAE call. A memory bound for 1.3B bf16 weights at 240x416x33; not measured."""
+
+
+def wan21_source() -> str:
+    """``$OPGRPO_WAN_PATH`` (folder or repo id) or the default repo id in the Hugging Face cache."""
+    return os.environ.get(WAN21_ENV) or WAN21_REPO
+
+
+def load_wan21_backbone():
+    """Wan2.1-T2V-1.3B at 240x416, 33 frames: bf16 on a GPU with a float32 VAE (Flow-GRPO's precisions; LoRA
+    stays float32), float32 on a CPU. Sampled with a FlowMatchEulerDiscreteScheduler at the folder's flow
+    shift (the folder's UniPC scheduler is not used; see :mod:`opgrpo_bench.backbones.wan`)."""
+    from opgrpo_bench.backbones.wan import WanBackbone
+
+    device = _default_device()
+    cuda = device.type == "cuda"
+    return WanBackbone.from_pretrained(
+        wan21_source(), dtype=torch.bfloat16 if cuda else torch.float32, device=device,
+        max_sequence_length=WAN21_MAX_SEQUENCE_LENGTH, height=WAN21_HEIGHT, width=WAN21_WIDTH,
+        num_frames=WAN21_NUM_FRAMES, max_batch=WAN21_MAX_BATCH, vae_dtype=torch.float32,
+        what="Wan2.1-T2V-1.3B weights", env=WAN21_ENV,
+    )
+
+
+def wan21_weights_missing() -> str | None:
+    """Why the Wan2.1 weights cannot be found (a one-line reason), or None when they can. No loading."""
+    from opgrpo_bench.backbones.wan import resolve_wan_folder
+
+    try:
+        resolve_wan_folder(wan21_source(), what="Wan2.1-T2V-1.3B weights", env=WAN21_ENV)
+    except MissingWeightsError as err:
+        return str(err)
+    return None
+
+
+# Flow-GRPO's Wan2.1 OCR recipe (config/grpo.py:general_ocr_wan2_1, scripts/train_wan2_1.py): per GPU and
+# epoch 2 batches of 8 videos in groups of 4 (4 groups), one optimizer step per batch (2 per epoch); T = 20
+# with the base config's noise level 0.7, 50 evaluation steps, CFG 4.5 in sampling and training, KL beta
+# 0.004, clip range 1e-3, lr 1e-4, per-group std, EMA 0.9 every 8 steps, LoRA r32/alpha64, bf16.
+WAN21_TRAIN_DEFAULTS: dict[str, Any] = dict(
+    prompts_per_iter=4, group_size=4, num_steps=20, noise_level=0.7, guidance=4.5, eval_num_steps=50,
+    eval_guidance=4.5, optimizer_steps_per_iter=2, lora_rank=32, lora_alpha=64, lr=1e-4, clip_range=1e-3,
+    beta=0.004, ema_decay=0.9, ema_update_interval=8, cfg_detach_uncond=True, micro_batch=8, global_std=False,
+)
+"""``prompts_per_iter=4`` is one GPU's share of Flow-GRPO's epoch (4 groups of 4 per GPU; Flow-GRPO
+multiplies it by the number of GPUs). ``micro_batch=8`` is its per-GPU train batch; not measured here (no
+GPU in this project's CI)."""
+WAN21_SMOKE_TRAIN_DEFAULTS: dict[str, Any] = dict(WAN21_TRAIN_DEFAULTS, prompts_per_iter=2, eval_num_steps=10)
+"""Smoke: the same model and sampler, two groups of four, a short evaluation."""
+VIDEO_OCR_WAN21_TARGET = 0.9
+"""[decision] An OCR level for steps-to-target; this project has not checked a Flow-GRPO Wan2.1 number, so
+it is set a little below ocr-sd35m-v1's (0.92) and should be revised once measured."""
+VIDEO_OCR_WAN21_BUDGET = 2000
+"""[decision] As ocr-sd35m-v1's budget; change with --steps."""
+
+
+def _wan21_spec(smoke: bool) -> TaskSpec:
+    task_id = "video-ocr-wan21-smoke-v1" if smoke else "video-ocr-wan21-v1"
+    if smoke:
+        train, evals = SAMPLES["ocr"]
+        description = "SMOKE (built-in sample prompts, not comparable): Wan2.1-T2V-1.3B text rendering, video OCR"
+    else:
+        train, evals = load_prompt_sets("ocr", task_id, model="Wan2.1-T2V-1.3B", weights_missing=wan21_weights_missing,
+                                        weights_env=WAN21_ENV, smoke_task="video-ocr-wan21-smoke-v1")
+        description = ("Wan2.1-T2V-1.3B 240x416 x 33 frames, text rendering; reward = OCR per frame, mean "
+                       "(Flow-GRPO prompts)")
+    return TaskSpec(
+        id=task_id,
+        description=description,
+        backbone="wan21-t2v-1.3b",
+        reward="video-ocr",
+        train_prompts=train,
+        eval_prompts=evals,
+        eval_noises_per_prompt=1,  # Flow-GRPO evaluates each held-out prompt once
+        target=VIDEO_OCR_WAN21_TARGET,
+        budget_steps=4 if smoke else VIDEO_OCR_WAN21_BUDGET,
+        eval_every=2 if smoke else 40,
+        default_seeds=(0,) if smoke else (0, 1, 2),
+        train_defaults=dict(WAN21_SMOKE_TRAIN_DEFAULTS if smoke else WAN21_TRAIN_DEFAULTS),
+        needs=(f"GPU; Wan2.1-T2V-1.3B weights (${WAN21_ENV} or HF cache {WAN21_REPO}); reward 'video-ocr' "
+               "(rapidocr)" + ("" if smoke else f"; Flow-GRPO prompt files (${PROMPTS_ENV})")),
+    )
+
+
+# Module attribute -> builder; the registry imports "opgrpo_bench.tasks.wan_tasks:<NAME>".
+_LAZY_SPECS: dict[str, Callable[[], TaskSpec]] = {
+    "VIDEO_OCR_WAN21_V1": lambda: _wan21_spec(smoke=False),
+    "VIDEO_OCR_WAN21_SMOKE_V1": lambda: _wan21_spec(smoke=True),
+}
+
+
+@lru_cache(maxsize=None)
+def _spec(name: str) -> TaskSpec:
+    # lru_cache keeps successes only: a MissingWeightsError is raised again (and re-checked) next time.
+    return _LAZY_SPECS[name]()
+
+
+def __getattr__(name: str) -> TaskSpec:
+    if name in _LAZY_SPECS:
+        return _spec(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
