@@ -64,6 +64,11 @@ def resolve(task: str, algorithm: str, seed: int, steps: int | None = None,
     return ResolvedRun(spec, spec.id, entry.name, algo, train_config, run_id_for(spec.id, entry.name, seed))
 
 
+HASH_NEUTRAL_DEFAULTS = {"gradient_checkpointing": False, "compile": False}
+"""Trainer settings added after results were published: they enter the configuration hash only when set
+away from these defaults, so every earlier result keeps its hash (and stays resumable and comparable)."""
+
+
 def resolved_config(resolved: ResolvedRun) -> dict[str, Any]:
     """Everything that determines a run's numbers except its budget: task (id, version, prompt sets),
     algorithm (preset name, class, every config field), every trainer setting, and the seed.
@@ -74,6 +79,9 @@ def resolved_config(resolved: ResolvedRun) -> dict[str, Any]:
     task = resolved.task
     train = dataclasses.asdict(resolved.train_config)
     train.pop("steps")
+    for name, default in HASH_NEUTRAL_DEFAULTS.items():  # settings added later: hashed only when changed
+        if train.get(name) == default:
+            train.pop(name)
     return {
         "task": task.id, "task_version": task.version, "prompt_hash": task.prompt_hash,
         "target": task.target, "eval_metric": task.eval_metric,

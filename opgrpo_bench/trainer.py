@@ -112,6 +112,10 @@ class TrainConfig:
     seed: int = 0
     num_threads: int = 0
     """torch intra-op threads (0 = leave torch's default)."""
+    gradient_checkpointing: bool = False
+    """Recompute the transformer's activations in the backward pass (memory for time; same numbers)."""
+    compile: bool = False
+    """``torch.compile`` the transformer's forward (the GPU path; other kernels, so other rounding)."""
 
 
 @dataclass
@@ -215,6 +219,10 @@ class Trainer:
         self.backbone: Backbone = task.build_backbone()
         self.device = getattr(self.backbone, "device", torch.device("cpu"))
         self.backbone.add_lora(config.lora_rank, config.lora_alpha)
+        if config.gradient_checkpointing:
+            self.backbone.transformer.enable_gradient_checkpointing()
+        if config.compile:  # in place: module and parameter names (checkpoints, adapters) stay the same
+            self.backbone.transformer.compile()
         self.params = self.backbone.trainable_parameters()
         self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay,
                                            betas=config.adam_betas)
