@@ -45,6 +45,18 @@ TASKS.register("pickscore-flux-smoke-v1", "opgrpo_bench.tasks.flux_tasks:PICKSCO
                            "not comparable)",
                needs="GPU; FLUX.1-dev weights ($OPGRPO_FLUX_PATH or HF cache); reward weights")
 
+TASKS.register("tiny-wan-video-v1", "opgrpo_bench.tasks.wan_tasks:TINY_WAN_VIDEO_V1", aliases=("tiny-wan",),
+               description="tiny in-code Wan2.1 pipeline (UMT5 + 3-D VAE, CFG), 9 frames of 32 px; reward = -JPEG kB "
+                           "per frame (video)", needs="CPU; built in code on first use")
+TASKS.register("video-ocr-wan21-v1", "opgrpo_bench.tasks.wan_tasks:VIDEO_OCR_WAN21_V1",
+               description="Wan2.1-T2V-1.3B 240x416 x 33 frames, reward = OCR per frame (video-ocr), Flow-GRPO "
+                           "prompts and settings",
+               needs="GPU; Wan2.1 weights ($OPGRPO_WAN_PATH or HF cache); prompt files ($OPGRPO_PROMPTS_DIR)")
+TASKS.register("video-ocr-wan21-smoke-v1", "opgrpo_bench.tasks.wan_tasks:VIDEO_OCR_WAN21_SMOKE_V1",
+               description="SMOKE: Wan2.1-T2V-1.3B, reward = video OCR, built-in sample prompts, 4 steps (wiring "
+                           "check, not comparable)",
+               needs="GPU; Wan2.1 weights ($OPGRPO_WAN_PATH or HF cache)")
+
 TASKS.register("digits-sparse-v1", "opgrpo_bench.tasks.digits_sparse:DIGITS_SPARSE_V1",
                description="digits-v1 base model, hardest digits, binary success (sparse rewards)", needs="CPU")
 

@@ -70,9 +70,11 @@ TINY_WAN_VIDEO_V1 = TaskSpec(
     eval_prompts=tuple(Prompt(p) for p in TINY_EVAL_PROMPTS),
     eval_noises_per_prompt=2,
     # Random-init model with tiny-sd3-jpeg-v1's settings (large clip range and learning rate, no KL), true
-    # CFG 4.5 as Wan2.1 uses it. The target is NOT measured (no full run on this loaded CPU): it is a
-    # placeholder near tiny-sd3-jpeg-v1's, and this task checks the Wan video wiring, not algorithms.
-    target=-1.50,
+    # CFG 4.5 as Wan2.1 uses it. Measured once (seed 0, Flow-GRPO, 2 loaded CPU cores, 168 s for 200 steps):
+    # base eval -1.288 kB, then a slow steady climb, -1.276 at step 80, -1.273 at 120, -1.269 at 200. The
+    # target sits inside that range (reached at step 120 in that run); one seed, one algorithm: a wiring
+    # check of the Wan video path that also moves, not a calibrated benchmark.
+    target=-1.275,
     budget_steps=200,
     eval_every=10,
     default_seeds=(0, 1, 2),
