@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -170,22 +170,34 @@ def pretrain_base_model(steps: int, seed: int = 0, batch_size: int = 128, lr: fl
         drop = torch.rand(batch_size, generator=gen) < caption_dropout
         prompts = ["" if drop[i] else templates[t_idx[i]].format(d=int(y_train[j]), w=DIGIT_WORDS[int(y_train[j])])
                    for i, j in enumerate(idx.tolist())]
-        # logit-normal sigma (SD3's training density), flow-matching velocity target
-        sigma = torch.sigmoid(torch.randn(batch_size, generator=gen))
-        noise = torch.randn(x0.shape, generator=gen)
-        s = sigma.view(-1, 1, 1, 1)
-        x_t = (1 - s) * x0 + s * noise
-        embeds, pooled = encoder(prompts)
-        v = transformer(hidden_states=x_t, timestep=sigma * 1000, encoder_hidden_states=embeds,
-                        pooled_projections=pooled, return_dict=False)[0]
-        loss = torch.nn.functional.mse_loss(v, noise - x0)
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        flow_matching_step(transformer, encoder, params, opt, x0, prompts, gen)
     transformer.eval()
     text_encoder.eval()
     return transformer, text_encoder, tokenizer, build_scheduler()
+
+
+def flow_matching_step(transformer: Any, encoder: Any, params: list[torch.nn.Parameter], opt: torch.optim.Optimizer,
+                       x0: torch.Tensor, prompts: list[str], gen: torch.Generator) -> float:
+    """One step of the digits base models' pretraining (shared by every digits task's build): a
+    logit-normal sigma per image (SD3's training density), the flow-matching velocity target
+    ``noise - x0`` at ``x_sigma = (1 - sigma) x0 + sigma noise``, AdamW with gradient clipping at 1.
+
+    ``x0`` [B, 1, H, W] in [-1, 1]; draws sigma, then the noise, from ``gen``. Returns the loss.
+    """
+    batch_size = x0.shape[0]
+    sigma = torch.sigmoid(torch.randn(batch_size, generator=gen))
+    noise = torch.randn(x0.shape, generator=gen)
+    s = sigma.view(-1, 1, 1, 1)
+    x_t = (1 - s) * x0 + s * noise
+    embeds, pooled = encoder(prompts)
+    v = transformer(hidden_states=x_t, timestep=sigma * 1000, encoder_hidden_states=embeds,
+                    pooled_projections=pooled, return_dict=False)[0]
+    loss = torch.nn.functional.mse_loss(v, noise - x0)
+    opt.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    return loss.item()
 
 
 def build_assets(out: str | Path = ASSETS, steps: int = 200, seed: int = 0) -> dict:

@@ -62,6 +62,7 @@ from opgrpo_bench.tasks.digits import (
     build_scheduler,
     build_text_encoder,
     build_transformer,
+    flow_matching_step,
     load_pixel_backbone,
     load_split,
     vocabulary,
@@ -201,19 +202,7 @@ def pretrain_number_model(steps: int = PRETRAIN_STEPS, jitter_steps: int = JITTE
             x0 = cells.reshape(batch_size, N_DIGITS, 1, 8, 8).permute(0, 2, 3, 1, 4).reshape(x0.shape)
         drop = torch.rand(batch_size, generator=gen) < caption_dropout
         prompts = ["" if drop[k] else TEMPLATE.format(n=n) for k, n in enumerate(numbers)]
-        # logit-normal sigma (SD3's training density), flow-matching velocity target
-        sigma = torch.sigmoid(torch.randn(batch_size, generator=gen))
-        noise = torch.randn(x0.shape, generator=gen)
-        s = sigma.view(-1, 1, 1, 1)
-        x_t = (1 - s) * x0 + s * noise
-        embeds, pooled = encoder(prompts)
-        v = transformer(hidden_states=x_t, timestep=sigma * 1000, encoder_hidden_states=embeds,
-                        pooled_projections=pooled, return_dict=False)[0]
-        loss = torch.nn.functional.mse_loss(v, noise - x0)
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        flow_matching_step(transformer, encoder, params, opt, x0, prompts, gen)
         if callback is not None:
             callback(step + 1, transformer, text_encoder, tokenizer)
     transformer.eval()

@@ -35,6 +35,7 @@ from opgrpo_bench.tasks.digits import (
     build_text_encoder,
     build_tokenizer,
     build_transformer,
+    flow_matching_step,
     load_pixel_backbone,
     load_split,
 )
@@ -131,19 +132,7 @@ def pretrain_pair_model(steps: int = PRETRAIN_STEPS, jitter_steps: int = JITTER_
         drop = torch.rand(batch_size, generator=gen) < caption_dropout
         prompts = ["" if drop[k] else templates[t_idx[k]].format(left=int(y_train[i]), right=int(y_train[j]))
                    for k, (i, j) in enumerate(zip(i_left.tolist(), i_right.tolist()))]
-        # logit-normal sigma (SD3's training density), flow-matching velocity target
-        sigma = torch.sigmoid(torch.randn(batch_size, generator=gen))
-        noise = torch.randn(x0.shape, generator=gen)
-        s = sigma.view(-1, 1, 1, 1)
-        x_t = (1 - s) * x0 + s * noise
-        embeds, pooled = encoder(prompts)
-        v = transformer(hidden_states=x_t, timestep=sigma * 1000, encoder_hidden_states=embeds,
-                        pooled_projections=pooled, return_dict=False)[0]
-        loss = torch.nn.functional.mse_loss(v, noise - x0)
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        flow_matching_step(transformer, encoder, params, opt, x0, prompts, gen)
     transformer.eval()
     text_encoder.eval()
     return transformer, text_encoder, tokenizer, build_scheduler()
