@@ -72,6 +72,33 @@ def test_tiny_wan_task_trains_two_steps(cache_dir: Path, tiny_wan_folder: Path, 
     assert all(k.startswith("transformer.") for k in lora_b)  # diffusers' LoRA format
 
 
+def test_tiny_wan_adapter_loads_into_the_wan_pipeline(cache_dir: Path, tiny_wan_folder: Path, tmp_path: Path):
+    """``WanPipeline.load_lora_weights`` takes the run's EMA adapter; evaluating that pipeline's transformer
+    gives the run's last eval score (the adapter format is Wan-loadable, rank and alpha included)."""
+    from opgrpo_bench.evaluation import Evaluator
+    from opgrpo_bench.registry import REWARDS
+    from opgrpo_bench.results import read_records
+    from opgrpo_bench.runner import run_one
+
+    run_one("tiny-wan-video-v1", "flow-grpo", seed=0, out=tmp_path, steps=2, sets=SMALL, resume=False)
+    run_dir = tmp_path / "tiny-wan-video-v1__flow-grpo__seed0"
+    records = read_records(run_dir / "metrics.jsonl")
+    train = records[0]["config"]["train"]
+    task = TASKS.get("tiny-wan-video-v1")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(train["num_threads"])
+    try:
+        backbone = task.build_backbone()
+        backbone.pipeline.load_lora_weights(str(run_dir / "lora_ema"))
+        assert any("lora_" in n for n, _ in backbone.transformer.named_parameters())
+        with torch.no_grad():
+            got = Evaluator(task, backbone, REWARDS.get(task.reward)(**task.reward_args), None,
+                            train["eval_num_steps"], train["eval_guidance"])()
+    finally:
+        torch.set_num_threads(threads)
+    assert got["score"] == [r for r in records if r["type"] == "eval"][-1]["score"]
+
+
 # -- Wan2.1-T2V-1.3B tasks ---------------------------------------------------------------------------
 def test_video_ocr_wan21_without_prompt_files_fails_with_one_line(no_wan, monkeypatch: pytest.MonkeyPatch):
     import diffusers
