@@ -36,7 +36,6 @@ def parse_sets(sets: list[str] | None) -> dict[str, str]:
 @dataclass
 class ResolvedRun:
     task: Any
-    task_name: str
     algorithm_name: str
     algorithm: Any
     train_config: Any
@@ -61,7 +60,7 @@ def resolve(task: str, algorithm: str, seed: int, steps: int | None = None,
     preset = ALGORITHMS.get(algorithm)
     entry = ALGORITHMS.entry(algorithm)
     train_config, algo = build_settings(spec, preset, entry.name, seed, steps, parse_sets(sets))
-    return ResolvedRun(spec, spec.id, entry.name, algo, train_config, run_id_for(spec.id, entry.name, seed))
+    return ResolvedRun(spec, entry.name, algo, train_config, run_id_for(spec.id, entry.name, seed))
 
 
 HASH_NEUTRAL_DEFAULTS = {"gradient_checkpointing": False, "compile": False}

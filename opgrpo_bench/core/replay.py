@@ -254,12 +254,6 @@ class ReplayBuffer:
             return float("nan")
         return sum(e.score for e in self._entries) / len(self._entries)
 
-    def mean_reward(self) -> float:
-        """Mean stored reward (NaN if empty)."""
-        if not self._entries:
-            return float("nan")
-        return sum(e.reward for e in self._entries) / len(self._entries)
-
     # -- checkpointing ------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:

@@ -201,7 +201,6 @@ def test_mean_age_and_score() -> None:
     buffer.offer(entry(2, 1.5, birth=6))
     assert buffer.mean_age(10) == pytest.approx(6.0)  # (8 + 4) / 2
     assert buffer.mean_score() == pytest.approx(1.0)
-    assert buffer.mean_reward() == pytest.approx(1.0)
 
 
 def test_state_dict_round_trip_through_torch_save() -> None:
