@@ -246,7 +246,6 @@ def _digits_v1():
         target=0.70,
         budget_steps=150,
         eval_every=5,
-        default_seeds=(0, 1, 2),
         train_defaults=dict(PIXEL_TASK_DEFAULTS),
         needs="CPU; assets shipped in the package",
     )

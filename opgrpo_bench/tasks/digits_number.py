@@ -259,7 +259,6 @@ def number_task(task_id: str, pool: int | None = None) -> TaskSpec:
         target=TARGET,
         budget_steps=BUDGET_STEPS,
         eval_every=10,
-        default_seeds=(0, 1, 2),
         train_defaults=dict(PIXEL_TASK_DEFAULTS),
         needs="CPU; assets shipped in the package",
     )

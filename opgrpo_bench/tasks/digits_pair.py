@@ -179,7 +179,6 @@ def _digits_pair_v1():
         target=0.10,
         budget_steps=200,
         eval_every=5,
-        default_seeds=(0, 1, 2),
         train_defaults=dict(PIXEL_TASK_DEFAULTS),
         needs="CPU; assets shipped in the package",
     )

@@ -40,7 +40,6 @@ DIGITS_SPARSE_V1 = TaskSpec(
     target=0.45,
     budget_steps=200,
     eval_every=5,
-    default_seeds=(0, 1, 2, 3, 4),
     train_defaults={**PIXEL_TASK_DEFAULTS, "prompts_per_iter": 16, "group_size": 4},
     needs="CPU; assets shipped in the package",
 )

@@ -74,7 +74,6 @@ TINY_FLUX_JPEG_V1 = TaskSpec(
     target=-1.50,
     budget_steps=200,
     eval_every=10,
-    default_seeds=(0, 1, 2),
     train_defaults=dict(prompts_per_iter=4, group_size=8, num_steps=4, eval_num_steps=4, guidance=1.0,
                         eval_guidance=1.0, lora_rank=4, lora_alpha=8, lr=1e-2, clip_range=1e-2, beta=0.0,
                         num_threads=1),
@@ -166,7 +165,6 @@ def _flux_dev_spec(smoke: bool) -> TaskSpec:
         target=PICKSCORE_FLUX_TARGET,
         budget_steps=4 if smoke else PICKSCORE_FLUX_BUDGET,
         eval_every=2 if smoke else 40,
-        default_seeds=(0,) if smoke else (0, 1, 2),
         train_defaults=dict(FLUX_SMOKE_TRAIN_DEFAULTS if smoke else FLUX_DEV_TRAIN_DEFAULTS),
         needs=(f"GPU; FLUX.1-dev weights (${FLUX_DEV_ENV} or HF cache {FLUX_DEV_REPO}); reward 'pickscore' weights"
                + ("" if smoke else f"; Flow-GRPO prompt files (${PROMPTS_ENV})")),

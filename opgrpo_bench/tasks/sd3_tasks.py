@@ -68,7 +68,6 @@ TINY_SD3_JPEG_V1 = TaskSpec(
     target=-1.50,
     budget_steps=200,
     eval_every=10,
-    default_seeds=(0, 1, 2),
     train_defaults=dict(prompts_per_iter=4, group_size=8, num_steps=4, eval_num_steps=4, guidance=4.5,
                         eval_guidance=4.5, lora_rank=4, lora_alpha=8, lr=1e-2, clip_range=1e-2, beta=0.0,
                         num_threads=1),
@@ -291,7 +290,6 @@ def _sd35m_spec(family: str, smoke: bool) -> TaskSpec:
         target=target,
         budget_steps=4 if smoke else budget,
         eval_every=2 if smoke else 40,
-        default_seeds=(0,) if smoke else (0, 1, 2),
         train_defaults=dict(SMOKE_TRAIN_DEFAULTS if smoke else SD35M_TRAIN_DEFAULTS, beta=beta),
         needs=(f"GPU; SD3.5-M weights (${SD35M_ENV} or HF cache {SD35M_REPO}); reward '{reward}' weights"
                + ("" if smoke else f"; Flow-GRPO prompt files (${PROMPTS_ENV})")),

@@ -36,7 +36,6 @@ class TaskSpec:
         higher_is_better: direction of the main metric.
         budget_steps: default optimizer-step budget of a run.
         eval_every: evaluation cadence in optimizer steps.
-        default_seeds: seeds of the reference suite.
         train_defaults: trainer/algorithm settings scaled to this task (override library defaults).
         eval_metric: the reward component (a key of ``RewardOutput.components``) that is the eval score;
             None = the reward's ``scores``. Lets a task train on a shaped reward and evaluate a strict one
@@ -60,7 +59,6 @@ class TaskSpec:
     higher_is_better: bool = True
     budget_steps: int = 200
     eval_every: int = 10
-    default_seeds: tuple[int, ...] = (0, 1, 2)
     train_defaults: dict[str, Any] = field(default_factory=dict)
     eval_metric: str | None = None
     gold_reward: str | None = None

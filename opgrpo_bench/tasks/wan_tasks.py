@@ -77,7 +77,6 @@ TINY_WAN_VIDEO_V1 = TaskSpec(
     target=-1.275,
     budget_steps=200,
     eval_every=10,
-    default_seeds=(0, 1, 2),
     train_defaults=dict(prompts_per_iter=4, group_size=4, num_steps=4, eval_num_steps=4, guidance=4.5,
                         eval_guidance=4.5, lora_rank=4, lora_alpha=8, lr=1e-2, clip_range=1e-2, beta=0.0,
                         num_threads=1),
@@ -171,7 +170,6 @@ def _wan21_spec(smoke: bool) -> TaskSpec:
         target=VIDEO_OCR_WAN21_TARGET,
         budget_steps=4 if smoke else VIDEO_OCR_WAN21_BUDGET,
         eval_every=2 if smoke else 40,
-        default_seeds=(0,) if smoke else (0, 1, 2),
         train_defaults=dict(WAN21_SMOKE_TRAIN_DEFAULTS if smoke else WAN21_TRAIN_DEFAULTS),
         needs=(f"GPU; Wan2.1-T2V-1.3B weights (${WAN21_ENV} or HF cache {WAN21_REPO}); reward 'video-ocr' "
                "(rapidocr)" + ("" if smoke else f"; Flow-GRPO prompt files (${PROMPTS_ENV})")),

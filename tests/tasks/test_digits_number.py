@@ -71,7 +71,7 @@ def test_pool_variants_are_nested_and_otherwise_identical() -> None:
     assert len({full.prompt_hash, p20.prompt_hash, p100.prompt_hash}) == 3
     for other in (p20, p100):
         for field in ("reward", "reward_args", "target", "budget_steps", "eval_every", "eval_noises_per_prompt",
-                      "train_defaults", "default_seeds", "backbone", "backbone_args", "eval_metric"):
+                      "train_defaults", "backbone", "backbone_args", "eval_metric"):
             assert getattr(other, field) == getattr(full, field), field
 
 
