@@ -20,6 +20,16 @@ from opgrpo_bench.tasks.spec import TaskSpec
 
 EVAL_NOISE_SEED = 20261126
 """Evaluation noises are the same for every run of a task (seed- and algorithm-independent)."""
+SLICE = 256
+"""Eval samples sampled, decoded and scored together (the ODE sampler's batch as well)."""
+
+
+def _concat(outs: list[RewardOutput]) -> RewardOutput:
+    """One reward output from the outputs of consecutive slices (per-sample tensors concatenated)."""
+    if len(outs) == 1:
+        return outs[0]
+    return RewardOutput(scores=torch.cat([o.scores for o in outs]),
+                        components={k: torch.cat([o.components[k] for o in outs]) for k in outs[0].components})
 
 
 class Evaluator:
@@ -44,23 +54,30 @@ class Evaluator:
         rows = torch.arange(len(task.eval_prompts)).repeat_interleave(k).to(device)
         self.cond = index_cond(backbone.encode([p.text for p in task.eval_prompts]), rows)
 
-    def images(self) -> torch.Tensor:
-        """Decoded eval samples [N, C, H, W] (videos [N, F, C, H, W]) in [0, 1] of the current weights."""
-        x = sample_ode(self.backbone, self.cond, self.noise, self.sigmas, self.guidance, batch_size=256)
-        return self.backbone.decode(x)
-
-    def score(self, images: torch.Tensor) -> dict[str, float]:
-        """``score`` (the task's eval metric), ``eval/<component>``, and with a gold reward ``gold`` and
-        ``gold/<component>``: means over the eval samples, NaN-ignoring."""
-        texts, metas = [p.text for p in self.prompts], [p.meta for p in self.prompts]
-        record = self._metrics(self.reward(images, texts, metas), self.task.reward, "score", "eval/")
-        if self.gold is not None:
-            record.update(self._metrics(self.gold(images, texts, metas), self.task.gold_reward, "gold", "gold/"))
-        return record
-
-    @torch.no_grad()
     def __call__(self) -> dict[str, float]:
-        return self.score(self.images())
+        """``score`` (the task's eval metric), ``eval/<component>``, and with a gold reward ``gold`` and
+        ``gold/<component>``: means over the eval samples, NaN-ignoring.
+
+        Sampled, decoded and scored ``SLICE`` rows at a time, so that decoded videos never all sit in
+        memory at once (an eval set of at most ``SLICE`` samples is one slice: the digits tasks' are).
+        """
+        texts, metas = [p.text for p in self.prompts], [p.meta for p in self.prompts]
+        outs: list[RewardOutput] = []
+        golds: list[RewardOutput] = []
+        with torch.no_grad():
+            for start in range(0, len(self.prompts), SLICE):
+                rows = slice(start, start + SLICE)
+                x = sample_ode(self.backbone, index_cond(self.cond, rows), self.noise[rows], self.sigmas,
+                               self.guidance, batch_size=SLICE)
+                images = self.backbone.decode(x)
+                outs.append(self.reward(images, texts[rows], metas[rows]))
+                if self.gold is not None:
+                    golds.append(self.gold(images, texts[rows], metas[rows]))
+                del images
+        record = self._metrics(_concat(outs), self.task.reward, "score", "eval/")
+        if self.gold is not None:
+            record.update(self._metrics(_concat(golds), self.task.gold_reward, "gold", "gold/"))
+        return record
 
     def _metrics(self, out: RewardOutput, reward: str | None, main_key: str, prefix: str) -> dict[str, float]:
         metric = self.task.eval_metric

@@ -63,7 +63,8 @@ def resolve(task: str, algorithm: str, seed: int, steps: int | None = None,
     return ResolvedRun(spec, entry.name, algo, train_config, run_id_for(spec.id, entry.name, seed))
 
 
-HASH_NEUTRAL_DEFAULTS = {"gradient_checkpointing": False, "compile": False}
+HASH_NEUTRAL_DEFAULTS = {"gradient_checkpointing": False, "compile": False, "latent_dtype": "float32",
+                         "trajectory_device": "auto"}
 """Trainer settings added after results were published: they enter the configuration hash only when set
 away from these defaults, so every earlier result keeps its hash (and stays resumable and comparable)."""
 

@@ -116,6 +116,12 @@ class TrainConfig:
     """Recompute the transformer's activations in the backward pass (memory for time; same numbers)."""
     compile: bool = False
     """``torch.compile`` the transformer's forward (the GPU path; other kernels, so other rounding)."""
+    latent_dtype: str = "float32"
+    """dtype of the rollout latents, sampled and stored: ``float32``, ``bfloat16`` or ``float16``. The SDE
+    step rounds each new latent to it and scores the rounded value, so the first ratio stays exactly 1."""
+    trajectory_device: str = "auto"
+    """Where the rollout's trajectories are kept: ``auto`` (the backbone's device) or ``cpu`` (video-sized
+    rollouts beside a large model; each training call copies its block's two latents back)."""
 
 
 @dataclass
@@ -203,7 +209,9 @@ class Trainer:
         self.task, self.algorithm, self.cfg = task, algorithm, config
         self.mirror_names = list(mirrors)
         # the stochastic step's noise level: the trainer's setting unless the algorithm has its own
-        self.noise_level = algorithm.noise_level(config.noise_level)  # --log: TensorBoard / wandb copies of the records (mirrors.py)
+        self.noise_level = algorithm.noise_level(config.noise_level)
+        self.latent_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
+            config.latent_dtype]  # --log: TensorBoard / wandb copies of the records (mirrors.py)
         self.dist = distributed or Distributed()
         self.algorithm_name = algorithm_name or algorithm.name
         self.run_dir = Path(run_dir)
@@ -218,6 +226,8 @@ class Trainer:
         torch.manual_seed(config.seed)  # LoRA initialisation
         self.backbone: Backbone = task.build_backbone()
         self.device = getattr(self.backbone, "device", torch.device("cpu"))
+        self.trajectory_device = self.device if config.trajectory_device == "auto" else torch.device(
+            config.trajectory_device)
         self.backbone.add_lora(config.lora_rank, config.lora_alpha)
         if config.gradient_checkpointing:
             self.backbone.transformer.enable_gradient_checkpointing()
@@ -277,7 +287,8 @@ class Trainer:
         N = P * G
         order = torch.randperm(N, generator=self.prompt_gen)
         shares = plan_blocks(order, cfg.optimizer_steps_per_iter, cfg.micro_batch)
-        noise = torch.randn((N, *self.backbone.latent_shape), generator=self.noise_gen).to(self.device)
+        noise = torch.randn((N, *self.backbone.latent_shape), generator=self.noise_gen).to(self.device,
+                                                                                           self.latent_dtype)
         if plan.shared_noise:  # every member of a group starts from its first member's noise (drawn anyway)
             noise = noise[torch.arange(N, device=noise.device) // G * G]
 
@@ -301,10 +312,11 @@ class Trainer:
         cond = index_cond(group_cond, cond_index)
         prompts = [task.train_prompts[i] for i in prompt_ids.tolist()]
         # zeros, not empty: with several processes each row is filled by its owner only, then summed
-        latents = torch.zeros((N, T + 1, *self.backbone.latent_shape), device=self.device)
+        store = self.trajectory_device
+        latents = torch.zeros((N, T + 1, *self.backbone.latent_shape), device=store, dtype=self.latent_dtype)
         log_probs = torch.zeros((N, T), device=self.device)
         keep_means = self.algorithm.needs_behaviour_means
-        means = torch.zeros((N, T, *self.backbone.latent_shape), device=self.device) if keep_means else None
+        means = torch.zeros((N, T, *self.backbone.latent_shape), device=store) if keep_means else None
         pending = []
         for g, block in enumerate(b for share in shares for b in share):
             if not self.dist.owns(g):  # another rank samples it; keep the global noise stream
@@ -316,10 +328,10 @@ class Trainer:
                               forced_len[rows], ode_after_forced=ode_after[rows],
                               logprob_reduction=cfg.logprob_reduction, sde_steps=sde_steps,
                               transition=self.algorithm.transition, return_means=keep_means)
-            latents[rows] = traj.latents.to(latents.dtype)
+            latents[block.to(store)] = traj.latents.to(store, latents.dtype)
             log_probs[rows] = traj.log_probs
             if means is not None:
-                means[rows] = traj.means
+                means[block.to(store)] = traj.means.to(store)
             # scoring this block (on the worker thread) overlaps the sampling of the next one
             idx = block.tolist()
             pending.append((rows, self.scorer.submit(self.backbone.decode(traj.latents[:, -1]),
@@ -389,11 +401,17 @@ class Trainer:
         gathered = self.dist.gather_calls(fields, [o for _, _, o in calls], lengths)
         return [PairLoss(loss=torch.zeros(0), rows=f.pop("rows").long(), stats=f) for f in gathered]
 
+    def _latents(self, ro: Rollout, rows: torch.Tensor, k: int) -> torch.Tensor:
+        """``ro.latents[rows, k]`` on the compute device (the trajectories may be kept on the CPU)."""
+        if ro.latents.device == self.device:
+            return ro.latents[rows, k]
+        return ro.latents[rows.to(ro.latents.device), k].to(self.device)
+
     def _velocity(self, ro: Rollout, rows: torch.Tensor, k: int) -> torch.Tensor:
         """The network call the sampler made for ``rows`` at denoising step ``k`` (same inputs and shape)."""
         n = len(rows)
         cond = index_cond(ro.cond, ro.cond_index[rows])
-        return self.backbone.velocity(ro.latents[rows, k], ro.sigmas[k].expand(n), cond, self.cfg.guidance,
+        return self.backbone.velocity(self._latents(ro, rows, k), ro.sigmas[k].expand(n), cond, self.cfg.guidance,
                                       detach_uncond=self.cfg.cfg_detach_uncond)
 
     def _micro_step(self, batch: TrainBatch, rows: torch.Tensor, k: int, total: int,
@@ -404,7 +422,7 @@ class Trainer:
         cfg, ro = self.cfg, batch.rollout
         n = len(rows)
         trained = batch.train_mask[rows, k]
-        x, x_next = ro.latents[rows, k], ro.latents[rows, k + 1]
+        x, x_next = self._latents(ro, rows, k), self._latents(ro, rows, k + 1)
         sigma, sigma_next = ro.sigmas[k].expand(n), ro.sigmas[k + 1].expand(n)
         v = self._velocity(ro, rows, k)
         step_fn = transition_function(self.algorithm.transition)

@@ -147,6 +147,8 @@ TRAIN_RULES: dict[str, Check] = {
     "ema_decay": number(ge=0, lt=1),
     "ema_update_interval": integer(ge=1),
     "logprob_reduction": choice("mean", "sum"),
+    "latent_dtype": choice("float32", "bfloat16", "float16"),
+    "trajectory_device": choice("auto", "cpu"),
     "seed": integer(ge=0),
     "num_threads": integer(ge=0),
 }

@@ -129,6 +129,7 @@ CASES: list[tuple[str, list[str], str]] = [
      "image 'missing.png' does not exist"),
     ("score-bad-metadata", ["score", "--reward", "digit-classifier", "--prompt", "a 3", "--metadata", "[1]",
                             "img.png"], "--metadata must be a JSON object"),
+    ("latent-dtype-bad", sets("latent_dtype=float64"), "invalid setting latent_dtype=float64: must be one of 'float32', 'bfloat16', 'float16'"),
     # data parallelism: checked before any process starts
     ("num-processes-0", [*RUN, "--num-processes", "0"], "--num-processes must be >= 1"),
     ("num-processes-suite", ["run", "--quick", "--out", "runs", "--num-processes", "2"],

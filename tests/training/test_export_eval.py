@@ -76,3 +76,20 @@ def test_tiny_sd3_adapter_loads_into_the_diffusers_pipeline(tmp_path):
         got = Evaluator(task, backbone, REWARDS.get(task.reward)(**task.reward_args), None,
                         train["eval_num_steps"], train["eval_guidance"])()
     assert got["score"] == _last_eval(run_dir)["score"]
+
+
+def test_evaluation_in_slices_gives_the_same_score(monkeypatch):
+    """Video-sized eval sets are sampled, decoded and scored in slices; the mean must not depend on it
+    (up to rounding: other batch sizes may round differently)."""
+    import opgrpo_bench.evaluation as evaluation
+    from opgrpo_bench.registry import REWARDS, TASKS
+
+    task = TASKS.get("digits-v1")
+    backbone = task.build_backbone()
+    reward = REWARDS.get(task.reward)(**task.reward_args)
+    gold = REWARDS.get(task.gold_reward)(**task.gold_reward_args)
+    whole = evaluation.Evaluator(task, backbone, reward, gold, 4, 1.0)()
+    monkeypatch.setattr(evaluation, "SLICE", 7)  # 80 samples: 11 slices, the last one of 3
+    sliced = evaluation.Evaluator(task, backbone, reward, gold, 4, 1.0)()
+    assert set(sliced) == set(whole)
+    assert all(abs(sliced[k] - whole[k]) < 1e-5 for k in whole)

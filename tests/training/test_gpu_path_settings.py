@@ -22,6 +22,14 @@ def test_settings_added_later_leave_earlier_hashes_alone():
     assert config_hash(resolve("digits-v1", "flow-grpo", 0, None, ["gradient_checkpointing=true"])) != base
 
 
+def test_bfloat16_latents_keep_the_first_ratio_exactly_one(tmp_path):
+    run_one("digits-v1", "op-grpo", 0, out=tmp_path, steps=4,
+            sets=FAST + ["latent_dtype=bfloat16", "trajectory_device=cpu", "replay_proportion=0.5"])
+    steps = [r for r in read_records(next(tmp_path.glob("*/metrics.jsonl"))) if r["type"] == "step"]
+    assert [(r["ratio/min"], r["ratio/max"]) for r in steps[::2]] == [(1.0, 1.0)] * 2  # each iteration's first
+    assert all(r["loss/total"] == r["loss/total"] for r in steps)  # finite (NaN != NaN)
+
+
 @pytest.mark.slow
 def test_a_compiled_transformer_trains(tmp_path):
     run_one("digits-v1", "flow-grpo", 0, out=tmp_path, steps=2, sets=FAST + ["compile=true"])
