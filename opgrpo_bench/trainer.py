@@ -34,6 +34,7 @@ steps of an iteration would have to store the whole rollout; replaying it costs 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import platform
 import subprocess
@@ -244,6 +245,7 @@ class Trainer:
         self.state = RunState()
         self.writer = ResultsWriter(self.run_dir) if self.dist.is_main else _NoWriter(self.run_dir)
         self._saved_at: int | None = None  # step of the last checkpoint written or loaded
+        self._sampling_weights: list[torch.Tensor] | None = None  # see iteration()
         self.evaluator = Evaluator(task, self.backbone, self.reward, self.gold, config.eval_num_steps,
                                    config.eval_guidance)
 
@@ -369,6 +371,8 @@ class Trainer:
         ``first_block`` is the global index of ``blocks[0]`` in the iteration: with several processes,
         block ``first_block + j`` is computed by rank ``(first_block + j) % N`` and the gradients summed.
         """
+        if self.algorithm.objective == "forward":
+            return self._update_forward(batch, blocks, first_block)
         mask = batch.train_mask
         total = sum(int(mask[b].sum()) for b in blocks)
         self.optimizer.zero_grad(set_to_none=True)
@@ -390,15 +394,78 @@ class Trainer:
         self.dist.sum_gradients(self.params)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
         self.optimizer.step()
-        parts = [own[i] for i in range(len(calls))] if not self.dist.active else self._gather_parts(own, calls, mask)
+        parts = [own[i] for i in range(len(calls))] if not self.dist.active else self._gather_parts(
+            own, [o for _, _, o in calls], [int(mask[rows.cpu(), k].sum()) for rows, k, _ in calls])
         return {**self.algorithm.summarize(parts, batch), "grad_norm": grad_norm.item(),
                 "train/trained_pairs": total}
 
-    def _gather_parts(self, own: dict[int, PairLoss], calls: list, mask: torch.Tensor) -> list[PairLoss]:
+    def _update_forward(self, batch: TrainBatch, blocks: list[torch.Tensor], first_block: int) -> dict[str, Any]:
+        """One optimizer step of a forward-process objective (``algorithm.objective == "forward"``, e.g.
+        DiffusionNFT): per block, ``algorithm.forward_points`` points ``x_t = (1 - t) x_0 + t eps`` on the
+        noising path of the rollout's final samples, the velocity there with gradient and under the sampling
+        weights without, and ``algorithm.forward_loss``. No log-probability is involved.
+
+        ``t`` and ``eps`` come from a generator seeded by (seed, iteration, global block index), so they do
+        not depend on the process count. Blocks are dealt to ranks as in :meth:`update`.
+        """
+        ro = batch.rollout
+        K = self.algorithm.forward_points
+        keep = batch.train_mask.any(1)  # samples that carry signal
+        total = sum(int(keep[b].sum()) for b in blocks) * K
+        self.optimizer.zero_grad(set_to_none=True)
+        if total == 0:
+            return {"loss/total": 0.0, "train/trained_pairs": 0}
+        calls = [((first_block + j) % self.dist.world_size, j, kk) for j in range(len(blocks)) for kk in range(K)]
+        own: dict[int, PairLoss] = {}
+        for j, b in enumerate(blocks):
+            if (first_block + j) % self.dist.world_size != self.dist.rank:
+                continue
+            rows = b.to(self.device)
+            kept = keep[b].to(self.device)
+            gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + ro.iteration * 7919 + first_block + j)
+            x0 = self._latents(ro, rows, ro.num_steps).float()
+            cond = index_cond(ro.cond, ro.cond_index[rows])
+            for kk in range(K):
+                t = self.algorithm.forward_time(len(rows), gen).to(self.device)
+                eps = torch.randn(x0.shape, generator=gen).to(self.device)
+                s = t.view(-1, *([1] * (x0.ndim - 1)))
+                x_t = (1 - s) * x0 + s * eps
+                with torch.no_grad(), self._weights(self._sampling_weights):
+                    v_old = self.backbone.velocity(x_t, t, cond, 1.0)
+                v = self.backbone.velocity(x_t, t, cond, 1.0)
+                part = self.algorithm.forward_loss(batch, rows[kept], v[kept], v_old[kept], (eps - x0)[kept])
+                (part.loss.sum() / total).backward()
+                own[j * K + kk] = part
+        self.state.nfe += sum(len(b) for b in blocks) * K * 2 * self.backbone.nfe_per_sample(1.0)
+        self.dist.sum_gradients(self.params)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
+        self.optimizer.step()
+        parts = [own[i] for i in range(len(calls))] if not self.dist.active else self._gather_parts(
+            own, [o for o, _, _ in calls], [int(keep[blocks[j]].sum()) for _, j, _ in calls])
+        return {**self.algorithm.summarize(parts, batch), "grad_norm": grad_norm.item(),
+                "train/trained_pairs": total}
+
+    @contextlib.contextmanager
+    def _weights(self, values: list[torch.Tensor] | None):
+        """Context in which the trainable parameters hold ``values`` (e.g. the sampling weights)."""
+        if values is None:
+            yield
+            return
+        saved = [p.detach().clone() for p in self.params]
+        with torch.no_grad():
+            for p, v in zip(self.params, values):
+                p.copy_(v)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, v in zip(self.params, saved):
+                    p.copy_(v)
+
+    def _gather_parts(self, own: dict[int, PairLoss], owners: list[int], lengths: list[int]) -> list[PairLoss]:
         """Every call's per-pair statistics on every rank, in call order (for the step's metrics)."""
         fields = {i: {"rows": p.rows, **p.stats} for i, p in own.items()}
-        lengths = [int(mask[rows.cpu(), k].sum()) for rows, k, _ in calls]
-        gathered = self.dist.gather_calls(fields, [o for _, _, o in calls], lengths)
+        gathered = self.dist.gather_calls(fields, owners, lengths)
         return [PairLoss(loss=torch.zeros(0), rows=f.pop("rows").long(), stats=f) for f in gathered]
 
     def _latents(self, ro: Rollout, rows: torch.Tensor, k: int) -> torch.Tensor:
@@ -447,6 +514,9 @@ class Trainer:
         """One rollout, then its optimizer steps (stopping at the budget), with evaluations in between."""
         mark = time.perf_counter()
         rollout, shares = self.rollout()
+        # the weights the rollout was sampled with, for an algorithm that evaluates that policy again
+        self._sampling_weights = [p.detach().clone() for p in self.params] \
+            if self.algorithm.needs_sampling_weights else None
         self._check_rewards(rollout)
         batch = self.algorithm.prepare(rollout)
         rewards = rollout.rewards[torch.isfinite(rollout.rewards)]

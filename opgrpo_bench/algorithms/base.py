@@ -148,6 +148,13 @@ class Algorithm:
 
     name = "algorithm"
     config_cls: type = object
+    objective = "ratio"
+    """``"ratio"``: per (sample, denoising step) losses from new log-probs (:meth:`loss`; the GRPO family).
+    ``"forward"``: losses at points of the forward (noising) process of the final samples
+    (``forward_points``, ``forward_time``, ``forward_loss``; DiffusionNFT), no log-probability at all."""
+    needs_sampling_weights = False
+    """Whether the trainer keeps a copy of the weights the rollout was sampled with (for
+    ``forward_loss``'s ``v_old``)."""
     needs_behaviour_means = False
     """Whether the rollout must keep the sampler's transition means (``Rollout.means``; GRPO-Guard)."""
 

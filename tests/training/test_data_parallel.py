@@ -21,15 +21,15 @@ SETS = ["prompts_per_iter=2", "group_size=4", "eval_every=2", "eval_num_steps=4"
         "replay_proportion=0.5"]
 
 
-def _run(out, processes: int, steps: int, timeout: float = 300):
-    argv = [sys.executable, "-m", "opgrpo_bench.cli", "run", "-t", "digits-v1", "-a", "op-grpo", "-s", "0",
+def _run(out, processes: int, steps: int, timeout: float = 300, algorithm: str = "op-grpo", sets=None):
+    argv = [sys.executable, "-m", "opgrpo_bench.cli", "run", "-t", "digits-v1", "-a", algorithm, "-s", "0",
             "--steps", str(steps), "--out", str(out), "--num-processes", str(processes)]
-    for item in SETS:
+    for item in SETS if sets is None else sets:
         argv += ["--set", item]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
-    return read_records(out / "digits-v1__op-grpo__seed0" / "metrics.jsonl")
+    return read_records(out / f"digits-v1__{algorithm}__seed0" / "metrics.jsonl")
 
 
 def _close(a, b, rel=1e-5):
@@ -38,13 +38,13 @@ def _close(a, b, rel=1e-5):
     return math.isclose(a, b, rel_tol=rel, abs_tol=1e-9)
 
 
-def _compare(one, two):
+def _compare(one, two, keys=("loss/total", "grad_norm", "train/reward_mean", "samples", "nfe", "op/buffer_size")):
     worst = 0.0
     steps1 = [r for r in one if r["type"] == "step"]
     steps2 = [r for r in two if r["type"] == "step"]
     assert [r["step"] for r in steps1] == [r["step"] for r in steps2]
     for a, b in zip(steps1, steps2):
-        for key in ("loss/total", "grad_norm", "train/reward_mean", "samples", "nfe", "op/buffer_size"):
+        for key in keys:
             assert _close(a.get(key), b.get(key)), (a["step"], key, a.get(key), b.get(key))
     evals1 = [r for r in one if r["type"] == "eval"]
     evals2 = [r for r in two if r["type"] == "eval"]
@@ -125,3 +125,12 @@ def test_a_two_process_run_resumes_like_one(tmp_path):
     one = _run(tmp_path / "one", 1, steps=6)
     assert [r["step"] for r in two if r["type"] == "step"] == list(range(1, 7))
     _compare(one, two)
+
+
+@pytest.mark.multi_process
+def test_a_forward_process_objective_over_two_processes(tmp_path):
+    """DiffusionNFT's training points are seeded per block, so they do not depend on the process count."""
+    sets = [x for x in SETS if not x.startswith("replay_proportion")]
+    one = _run(tmp_path / "one", 1, steps=4, algorithm="diffusion-nft", sets=sets)
+    two = _run(tmp_path / "two", 2, steps=4, algorithm="diffusion-nft", sets=sets)
+    _compare(one, two, keys=("loss/total", "grad_norm", "train/reward_mean", "nfe", "nft/velocity_drift"))
