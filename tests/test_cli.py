@@ -94,7 +94,7 @@ def test_ctrl_c_is_one_line_and_exit_code_130(exc, line, tmp_path, monkeypatch, 
 def test_repeated_names_and_seeds_collapse(tmp_path, monkeypatch, capsys):
     seen = {}
 
-    def run_grid(combos, out, steps, sets, jobs, resume, console):
+    def run_grid(combos, out, steps, sets, jobs, resume, console, log=None):
         seen.update(combos=combos, jobs=jobs)
         return [{"steps_to_target": 3, "censored": False, "best_score": None, "final_score": 0.5, "wall_s": 1.0}
                 for _ in combos]

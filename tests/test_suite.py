@@ -67,7 +67,7 @@ def _fake_end(seed: int) -> dict:
     return {"type": "run_end", "steps_to_target": 1, "censored": False, "best_score": 1.0, "wall_s": 0.0}
 
 
-def _sleepy_worker(task, algorithm, seed, out, steps, sets, resume, updates):
+def _sleepy_worker(task, algorithm, seed, out, steps, sets, resume, updates, log=None):
     """Seed 0 finishes at once; the others write started-<seed> and sleep until Ctrl-C, then stop cleanly
     at a fake step 10 * seed (writing interrupted-<seed>), as the trainer does."""
     from opgrpo_bench.suite import interruptible
@@ -86,7 +86,7 @@ def _sleepy_worker(task, algorithm, seed, out, steps, sets, resume, updates):
     return interruptible(body)
 
 
-def _stubborn_worker(task, algorithm, seed, out, steps, sets, resume, updates):
+def _stubborn_worker(task, algorithm, seed, out, steps, sets, resume, updates, log=None):
     """Like _sleepy_worker, but the runs ignore the first Ctrl-C (a run stuck in a long call)."""
     from opgrpo_bench.suite import interruptible
 
@@ -150,7 +150,7 @@ def test_a_second_ctrl_c_stops_stuck_workers_hard(tmp_path, monkeypatch):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
-def _failing_worker(task, algorithm, seed, out, steps, sets, resume, updates):
+def _failing_worker(task, algorithm, seed, out, steps, sets, resume, updates, log=None):
     """Seed 1 fails with a user error (e.g. missing weights found at load time) once seed 2 is running."""
     from opgrpo_bench.errors import MissingWeightsError
     from opgrpo_bench.suite import interruptible
