@@ -274,7 +274,7 @@ def bad_task(monkeypatch: pytest.MonkeyPatch):
 
 @pytest.mark.parametrize("defaults, needle", [
     pytest.param({"grop_size": 4}, "task 'bad-defaults-v1' has an unknown setting 'grop_size' in its train_defaults "
-                 "(neither a trainer setting nor any algorithm's). Did you mean: group_size?", id="unknown-key"),
+                 "(neither a trainer setting nor any algorithm's). Did you mean: group_size, window_size?", id="unknown-key"),
     pytest.param({"group_size": 1}, "invalid setting group_size=1 (from the defaults of task 'bad-defaults-v1'): "
                  "must be >= 2", id="out-of-range"),
     pytest.param({"group_size": True}, "invalid setting group_size=true (from the defaults of task 'bad-defaults-v1'): "
