@@ -34,7 +34,6 @@ steps of an iteration would have to store the whole rollout; replaying it costs 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import platform
 import subprocess
@@ -49,7 +48,7 @@ import opgrpo_bench
 from opgrpo_bench.algorithms.base import Algorithm, PairLoss, Rollout, TrainBatch
 from opgrpo_bench.backbones.base import Backbone, index_cond
 from opgrpo_bench.checkpoint import CheckpointError, load_state, save_state
-from opgrpo_bench.core.ema import ParameterEMA
+from opgrpo_bench.core.ema import ParameterEMA, holding
 from opgrpo_bench.core.sde import transition_function
 from opgrpo_bench.distributed import Distributed
 from opgrpo_bench.errors import RunInterrupted, UserError
@@ -250,7 +249,6 @@ class Trainer:
                                    config.eval_guidance)
 
     # -- evaluation ----------------------------------------------------------------------------
-    @torch.no_grad()
     def evaluate(self) -> dict[str, Any]:
         """The eval record's metrics (:class:`opgrpo_bench.evaluation.Evaluator`) with the EMA weights."""
         if self.ema is not None:
@@ -430,7 +428,7 @@ class Trainer:
                 eps = torch.randn(x0.shape, generator=gen).to(self.device)
                 s = t.view(-1, *([1] * (x0.ndim - 1)))
                 x_t = (1 - s) * x0 + s * eps
-                with torch.no_grad(), self._weights(self._sampling_weights):
+                with torch.no_grad(), holding(self.params, self._sampling_weights):
                     v_old = self.backbone.velocity(x_t, t, cond, 1.0)
                 v = self.backbone.velocity(x_t, t, cond, 1.0)
                 part = self.algorithm.forward_loss(batch, rows[kept], v[kept], v_old[kept], (eps - x0)[kept])
@@ -444,23 +442,6 @@ class Trainer:
             own, [o for o, _, _ in calls], [int(keep[blocks[j]].sum()) for _, j, _ in calls])
         return {**self.algorithm.summarize(parts, batch), "grad_norm": grad_norm.item(),
                 "train/trained_pairs": total}
-
-    @contextlib.contextmanager
-    def _weights(self, values: list[torch.Tensor] | None):
-        """Context in which the trainable parameters hold ``values`` (e.g. the sampling weights)."""
-        if values is None:
-            yield
-            return
-        saved = [p.detach().clone() for p in self.params]
-        with torch.no_grad():
-            for p, v in zip(self.params, values):
-                p.copy_(v)
-        try:
-            yield
-        finally:
-            with torch.no_grad():
-                for p, v in zip(self.params, saved):
-                    p.copy_(v)
 
     def _gather_parts(self, own: dict[int, PairLoss], owners: list[int], lengths: list[int]) -> list[PairLoss]:
         """Every call's per-pair statistics on every rank, in call order (for the step's metrics)."""

@@ -2,7 +2,6 @@
 
 import json
 
-import pytest
 
 from opgrpo_bench import cli
 from opgrpo_bench.specs import load_spec

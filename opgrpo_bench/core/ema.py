@@ -12,7 +12,7 @@ of 8. The warm-up counts optimizer steps, not EMA updates, so the interval does 
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any, Iterator, Sequence
 
 import torch
@@ -50,18 +50,9 @@ class ParameterEMA:
             s.mul_(d).add_(p.detach(), alpha=1 - d)
         self.updates += 1
 
-    @contextmanager
-    @torch.no_grad()
-    def applied(self, params: Sequence[torch.nn.Parameter]) -> Iterator[None]:
+    def applied(self, params: Sequence[torch.nn.Parameter]) -> AbstractContextManager[None]:
         """Context in which ``params`` hold the average; their own values are restored on exit."""
-        saved = [p.detach().clone() for p in params]
-        for p, s in zip(params, self.shadow):
-            p.copy_(s)
-        try:
-            yield
-        finally:
-            for p, v in zip(params, saved):
-                p.copy_(v)
+        return holding(params, self.shadow)
 
     def state_dict(self) -> dict[str, Any]:
         return {"decay": self.decay, "update_interval": self.update_interval, "updates": self.updates,
@@ -74,3 +65,18 @@ class ParameterEMA:
             for s, v in zip(self.shadow, state["shadow"]):
                 s.copy_(v)
         self.updates = int(state["updates"])
+
+
+@contextmanager
+@torch.no_grad()
+def holding(params: Sequence[torch.nn.Parameter], values: Sequence[torch.Tensor]) -> Iterator[None]:
+    """Context in which ``params`` hold ``values`` (e.g. an average, or the weights a rollout was sampled
+    with); their own values are restored on exit."""
+    saved = [p.detach().clone() for p in params]
+    for p, v in zip(params, values):
+        p.copy_(v)
+    try:
+        yield
+    finally:
+        for p, v in zip(params, saved):
+            p.copy_(v)

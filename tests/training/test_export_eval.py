@@ -6,7 +6,6 @@ the same shapes and code path, so the re-evaluated score must equal the recorded
 
 import json
 
-import pytest
 import torch
 from safetensors import safe_open
 
