@@ -27,6 +27,8 @@ PRESETS = {
                          "DanceGRPO: constant-noise SDE, shared group noise, random 60% of steps trained"),
     "grpo-guard": Preset("opgrpo_bench.algorithms.grpo_guard:GRPOGuard", {},
                          "GRPO-Guard: Flow-GRPO on a regulated, step-normalised ratio"),
+    "flow-dppo": Preset("opgrpo_bench.algorithms.flow_dppo:FlowDPPO", {},
+                        "Flow-DPPO: unclipped ratio, masked where the exact transition KL leaves the trust region"),
     "diffusion-nft": Preset("opgrpo_bench.algorithms.diffusion_nft:DiffusionNFT", {},
                             "DiffusionNFT: likelihood-free regression on the forward process (v+ / v-)"),
     "mixgrpo": Preset("opgrpo_bench.algorithms.mixgrpo:MixGRPO", {},

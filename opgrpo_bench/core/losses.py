@@ -11,7 +11,8 @@ import torch
 
 from opgrpo_bench.core.sde import expand_like
 
-__all__ = ["clipped_surrogate", "kl_to_reference", "sequence_log_weight", "approx_kl"]
+__all__ = ["clipped_surrogate", "kl_to_reference", "sequence_log_weight", "approx_kl", "guard_log_ratio",
+           "divergence_masked_surrogate"]
 
 
 def clipped_surrogate(
@@ -165,3 +166,42 @@ def guard_log_ratio(
     sigma = step_std.float().reshape(step_std.shape[0], -1)[:, 0]
     mse = ((mean.float() - old_mean.detach().float()) ** 2).flatten(1).mean(1)
     return (log_prob.float() - old_log_prob.detach().float()) * sigma + mse / (2 * sigma)
+
+
+def divergence_masked_surrogate(
+    log_prob: torch.Tensor,
+    old_log_prob: torch.Tensor,
+    advantages: torch.Tensor,
+    divergence: torch.Tensor,
+    threshold: float,
+    weight: torch.Tensor | float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Flow-DPPO's policy loss: the unclipped surrogate ``-A * ratio``, masked by a divergence trust region.
+
+    A pair is masked out (loss 0, no gradient) only when its transition has left the trust region,
+    ``divergence >= threshold``, *and* the update still pushes it further out: ``A > 0`` with
+    ``ratio > 1``, or ``A < 0`` with ``ratio < 1``. Every other pair, including the ones whose gradient
+    moves the policy back towards the sampling policy, keeps the plain ``-A * ratio``. Unlike the PPO clip
+    this decides on the exact divergence of the whole Gaussian transition, not on one sample's ratio.
+
+    Args:
+        log_prob: [N] log-probs under the current policy (differentiable).
+        old_log_prob: [N] log-probs under the sampling policy.
+        advantages: [N] advantages.
+        divergence: [N] KL between the sampling and the current transition (see :func:`kl_to_reference`
+            with the sampler's means in place of the reference's); treated as a constant.
+        threshold: the trust region's radius ``eps_D`` on that KL.
+        weight: [N] (or scalar) per-sample weight; None means 1.
+
+    Returns:
+        ``(loss, ratio, masked)``, each [N]: the per-sample loss (float32), the ratio, and the bool mask of
+        the pairs removed.
+    """
+    ratio = torch.exp(log_prob.float() - old_log_prob.detach().float())
+    adv = advantages.detach().float()
+    outside = divergence.detach().float() >= threshold
+    masked = outside & (((adv > 0) & (ratio.detach() > 1.0)) | ((adv < 0) & (ratio.detach() < 1.0)))
+    loss = torch.where(masked, torch.zeros_like(ratio), -adv * ratio)
+    if weight is not None:
+        loss = loss * torch.as_tensor(weight, dtype=torch.float32, device=loss.device).detach()
+    return loss, ratio, masked

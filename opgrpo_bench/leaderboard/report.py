@@ -227,14 +227,14 @@ def results_table(rows: list[dict[str, Any]]) -> Table:
                "Samples to target", "NFE to target", "Wall-clock to target (s)", "Best score",
                "Final score", "Final gold score", "Score − gold, final (change since step 0)",
                f"Steps vs {REFERENCE_ALGORITHM} [95% CI]", "Samples ratio [95% CI]",
-               "Wall-clock ratio [95% CI]", f"P(fewer steps than {REFERENCE_ALGORITHM}) [95% CI]",
+               "NFE ratio [95% CI]", "Wall-clock ratio [95% CI]", f"P(fewer steps than {REFERENCE_ALGORITHM}) [95% CI]",
                "AUC, IQM [95% CI]"]
     body = [[row["algorithm"], fmt(row["seeds"]), fmt_reached(row), fmt_median_iqr(row, "steps"),
              fmt_median_iqr(row, "samples"), fmt_median_iqr(row, "nfe"), fmt_median_iqr(row, "wall_s"),
              fmt(row["best_score"]), fmt(row["final_score"]), fmt(row["final_gold"]), fmt_gold_gap(row),
              fmt_ratio(row, "speedup_"),
-             fmt_ratio(row, "speedup_samples_"), fmt_ratio(row, "speedup_wall_s_"), fmt_prob(row),
-             fmt_auc(row)] for row in rows]
+             fmt_ratio(row, "speedup_samples_"), fmt_ratio(row, "speedup_nfe_"), fmt_ratio(row, "speedup_wall_s_"),
+             fmt_prob(row), fmt_auc(row)] for row in rows]
     return Table(columns, body, numeric=set(range(1, len(columns))) - {2})
 
 
@@ -404,12 +404,16 @@ EXCLUDED_NOTE = ("Finished runs whose eval scores cannot be used (no eval record
 
 
 LEGEND = (
-    f"Ratios are steps (samples, wall-clock) to target of the algorithm divided by those of "
+    f"Ratios are steps (samples, NFE, wall-clock) to target of the algorithm divided by those of "
     f"{REFERENCE_ALGORITHM} on the same task version: lower is better (0.34× = 34% of the steps). "
     f"Median over seeds of per-seed ratios when seeds are shared, 95% percentile-bootstrap interval over "
     f"seeds ({BOOTSTRAP_RESAMPLES:,} resamples, fixed RNG seed). "
     "“≥”: the median involves runs that never reached the target, counted at their budget (a lower "
     "bound). “*”: censored runs enter the ratio. “†”: no shared seeds, ratio of medians. "
+    "NFE: network evaluations per sample of the rollouts and of the updates, as run (a classifier-free "
+    "guided call counts 2, the reference model's and the sampling weights' calls count too, evaluation "
+    "excluded), so "
+    "algorithms that train fewer steps or sample fewer of them spend fewer. "
     "IQR = 25th–75th percentile over seeds. Best/final score: median over seeds of each run's best/last "
     "eval score. Final gold score: median over seeds of the held-out gold score at each run's last eval "
     "(the same images scored by a reader of another architecture that training never sees; “—” when the "
