@@ -25,21 +25,12 @@ prints before anything heavy is loaded.
 
 from __future__ import annotations
 
-import os
-from functools import lru_cache
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
-from opgrpo_bench.errors import MissingWeightsError
-from opgrpo_bench.tasks.sd3_tasks import (
-    PROMPTS_ENV,
-    SAMPLES,
-    TINY_EVAL_PROMPTS,
-    TINY_TRAIN_PROMPTS,
-    _default_device,
-    load_prompt_sets,
-)
+from opgrpo_bench.tasks.external import WeightsSource, default_device, lazy_specs, paper_task_spec
+from opgrpo_bench.tasks.sd3_tasks import TINY_EVAL_PROMPTS, TINY_TRAIN_PROMPTS
 from opgrpo_bench.tasks.spec import Prompt, TaskSpec
 
 # -- tiny-flux-jpeg-v1 -------------------------------------------------------------------------------
@@ -81,8 +72,9 @@ TINY_FLUX_JPEG_V1 = TaskSpec(
 )
 
 # -- FLUX.1-dev tasks --------------------------------------------------------------------------------
-FLUX_DEV_ENV = "OPGRPO_FLUX_PATH"
-FLUX_DEV_REPO = "black-forest-labs/FLUX.1-dev"
+FLUX_DEV = WeightsSource(env="OPGRPO_FLUX_PATH", repo="black-forest-labs/FLUX.1-dev", what="FLUX.1-dev weights",
+                         resolver="opgrpo_bench.backbones.flux:resolve_flux_folder")
+FLUX_DEV_ENV, FLUX_DEV_REPO = FLUX_DEV.env, FLUX_DEV.repo
 FLUX_DEV_RESOLUTION = 512
 FLUX_DEV_MAX_SEQUENCE_LENGTH = 128
 """Flow-GRPO encodes FLUX prompts with 128 T5 tokens (train_flux.py's compute_text_embeddings)."""
@@ -92,9 +84,7 @@ FLUX_DEV_MAX_BATCH = 16
 """Rows per no-grad transformer/VAE call. A memory bound for 12B bf16 weights at 512 px; not measured."""
 
 
-def flux_dev_source() -> str:
-    """``$OPGRPO_FLUX_PATH`` (folder or repo id) or the default repo id in the Hugging Face cache."""
-    return os.environ.get(FLUX_DEV_ENV) or FLUX_DEV_REPO
+flux_dev_source, flux_dev_weights_missing = FLUX_DEV.source, FLUX_DEV.missing
 
 
 def load_flux_dev_backbone():
@@ -102,25 +92,14 @@ def load_flux_dev_backbone():
     float32 on a CPU."""
     from opgrpo_bench.backbones.flux import FluxBackbone
 
-    device = _default_device()
+    device = default_device()
     cuda = device.type == "cuda"
     return FluxBackbone.from_pretrained(
-        flux_dev_source(), dtype=torch.bfloat16 if cuda else torch.float32, device=device,
+        FLUX_DEV.source(), dtype=torch.bfloat16 if cuda else torch.float32, device=device,
         max_sequence_length=FLUX_DEV_MAX_SEQUENCE_LENGTH, resolution=FLUX_DEV_RESOLUTION,
         guidance_scale=FLUX_DEV_GUIDANCE, max_batch=FLUX_DEV_MAX_BATCH, vae_dtype=torch.float32,
-        what="FLUX.1-dev weights", env=FLUX_DEV_ENV,
+        what=FLUX_DEV.what, env=FLUX_DEV.env,
     )
-
-
-def flux_dev_weights_missing() -> str | None:
-    """Why the FLUX.1-dev weights cannot be found (a one-line reason), or None when they can. No loading."""
-    from opgrpo_bench.backbones.flux import resolve_flux_folder
-
-    try:
-        resolve_flux_folder(flux_dev_source(), what="FLUX.1-dev weights", env=FLUX_DEV_ENV)
-    except MissingWeightsError as err:
-        return str(err)
-    return None
 
 
 # Flow-GRPO's FLUX.1-dev PickScore recipe (config/grpo.py:pickscore_flux, scripts/train_flux.py): 48 groups
@@ -145,46 +124,17 @@ PICKSCORE_FLUX_BUDGET = 4000
 
 
 def _flux_dev_spec(smoke: bool) -> TaskSpec:
-    task_id = "pickscore-flux-smoke-v1" if smoke else "pickscore-flux-v1"
-    if smoke:
-        train, evals = SAMPLES["pickscore"]
-        description = "SMOKE (built-in sample prompts, not comparable): FLUX.1-dev human preference, PickScore"
-    else:
-        train, evals = load_prompt_sets("pickscore", task_id, model="FLUX.1-dev",
-                                        weights_missing=flux_dev_weights_missing, weights_env=FLUX_DEV_ENV,
-                                        smoke_task="pickscore-flux-smoke-v1")
-        description = "FLUX.1-dev 512 px, human preference; reward = PickScore (Flow-GRPO prompts)"
-    return TaskSpec(
-        id=task_id,
-        description=description,
-        backbone="flux1-dev",
-        reward="pickscore",
-        train_prompts=train,
-        eval_prompts=evals,
-        eval_noises_per_prompt=1,  # Flow-GRPO evaluates each held-out prompt once, from a fixed noise
-        target=PICKSCORE_FLUX_TARGET,
-        budget_steps=4 if smoke else PICKSCORE_FLUX_BUDGET,
-        eval_every=2 if smoke else 40,
-        train_defaults=dict(FLUX_SMOKE_TRAIN_DEFAULTS if smoke else FLUX_DEV_TRAIN_DEFAULTS),
-        needs=(f"GPU; FLUX.1-dev weights (${FLUX_DEV_ENV} or HF cache {FLUX_DEV_REPO}); reward 'pickscore' weights"
-               + ("" if smoke else f"; Flow-GRPO prompt files (${PROMPTS_ENV})")),
+    return paper_task_spec(
+        "pickscore-flux-smoke-v1" if smoke else "pickscore-flux-v1", smoke=smoke,
+        smoke_task="pickscore-flux-smoke-v1", family="pickscore", weights=FLUX_DEV, model="FLUX.1-dev",
+        size="512 px", what="human preference; reward = PickScore", backbone="flux1-dev", reward="pickscore",
+        target=PICKSCORE_FLUX_TARGET, budget=PICKSCORE_FLUX_BUDGET,
+        train_defaults=FLUX_SMOKE_TRAIN_DEFAULTS if smoke else FLUX_DEV_TRAIN_DEFAULTS,
     )
 
 
 # Module attribute -> builder; the registry imports "opgrpo_bench.tasks.flux_tasks:<NAME>".
-_LAZY_SPECS: dict[str, Callable[[], TaskSpec]] = {
+_spec, __getattr__ = lazy_specs(__name__, {
     "PICKSCORE_FLUX_V1": lambda: _flux_dev_spec(smoke=False),
     "PICKSCORE_FLUX_SMOKE_V1": lambda: _flux_dev_spec(smoke=True),
-}
-
-
-@lru_cache(maxsize=None)
-def _spec(name: str) -> TaskSpec:
-    # lru_cache keeps successes only: a MissingWeightsError is raised again (and re-checked) next time.
-    return _LAZY_SPECS[name]()
-
-
-def __getattr__(name: str) -> TaskSpec:
-    if name in _LAZY_SPECS:
-        return _spec(name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+})

@@ -22,21 +22,12 @@ prints before anything heavy is loaded.
 
 from __future__ import annotations
 
-import os
-from functools import lru_cache
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
-from opgrpo_bench.errors import MissingWeightsError
-from opgrpo_bench.tasks.sd3_tasks import (
-    PROMPTS_ENV,
-    SAMPLES,
-    TINY_EVAL_PROMPTS,
-    TINY_TRAIN_PROMPTS,
-    _default_device,
-    load_prompt_sets,
-)
+from opgrpo_bench.tasks.external import WeightsSource, default_device, lazy_specs, paper_task_spec
+from opgrpo_bench.tasks.sd3_tasks import TINY_EVAL_PROMPTS, TINY_TRAIN_PROMPTS
 from opgrpo_bench.tasks.spec import Prompt, TaskSpec
 
 # -- tiny-wan-video-v1 -------------------------------------------------------------------------------
@@ -84,8 +75,9 @@ TINY_WAN_VIDEO_V1 = TaskSpec(
 )
 
 # -- Wan2.1-T2V-1.3B tasks ---------------------------------------------------------------------------
-WAN21_ENV = "OPGRPO_WAN_PATH"
-WAN21_REPO = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
+WAN21 = WeightsSource(env="OPGRPO_WAN_PATH", repo="Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
+                      what="Wan2.1-T2V-1.3B weights", resolver="opgrpo_bench.backbones.wan:resolve_wan_folder")
+WAN21_ENV, WAN21_REPO = WAN21.env, WAN21.repo
 WAN21_HEIGHT = 240
 WAN21_WIDTH = 416
 WAN21_NUM_FRAMES = 33
@@ -96,9 +88,7 @@ WAN21_MAX_BATCH = 8
 """Rows per no-grad transformer/VAE call. A memory bound for 1.3B bf16 weights at 240x416x33; not measured."""
 
 
-def wan21_source() -> str:
-    """``$OPGRPO_WAN_PATH`` (folder or repo id) or the default repo id in the Hugging Face cache."""
-    return os.environ.get(WAN21_ENV) or WAN21_REPO
+wan21_source, wan21_weights_missing = WAN21.source, WAN21.missing
 
 
 def load_wan21_backbone():
@@ -107,25 +97,14 @@ def load_wan21_backbone():
     shift (the folder's UniPC scheduler is not used; see :mod:`opgrpo_bench.backbones.wan`)."""
     from opgrpo_bench.backbones.wan import WanBackbone
 
-    device = _default_device()
+    device = default_device()
     cuda = device.type == "cuda"
     return WanBackbone.from_pretrained(
-        wan21_source(), dtype=torch.bfloat16 if cuda else torch.float32, device=device,
+        WAN21.source(), dtype=torch.bfloat16 if cuda else torch.float32, device=device,
         max_sequence_length=WAN21_MAX_SEQUENCE_LENGTH, height=WAN21_HEIGHT, width=WAN21_WIDTH,
         num_frames=WAN21_NUM_FRAMES, max_batch=WAN21_MAX_BATCH, vae_dtype=torch.float32,
-        what="Wan2.1-T2V-1.3B weights", env=WAN21_ENV,
+        what=WAN21.what, env=WAN21.env,
     )
-
-
-def wan21_weights_missing() -> str | None:
-    """Why the Wan2.1 weights cannot be found (a one-line reason), or None when they can. No loading."""
-    from opgrpo_bench.backbones.wan import resolve_wan_folder
-
-    try:
-        resolve_wan_folder(wan21_source(), what="Wan2.1-T2V-1.3B weights", env=WAN21_ENV)
-    except MissingWeightsError as err:
-        return str(err)
-    return None
 
 
 # Flow-GRPO's Wan2.1 OCR recipe (config/grpo.py:general_ocr_wan2_1, scripts/train_wan2_1.py): per GPU and
@@ -150,46 +129,17 @@ VIDEO_OCR_WAN21_BUDGET = 2000
 
 
 def _wan21_spec(smoke: bool) -> TaskSpec:
-    task_id = "video-ocr-wan21-smoke-v1" if smoke else "video-ocr-wan21-v1"
-    if smoke:
-        train, evals = SAMPLES["ocr"]
-        description = "SMOKE (built-in sample prompts, not comparable): Wan2.1-T2V-1.3B text rendering, video OCR"
-    else:
-        train, evals = load_prompt_sets("ocr", task_id, model="Wan2.1-T2V-1.3B", weights_missing=wan21_weights_missing,
-                                        weights_env=WAN21_ENV, smoke_task="video-ocr-wan21-smoke-v1")
-        description = ("Wan2.1-T2V-1.3B 240x416 x 33 frames, text rendering; reward = OCR per frame, mean "
-                       "(Flow-GRPO prompts)")
-    return TaskSpec(
-        id=task_id,
-        description=description,
-        backbone="wan21-t2v-1.3b",
-        reward="video-ocr",
-        train_prompts=train,
-        eval_prompts=evals,
-        eval_noises_per_prompt=1,  # Flow-GRPO evaluates each held-out prompt once
-        target=VIDEO_OCR_WAN21_TARGET,
-        budget_steps=4 if smoke else VIDEO_OCR_WAN21_BUDGET,
-        eval_every=2 if smoke else 40,
-        train_defaults=dict(WAN21_SMOKE_TRAIN_DEFAULTS if smoke else WAN21_TRAIN_DEFAULTS),
-        needs=(f"GPU; Wan2.1-T2V-1.3B weights (${WAN21_ENV} or HF cache {WAN21_REPO}); reward 'video-ocr' "
-               "(rapidocr)" + ("" if smoke else f"; Flow-GRPO prompt files (${PROMPTS_ENV})")),
+    return paper_task_spec(
+        "video-ocr-wan21-smoke-v1" if smoke else "video-ocr-wan21-v1", smoke=smoke,
+        smoke_task="video-ocr-wan21-smoke-v1", family="ocr", weights=WAN21, model="Wan2.1-T2V-1.3B",
+        size="240x416 x 33 frames", what="text rendering; reward = OCR per frame, mean", backbone="wan21-t2v-1.3b",
+        reward="video-ocr", target=VIDEO_OCR_WAN21_TARGET, budget=VIDEO_OCR_WAN21_BUDGET,
+        train_defaults=WAN21_SMOKE_TRAIN_DEFAULTS if smoke else WAN21_TRAIN_DEFAULTS, reward_needs="(rapidocr)",
     )
 
 
 # Module attribute -> builder; the registry imports "opgrpo_bench.tasks.wan_tasks:<NAME>".
-_LAZY_SPECS: dict[str, Callable[[], TaskSpec]] = {
+_spec, __getattr__ = lazy_specs(__name__, {
     "VIDEO_OCR_WAN21_V1": lambda: _wan21_spec(smoke=False),
     "VIDEO_OCR_WAN21_SMOKE_V1": lambda: _wan21_spec(smoke=True),
-}
-
-
-@lru_cache(maxsize=None)
-def _spec(name: str) -> TaskSpec:
-    # lru_cache keeps successes only: a MissingWeightsError is raised again (and re-checked) next time.
-    return _LAZY_SPECS[name]()
-
-
-def __getattr__(name: str) -> TaskSpec:
-    if name in _LAZY_SPECS:
-        return _spec(name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+})

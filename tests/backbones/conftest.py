@@ -86,3 +86,35 @@ def wan(tiny_wan_folder: Path):
     torch.set_num_threads(1)
     yield WanBackbone.from_pretrained(tiny_wan_folder, height=32, width=32, num_frames=9, max_sequence_length=16)
     torch.set_num_threads(threads)
+
+
+@pytest.fixture()
+def no_weights(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """``no_weights(module, env, tasks)``: neither Flow-GRPO's prompt files nor a family's weights (an empty
+    HF cache, ``env`` and ``$OPGRPO_PROMPTS_DIR`` unset) for the lazily built specs ``tasks`` (task id ->
+    attribute of ``opgrpo_bench.tasks.<module>``).
+
+    Specs are read once per process (the registry keeps a loaded target, the module a cache): the lazy
+    targets are put back and the cache emptied, so that each test sees its own environment."""
+    import importlib
+
+    from huggingface_hub import constants
+
+    from opgrpo_bench.registry import TASKS
+    from opgrpo_bench.tasks.external import PROMPTS_ENV
+
+    cleared = []
+
+    def apply(module: str, env: str, tasks: dict[str, str]) -> None:
+        mod = importlib.import_module(f"opgrpo_bench.tasks.{module}")
+        monkeypatch.delenv(PROMPTS_ENV, raising=False)
+        monkeypatch.delenv(env, raising=False)
+        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-hub"))
+        for task_id, attr in tasks.items():
+            monkeypatch.setattr(TASKS.entry(task_id), "target", f"opgrpo_bench.tasks.{module}:{attr}")
+        mod._spec.cache_clear()
+        cleared.append(mod)
+
+    yield apply
+    for mod in cleared:
+        mod._spec.cache_clear()

@@ -13,7 +13,7 @@ import torch
 
 from opgrpo_bench.errors import MissingWeightsError, UserError
 from opgrpo_bench.registry import BACKBONES, TASKS
-from opgrpo_bench.tasks import sd3_tasks
+from opgrpo_bench.tasks import external, sd3_tasks
 from opgrpo_bench.tasks.spec import TaskSpec
 
 SD35M_TASKS = ("ocr-sd35m-v1", "pickscore-sd35m-v1", "geneval-sd35m-v1")
@@ -21,21 +21,10 @@ SMOKE_TASKS = ("ocr-sd35m-smoke-v1", "pickscore-sd35m-smoke-v1", "geneval-sd35m-
 
 
 @pytest.fixture()
-def no_sd35m(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+def no_sd35m(no_weights):
     """Neither prompt files nor SD3.5-M weights: an empty HF cache, no environment variables."""
-    from huggingface_hub import constants
-
-    monkeypatch.delenv(sd3_tasks.PROMPTS_ENV, raising=False)
-    monkeypatch.delenv(sd3_tasks.SD35M_ENV, raising=False)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-hub"))
-    # Specs are read once per process (the registry keeps a loaded target, the module an lru_cache); put
-    # the lazy targets back so that each test sees its own environment.
-    for task_id in SD35M_TASKS + SMOKE_TASKS:
-        attr = task_id.replace("-v1", "").replace("-", "_").upper() + "_V1"
-        monkeypatch.setattr(TASKS.entry(task_id), "target", f"opgrpo_bench.tasks.sd3_tasks:{attr}")
-    sd3_tasks._spec.cache_clear()
-    yield
-    sd3_tasks._spec.cache_clear()
+    no_weights("sd3_tasks", sd3_tasks.SD35M_ENV,
+               {t: t.replace("-v1", "").replace("-", "_").upper() + "_V1" for t in SD35M_TASKS + SMOKE_TASKS})
 
 
 def _write_prompt_dir(root: Path) -> Path:
@@ -206,5 +195,5 @@ def test_sample_prompts_suit_their_rewards():
 
 def test_sd35m_backbone_defaults():
     assert sd3_tasks.SD35M_RESOLUTION == 512 and sd3_tasks.SD35M_MAX_SEQUENCE_LENGTH == 128
-    device = sd3_tasks._default_device()
+    device = external.default_device()
     assert device.type == ("cuda" if torch.cuda.is_available() else "cpu")
