@@ -49,6 +49,10 @@ BACKBONES.register("digits-number-v1-base", "opgrpo_bench.tasks.digits_number:lo
                    description="digits-number-v1 base model: the digits-v1 architecture on [1, 8, 24] (3-digit "
                                "numbers; all digits-number tasks)",
                    needs="CPU; shipped in the package", external_weights=False)
+BACKBONES.register("digits-video-v1-base", "opgrpo_bench.tasks.digits_video:load_video_backbone",
+                   description="digits-video-v1 base model: 2-block Wan transformer in pixel space [1, 4, 8, 14] "
+                               "(4 frames, no VAE; coordinate maps as channel conditioning) + tiny CLIP",
+                   needs="CPU; shipped in the package", external_weights=False)
 BACKBONES.register("stub-video", "opgrpo_bench.backbones.stub_video:build_stub_video_backbone",
                    description="TEST STUB: random Conv3d velocity net on video latents [3, 4, 8, 8] (5-D), "
                                "hashed-word text embedding; exercises video shapes, not a model",

@@ -1,11 +1,14 @@
 """Wan2.1 text-to-video backbone: diffusers ``WanTransformer3DModel`` + ``AutoencoderKLWan`` + UMT5.
 
-The same class serves two uses:
+The same class serves three uses:
 
 - the real Wan2.1-T2V-1.3B (``WanBackbone.from_pretrained(path)``: a local diffusers folder or a Hugging
   Face cache entry, never a download), with its UMT5-XXL text encoder and its causal 3-D VAE;
 - a tiny Wan pipeline built in code (:mod:`opgrpo_bench.backbones.tiny_wan`), saved and loaded through
-  the same ``from_pretrained`` code path (the ``tiny-wan-video-v1`` task and the tests).
+  the same ``from_pretrained`` code path (the ``tiny-wan-video-v1`` task and the tests);
+- the CPU ``digits-video-v1`` task, a tiny Wan transformer in pixel space (``vae=None``: the latents are
+  the frames' pixels in [-1, 1], as the SD3 digits models do for images) with a small CLIP text encoder
+  and fixed coordinate maps as channel conditioning (``condition``, below).
 
 What the family adds to :class:`~opgrpo_bench.backbones.diffusers_backbone.DiffusersBackbone`:
 
@@ -23,6 +26,10 @@ What the family adds to :class:`~opgrpo_bench.backbones.diffusers_backbone.Diffu
 - **Latent normalisation.** Wan's latents are ``(z - latents_mean) / latents_std`` per channel (the VAE
   config's two 16-vectors), undone in :meth:`WanBackbone.decode` before the VAE decoder, as ``WanPipeline``
   does after its loop.
+- **Channel conditioning.** An optional fixed tensor ``condition`` [C_c, f, h, w] is concatenated after the
+  latents' channels at every transformer call, as ``WanImageToVideoPipeline`` concatenates its image
+  condition (Wan2.1-I2V: 16 latent + 20 condition channels); the transformer's ``in_channels`` is then
+  C + C_c and its output stays C channels. ``digits-video-v1`` uses it for frame/row/column coordinate maps.
 - **Scheduler.** Real Wan2.1 folders ship a ``UniPCMultistepScheduler`` (a multistep ODE solver, with
   ``flow_shift`` 3.0 for 480p). The SDE samplers here need a plain Euler flow schedule, so the backbone uses a
   ``FlowMatchEulerDiscreteScheduler`` with the pipeline's shift (:func:`euler_scheduler`); a folder that
@@ -86,31 +93,43 @@ class WanBackbone(DiffusersBackbone):
             trainable part).
         prompt_encoder: prompts -> UMT5 embeddings [B, L, D].
         scheduler: a ``FlowMatchEulerDiscreteScheduler`` (the schedule; never used to step).
-        vae: ``AutoencoderKLWan`` with ``latents_mean`` / ``latents_std`` and ``scale_factor_temporal``.
+        vae: ``AutoencoderKLWan`` with ``latents_mean`` / ``latents_std`` and ``scale_factor_temporal``; None
+            for pixel-space models (latents [C, F, H, W] are the frames' pixels in [-1, 1]).
         latent_shape: [C, f, h, w] of one sample.
         negative_prompt: the unconditional prompt of CFG ("" as Flow-GRPO's Wan training).
         max_batch: most rows per no-grad network / VAE / text-encoder call; None = one call.
+        condition: fixed channels [C_c, f, h, w] concatenated after the latents' at every call (see the
+            module docstring); None = none.
     """
 
     LORA_TARGETS = WAN_LORA_TARGETS
 
     def __init__(self, transformer: Any, prompt_encoder: PromptEncoder, scheduler: FlowMatchEulerDiscreteScheduler,
-                 vae: Any, latent_shape: Sequence[int], negative_prompt: str = "", max_batch: int | None = None):
+                 vae: Any | None, latent_shape: Sequence[int], negative_prompt: str = "",
+                 max_batch: int | None = None, condition: torch.Tensor | None = None):
         channels, frames, height, width = latent_shape
-        if channels != transformer.config.in_channels:
-            raise ValueError(f"latent channels {channels} != the transformer's in_channels "
-                             f"{transformer.config.in_channels}")
+        extra = 0
+        if condition is not None:
+            if condition.dim() != 4 or tuple(condition.shape[1:]) != (frames, height, width):
+                raise ValueError(f"condition {tuple(condition.shape)} is not [C_c, {frames}, {height}, {width}]")
+            extra = condition.shape[0]
+        if channels + extra != transformer.config.in_channels:
+            raise ValueError(f"latent channels {channels} (+ {extra} condition channels) != the transformer's "
+                             f"in_channels {transformer.config.in_channels}")
         _, p_h, p_w = transformer.config.patch_size
         if height % p_h or width % p_w:
             raise ValueError(f"latent size {height}x{width} is not a multiple of the patch size {p_h}x{p_w}")
         super().__init__(transformer, scheduler, latent_shape, negative_prompt=negative_prompt, max_batch=max_batch)
         self.prompt_encoder = prompt_encoder
         self.vae = vae
+        self.condition = condition
 
     @property
     def num_frames(self) -> int:
         """Frames of a decoded video: ``(f - 1) * scale_factor_temporal + 1`` (the causal VAE's first frame
-        is its own latent frame)."""
+        is its own latent frame); ``f`` in pixel space."""
+        if self.vae is None:
+            return self.latent_shape[1]
         return (self.latent_shape[1] - 1) * self.vae.config.scale_factor_temporal + 1
 
     # -- family hooks -----------------------------------------------------------------------------
@@ -122,7 +141,11 @@ class WanBackbone(DiffusersBackbone):
         """One transformer evaluation: velocity [B, C, f, h, w] of latents ``x`` [B, C, f, h, w] at ``sigma`` [B].
 
         The timestep is ``1000 * sigma`` in float32, the scheduler's timestep that ``WanPipeline`` passes.
+        A ``condition`` is concatenated after the latents' channels first.
         """
+        if self.condition is not None:
+            extra = self.condition.to(device=x.device, dtype=x.dtype)
+            x = torch.cat([x, extra.expand(x.shape[0], *extra.shape)], dim=1)
         return self.transformer(hidden_states=x, timestep=sigma * 1000, encoder_hidden_states=cond["embeds"],
                                 return_dict=False)[0]
 
@@ -133,7 +156,11 @@ class WanBackbone(DiffusersBackbone):
         F = :attr:`num_frames`, H and W = 8 h and 8 w for Wan2.1's VAE. The latents are first mapped back to
         the VAE's scale, ``z = x * latents_std + latents_mean`` per channel, as ``WanPipeline`` does; the VAE's
         output in [-1, 1] ([B, 3, F, H, W]) is mapped to [0, 1] and its frame axis moved before the channels.
+        Without a VAE (pixel space) the latents [B, C, F, H, W] in [-1, 1] are the videos: mapped to [0, 1],
+        clamped, frame axis first ([B, F, C, H, W]).
         """
+        if self.vae is None:
+            return ((x.float() + 1) / 2).clamp(0, 1).permute(0, 2, 1, 3, 4)
         cfg = self.vae.config
         param = next(self.vae.parameters())
         shape = (1, cfg.z_dim, 1, 1, 1)

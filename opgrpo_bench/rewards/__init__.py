@@ -37,6 +37,11 @@ REWARDS.register(
     "between the prompted number and the digits the digits-v1 classifier reads off an 8x(8k) image",
     needs="CPU; weights built in-package",
 )
+REWARDS.register(
+    "digit-video", "opgrpo_bench.rewards.digits:DigitVideoReward", description="mean over frames of p(prompted "
+    "digit) at the digit's position x how well it moves the prompted way (left/right), videos [B, F, 1, 8, W]",
+    needs="CPU; weights built in-package",
+)
 _register("ocr", "ocr:OcrReward", "similarity of the prompt's quoted text to what PP-OCRv4 reads (Flow-GRPO)",
           "CPU", "PP-OCRv4 inside the rapidocr-onnxruntime wheel", "ocr", aliases=("text-rendering",))
 _register("jpeg-compressibility", "jpeg:JpegCompressibility", "minus the JPEG size in kB at quality 95 (DDPO)",

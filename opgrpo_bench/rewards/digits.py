@@ -5,6 +5,9 @@
   prompted order, else 0.
 - ``digit-number`` (``digits-number-v1``): an OCR-like string match of the digits read off an 8x(8k) image
   against the prompted number, ``1 - edit_distance / length``.
+- ``digit-video`` (``digits-video-v1``): videos of a digit moving left or right; the mean over frames of
+  p(prompted digit) read at the digit's position in each frame, times how well its position moves the
+  prompted way (:class:`DigitVideoReward`).
 
 The classifier is a small MLP trained by the project on scikit-learn's bundled handwritten digits
 (:func:`train_digit_classifier`; weights shipped in ``opgrpo_bench/assets/digits-v1``). Its held-out
@@ -347,3 +350,124 @@ class DigitNumberReward:
             p_digits[i] = sum(float(probs[i, j, int(c)]) for j, c in enumerate(target) if j < len(read)) / m
         return RewardOutput(scores=scores, components={"success": success, "char_acc": char_acc,
                                                        "p_digits": p_digits}, info={NAN_REASON: why_nan})
+
+
+DIRECTIONS = ("left", "right")
+"""The directions of ``digit-video`` prompts; ``right`` is towards larger column indices."""
+_DIRECTION_RE = re.compile(r"\b(left|right)\b")
+
+
+def prompted_direction(prompt: str, metadata: dict[str, Any] | None = None) -> str | None:
+    """``"left"`` or ``"right"``: metadata ``direction`` first, else the last of those words in the prompt."""
+    if metadata and "direction" in metadata:
+        direction = str(metadata["direction"])
+        return direction if direction in DIRECTIONS else None
+    found = _DIRECTION_RE.findall(prompt.lower())
+    return found[-1] if found else None
+
+
+class DigitVideoReward:
+    """How well a video [B, F, 1, 8, W] shows the prompted digit moving the prompted way (``digits-video-v1``).
+
+    Each frame ``X_f`` (8 x W pixels in [0, 1], W >= 8) is read at the digit's position:
+
+    - position: the column centre of mass ``c_f = sum_j j * colsum_j(X_f) / sum(X_f)`` (columns 0..W-1);
+    - digit: the digits-v1 classifier reads the 8x8 window at that position, left edge
+      ``x_f = clamp(c_f - 3.5, 0, W - 8)`` (an 8x8 digit's own centre of mass is at 3.5 +- 0.3), linearly
+      interpolated between the two whole-pixel windows around it: with ``l = floor(x_f)``, ``a = x_f - l``,
+      ``p_f = (1 - a) p(prompted digit | X_f[:, l:l+8]) + a p(prompted digit | X_f[:, l+1:l+9])``.
+      A blank frame (no ink) has ``p_f = 0``.
+
+    With ``s = +1`` for "right", ``-1`` for "left" and ``speed`` the pretraining data's speed in pixels per
+    frame, each step between frames earns ``m_f = clamp(s * (c_{f+1} - c_f) / speed, 0, 1)`` (0 when either
+    frame is blank), and
+
+    ``score = P * M``,  ``P = mean_f p_f`` (F frames),  ``M = mean_f m_f`` (F - 1 steps).
+
+    A rigid real digit moving at ``speed`` or faster the prompted way has ``M = 1``, so its score is the
+    classifier's mean confidence over frames; a static digit or one moving the other way scores 0.
+
+    Components:
+        p_digit: ``P``, the frame-wise digit term.
+        motion: ``M``, the motion term.
+        success: 1.0 when, in every frame, the whole-pixel window nearest ``x_f`` is classified (argmax) as
+            the prompted digit and every step moves at least half the speed the prompted way
+            (``m_f >= 0.5``), else 0.0.
+
+    The digit comes from metadata ``digit`` or the prompt (as :func:`prompted_digit`), the direction from
+    metadata ``direction`` or the prompt's "left"/"right" (:func:`prompted_direction`); prompts without
+    either score NaN, as do videos with non-finite pixels (other rows untouched). Each video is read by one
+    classifier call of fixed shape (F x (W - 7) windows), so a score does not depend on its batch.
+    """
+
+    name: ClassVar[str] = "digit-video"
+    higher_is_better: ClassVar[bool] = True
+    range: ClassVar[tuple[float, float]] = (0.0, 1.0)
+
+    def __init__(self, path: str | Path | None = None, classifier: str = "reward", speed: float = 2.0):
+        """Args: path: folder of the digits-v1 classifiers (default: the weights shipped in the package);
+        classifier: ``"reward"`` or ``"gold"`` (see :class:`DigitClassifierReward`); speed: pixels per frame
+        that earn the full motion term (``digits-video-v1`` moves its digits 2 px per frame)."""
+        if speed <= 0:
+            raise ValueError(f"speed must be positive, not {speed}")
+        self.classifier = DigitClassifierReward(path, classifier)
+        self.model, self.info = self.classifier.model, self.classifier.info
+        self.speed = float(speed)
+
+    @torch.no_grad()
+    def read(self, videos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Videos [B, F, 1, 8, W] in [0, 1] -> (window probabilities [B, F, W - 7, 10], centres of mass
+        ``c_f`` [B, F] (NaN for blank frames), interpolation weights of the windows [B, F, W - 7] (rows sum
+        to 1; zeros for blank frames))."""
+        if videos.dim() != 5 or videos.shape[2] != 1 or videos.shape[3] != 8 or videos.shape[4] < 8:
+            raise ValueError(f"digit-video expects [B, F, 1, 8, W >= 8] videos, got {tuple(videos.shape)}")
+        if videos.shape[1] < 2:
+            raise ValueError(f"digit-video needs at least 2 frames to see motion, got {videos.shape[1]}")
+        b, f, _, _, w = videos.shape
+        n_win = w - 7
+        frames = videos[:, :, 0].float()  # [B, F, 8, W]
+        windows = frames.unfold(-1, 8, 1)  # [B, F, 8, n_win, 8]
+        windows = windows.permute(0, 1, 3, 2, 4).reshape(b, f * n_win, 64)
+        # One call per video, always F * n_win rows: a score does not depend on its batch.
+        probs = torch.stack([self.model(windows[i]).softmax(-1) for i in range(b)]).reshape(b, f, n_win, 10)
+        colsum = frames.sum(-2)  # [B, F, W]
+        mass = colsum.sum(-1)
+        cols = torch.arange(w, dtype=torch.float32)
+        centre = torch.where(mass > 0, (colsum * cols).sum(-1) / mass.clamp_min(1e-12), float("nan"))
+        position = (centre - 3.5).clamp(0, n_win - 1)  # left edge of the digit's window; NaN stays NaN
+        left = torch.arange(n_win, dtype=torch.float32)
+        weights = (1 - (left - position[..., None]).abs()).clamp_min(0)  # [B, F, n_win]: linear interpolation
+        return probs, centre, torch.nan_to_num(weights, nan=0.0)
+
+    @torch.no_grad()
+    def __call__(self, videos: torch.Tensor, prompts: Sequence[str],
+                 metadata: Sequence[dict[str, Any]] | None = None) -> RewardOutput:
+        """``videos`` [B, F, 1, 8, W] in [0, 1] -> scores [B] in [0, 1] (NaN: no digit or direction)."""
+        n = len(prompts)
+        if videos.shape[0] != n:
+            raise ValueError(f"digit-video: {videos.shape[0]} videos but {n} prompts")
+        finite = torch.isfinite(videos.reshape(n, -1)).all(-1)
+        probs, centre, weights = self.read(torch.nan_to_num(videos.float(), nan=0.0).clamp(0, 1))
+        metadata = metadata or [{}] * n
+        scores, p_digit, motion, success = (torch.full((n,), float("nan")) for _ in range(4))
+        why_nan: list[str | None] = [None] * n
+        for i, (prompt, meta) in enumerate(zip(prompts, metadata)):
+            digit, direction = prompted_digit(prompt, meta), prompted_direction(prompt, meta)
+            if digit is None or direction is None:
+                why_nan[i] = ("the prompt names no digit (0-9 or zero..nine) or no direction (left/right) and "
+                              "metadata has no 'digit'/'direction'")
+                continue
+            if not finite[i]:
+                why_nan[i] = "the video has non-finite pixels"
+                continue
+            p_frames = (weights[i] * probs[i, :, :, digit]).sum(-1)  # [F]; 0 for blank frames
+            blank = torch.isnan(centre[i])
+            sign = 1.0 if direction == "right" else -1.0
+            steps = torch.nan_to_num(sign * centre[i].diff() / self.speed, nan=0.0).clamp(0, 1)
+            nearest = weights[i].argmax(-1)  # [F]: the whole-pixel window nearest the digit's position
+            read = probs[i].argmax(-1).gather(1, nearest[:, None])[:, 0]  # [F]: the class read there
+            p_digit[i], motion[i] = p_frames.mean(), steps.mean()
+            scores[i] = p_digit[i] * motion[i]
+            success[i] = float(bool((read == digit).all() and not blank.any() and (steps >= 0.5).all()))
+        return RewardOutput(scores=scores, components={"p_digit": p_digit, "motion": motion, "success": success},
+                            info={NAN_REASON: why_nan})

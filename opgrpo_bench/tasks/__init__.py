@@ -13,6 +13,9 @@ TASKS.register("digits-number-v1", "opgrpo_bench.tasks.digits_number:DIGITS_NUMB
                aliases=("digits-number",), needs="CPU",
                description="render a 3-digit number (8x24), 800 train / 100 held-out numbers, reward = "
                            "1 - edit distance / 3 (OCR-like)")
+TASKS.register("digits-video-v1", "opgrpo_bench.tasks.digits_video:DIGITS_VIDEO_V1", aliases=("digits-video",),
+               needs="CPU", description="a handwritten digit moving left/right (4 frames of 8x14), tiny Wan "
+                                        "transformer, reward = p(prompted digit) per frame x motion")
 for _pool in (20, 100):
     TASKS.register(f"digits-number-pool{_pool}-v1", f"opgrpo_bench.tasks.digits_number:DIGITS_NUMBER_POOL{_pool}_V1",
                    description=f"digits-number-v1 trained on its first {_pool} training numbers (same eval set)",

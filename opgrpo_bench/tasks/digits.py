@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -71,12 +71,13 @@ def build_tokenizer(words: Sequence[str] | None = None):
                                    bos_token="[BOS]", eos_token="[EOS]", model_max_length=MAX_TOKENS)
 
 
-def build_text_encoder(vocab_size: int):
+def build_text_encoder(vocab_size: int, hidden_size: int = 64):
+    """The 2-layer CLIP text encoder of the digits tasks (width ``hidden_size``; ``digits-video-v1``: 32)."""
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
-    cfg = CLIPTextConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=2, max_position_embeddings=MAX_TOKENS, projection_dim=64,
-                         pad_token_id=0, bos_token_id=2, eos_token_id=3)
+    cfg = CLIPTextConfig(vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+                         num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=MAX_TOKENS,
+                         projection_dim=hidden_size, pad_token_id=0, bos_token_id=2, eos_token_id=3)
     return CLIPTextModelWithProjection(cfg)
 
 
@@ -176,22 +177,32 @@ def pretrain_base_model(steps: int, seed: int = 0, batch_size: int = 128, lr: fl
     return transformer, text_encoder, tokenizer, build_scheduler()
 
 
+def sd3_velocity(transformer: Any, encoder: Any, x_t: torch.Tensor, sigma: torch.Tensor,
+                 prompts: list[str]) -> torch.Tensor:
+    """The pixel-space SD3 transformer's velocity at ``x_t`` [B, 1, H, W], noise level ``sigma`` [B]
+    (timestep ``1000 sigma``), conditioned by ``encoder(prompts)`` = (embeds, pooled)."""
+    embeds, pooled = encoder(prompts)
+    return transformer(hidden_states=x_t, timestep=sigma * 1000, encoder_hidden_states=embeds,
+                       pooled_projections=pooled, return_dict=False)[0]
+
+
 def flow_matching_step(transformer: Any, encoder: Any, params: list[torch.nn.Parameter], opt: torch.optim.Optimizer,
-                       x0: torch.Tensor, prompts: list[str], gen: torch.Generator) -> float:
+                       x0: torch.Tensor, prompts: list[str], gen: torch.Generator,
+                       velocity: Callable[..., torch.Tensor] = sd3_velocity) -> float:
     """One step of the digits base models' pretraining (shared by every digits task's build): a
     logit-normal sigma per image (SD3's training density), the flow-matching velocity target
     ``noise - x0`` at ``x_sigma = (1 - sigma) x0 + sigma noise``, AdamW with gradient clipping at 1.
 
-    ``x0`` [B, 1, H, W] in [-1, 1]; draws sigma, then the noise, from ``gen``. Returns the loss.
+    ``x0`` [B, 1, H, W] (videos: [B, 1, F, H, W]) in [-1, 1]; draws sigma, then the noise, from ``gen``.
+    ``velocity(transformer, encoder, x_t, sigma, prompts)`` is the network call (default: the SD3 digits
+    models'; ``digits-video-v1`` passes its Wan transformer's). Returns the loss.
     """
     batch_size = x0.shape[0]
     sigma = torch.sigmoid(torch.randn(batch_size, generator=gen))
     noise = torch.randn(x0.shape, generator=gen)
-    s = sigma.view(-1, 1, 1, 1)
+    s = sigma.view(-1, *([1] * (x0.dim() - 1)))
     x_t = (1 - s) * x0 + s * noise
-    embeds, pooled = encoder(prompts)
-    v = transformer(hidden_states=x_t, timestep=sigma * 1000, encoder_hidden_states=embeds,
-                    pooled_projections=pooled, return_dict=False)[0]
+    v = velocity(transformer, encoder, x_t, sigma, prompts)
     loss = torch.nn.functional.mse_loss(v, noise - x0)
     opt.zero_grad()
     loss.backward()

@@ -62,6 +62,11 @@ def digit_number_inputs(b: int) -> tuple[torch.Tensor, list[str], list[dict[str,
                                         for i in range(b)], None
 
 
+def digit_video_inputs(b: int) -> tuple[torch.Tensor, list[str], list[dict[str, Any]] | None]:
+    frames = torch.stack([_images(b, c=1, h=8, w=14, seed=f) for f in range(4)], dim=1)  # [B, 4, 1, 8, 14]
+    return frames, [f"a {i % 10} moving {('left', 'right')[i % 2]}" if i % 3 else "no digit" for i in range(b)], None
+
+
 def geneval_inputs(b: int) -> tuple[torch.Tensor, list[str], list[dict[str, Any]] | None]:
     metas: list[dict[str, Any]] = [
         {"tag": "single_object", "include": [{"class": "dog", "count": 1}]},
@@ -114,6 +119,7 @@ CASES: dict[str, Case] = {
     "digit-classifier": Case(_digits, digit_inputs),
     "digit-pair": Case(lambda request: REWARDS.get("digit-pair")(), digit_pair_inputs),
     "digit-number": Case(lambda request: REWARDS.get("digit-number")(), digit_number_inputs),
+    "digit-video": Case(lambda request: REWARDS.get("digit-video")(), digit_video_inputs),
     "threshold": Case(lambda request: REWARDS.get("threshold")(reward="digit-classifier", threshold=0.1),
                       digit_inputs),
     "remote": Case(_remote),

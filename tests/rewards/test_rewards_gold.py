@@ -55,7 +55,7 @@ def test_every_digit_reward_reads_with_either_classifier(name):
 
 
 def test_the_digits_tasks_name_a_gold_reward_that_is_not_their_reward():
-    for task_id in ("digits-v1", "digits-sparse-v1", "digits-pair-v1", "digits-number-v1"):
+    for task_id in ("digits-v1", "digits-sparse-v1", "digits-pair-v1", "digits-number-v1", "digits-video-v1"):
         task = TASKS.get(task_id)
         assert task.gold_reward is not None
         assert json.dumps(task.gold_reward_args, sort_keys=True) != json.dumps(task.reward_args, sort_keys=True)
