@@ -40,24 +40,18 @@ class FlowDPPO(FlowGRPO):
     config: FlowDPPOConfig
     needs_behaviour_means = True
 
-    def loss(self, batch: TrainBatch, rows: torch.Tensor, step: int, log_prob: torch.Tensor,
-             mean: torch.Tensor, std: torch.Tensor, ref_mean: torch.Tensor | None,
-             dt: torch.Tensor) -> PairLoss:
-        """``weights * mask * (-A * rho) + beta * KL`` per pair; ``mask`` from the exact transition KL."""
-        cfg = self.config
-        ro = batch.rollout
-        assert ro.means is not None, "Flow-DPPO needs the rollout's transition means"
-        old = batch.old_log_probs[rows, step]
-        divergence = kl_to_reference(mean.detach(), ro.means[rows, step].to(mean.device), std, dt)
-        pg, ratio, masked = divergence_masked_surrogate(log_prob, old, batch.advantages[rows], divergence,
-                                                        cfg.divergence_threshold, weight=batch.weights[rows])
-        kl = torch.zeros_like(pg)
-        if cfg.beta > 0:
-            assert ref_mean is not None, "the KL term needs the reference model's mean"
-            kl = kl_to_reference(mean, ref_mean, std, dt if cfg.kl_include_dt else None)
-        stats = {"pg": pg.detach(), "kl": kl.detach(), "ratio": ratio.detach(), "clipped": masked,
-                 "log_prob": log_prob.detach(), "old": old, "divergence": divergence}
-        return PairLoss(pg + cfg.beta * kl, rows, stats)
+    def policy_loss(self, batch: TrainBatch, rows: torch.Tensor, step: int, log_prob: torch.Tensor,
+                    mean: torch.Tensor, std: torch.Tensor, dt: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """``weights * mask * (-A * rho)`` per pair, ``mask`` from the exact transition KL (reported as
+        ``clipped``; the KL itself as the extra stat ``divergence``)."""
+        means = batch.rollout.means
+        assert means is not None, "Flow-DPPO needs the rollout's transition means"
+        divergence = kl_to_reference(mean.detach(), means[rows, step].to(mean.device), std, dt)
+        pg, ratio, masked = divergence_masked_surrogate(log_prob, batch.old_log_probs[rows, step],
+                                                        batch.advantages[rows], divergence,
+                                                        self.config.divergence_threshold, weight=batch.weights[rows])
+        return pg, ratio, masked, {"divergence": divergence}
 
     def summarize(self, parts: list[PairLoss], batch: TrainBatch) -> dict[str, Any]:
         """Flow-GRPO's metrics (``clipfrac/*`` = the fraction masked) and the transition KL's mean and max."""

@@ -99,21 +99,29 @@ class FlowGRPO(Algorithm):
         ``(log p_theta, log p_old)``; GRPO-Guard regulates it."""
         return log_prob, batch.old_log_probs[rows, step]
 
+    def policy_loss(self, batch: TrainBatch, rows: torch.Tensor, step: int, log_prob: torch.Tensor,
+                    mean: torch.Tensor, std: torch.Tensor, dt: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """``(loss, ratio, clipped, extra stats)`` per pair of the policy term: Flow-GRPO's clipped
+        surrogate ``weights * max(-A * rho, -A * clip(rho, 1 - eps, 1 + eps))``; Flow-DPPO masks instead."""
+        new_term, old_term = self.ratio_terms(batch, rows, step, log_prob, mean, std, dt)
+        pg, ratio, clipped = clipped_surrogate(new_term, old_term, batch.advantages[rows], self.config.clip_range,
+                                               weight=batch.weights[rows])
+        return pg, ratio, clipped, {}
+
     def loss(self, batch: TrainBatch, rows: torch.Tensor, step: int, log_prob: torch.Tensor,
              mean: torch.Tensor, std: torch.Tensor, ref_mean: torch.Tensor | None,
              dt: torch.Tensor) -> PairLoss:
-        """``weights * max(-A * rho, -A * clip(rho, 1 - eps, 1 + eps)) + beta * KL`` per pair."""
+        """:meth:`policy_loss` ``+ beta * KL`` to the reference, per pair."""
         cfg = self.config
         old = batch.old_log_probs[rows, step]
-        new_term, old_term = self.ratio_terms(batch, rows, step, log_prob, mean, std, dt)
-        pg, ratio, clipped = clipped_surrogate(new_term, old_term, batch.advantages[rows], cfg.clip_range,
-                                               weight=batch.weights[rows])
+        pg, ratio, clipped, extra = self.policy_loss(batch, rows, step, log_prob, mean, std, dt)
         kl = torch.zeros_like(pg)
         if cfg.beta > 0:
             assert ref_mean is not None, "the KL term needs the reference model's mean"
             kl = kl_to_reference(mean, ref_mean, std, dt if cfg.kl_include_dt else None)
         stats = {"pg": pg.detach(), "kl": kl.detach(), "ratio": ratio.detach(), "clipped": clipped,
-                 "log_prob": log_prob.detach(), "old": old}
+                 "log_prob": log_prob.detach(), "old": old, **extra}
         return PairLoss(pg + cfg.beta * kl, rows, stats)
 
     def summarize(self, parts: list[PairLoss], batch: TrainBatch) -> dict[str, Any]:
