@@ -50,6 +50,9 @@ def run(
     num_processes: Annotated[int, typer.Option(
         "--num-processes", help="data-parallel processes per run (gloo on CPU, NCCL on GPUs); results do not "
                                 "depend on it")] = 1,
+    fsdp: Annotated[bool, typer.Option(
+        "--fsdp", help="with --num-processes: shard the frozen base weights over the processes (FSDP2); same "
+                       "numbers, less memory per process")] = False,
 ) -> None:
     """Train runs. With no --task/--algorithm/--seed: the default suite (or --quick), then the leaderboard."""
     from rich.console import Console
@@ -63,6 +66,10 @@ def run(
 
     check_positive("--num-processes", num_processes)
     dist = Distributed.from_environment()
+    if fsdp and num_processes < 2 and not dist.active:
+        raise UserError("--fsdp shards the weights over several processes: add --num-processes N (N >= 2)")
+    if fsdp:  # what accelerate's FSDP configuration sets; read by every rank (Distributed.from_environment)
+        os.environ["ACCELERATE_USE_FSDP"] = "true"
     # ranks other than 0 train in step with rank 0 but print nothing
     console = Console(stderr=True) if dist.is_main else Console(file=open(os.devnull, "w"))
     grids: list = []
@@ -89,7 +96,7 @@ def run(
     if dist.active or num_processes > 1:
         jobs = 1  # the processes of one run are the parallelism; runs follow one another
     if num_processes > 1 and not dist.active:
-        _check_runs_then_launch(spec, task, algorithm, seed, steps, set_, out, num_processes)
+        _check_runs_then_launch(spec, task, algorithm, seed, steps, set_, out, num_processes, fsdp)
         return
     if grids:  # a suite file: its own grids, with its budget and settings
         check_output_dir(out, "--out")
@@ -138,13 +145,16 @@ def run(
                    f"final {_score(end.get('final_score'))}, {end['wall_s']:.1f} s")
 
 
-def _check_runs_then_launch(spec, task, algorithm, seed, steps, sets, out, num_processes: int) -> None:
+def _check_runs_then_launch(spec, task, algorithm, seed, steps, sets, out, num_processes: int,
+                            fsdp: bool = False) -> None:
     """Validate the runs here (one line and exit 2 for a mistake, before any process starts), then run this
     same command in ``num_processes`` processes and exit with their status.
 
     On GPUs the processes are started by ``accelerate launch --multi_gpu`` (NCCL); on a CPU by
     ``torch.distributed.run`` (the launcher accelerate uses for several GPUs; accelerate's own CPU launcher
     needs MPI), with gloo. Either way each process joins the group through accelerate's ``PartialState``.
+    ``fsdp`` sets ``ACCELERATE_USE_FSDP``, the variable accelerate's own FSDP configuration sets, which
+    :meth:`opgrpo_bench.distributed.Distributed.from_environment` reads.
     """
     import subprocess
 
@@ -172,7 +182,10 @@ def _check_runs_then_launch(spec, task, algorithm, seed, steps, sets, out, num_p
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
                str(num_processes), "-m", "opgrpo_bench.cli", *argv]
-    code = subprocess.call(cmd, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    if fsdp:
+        env["ACCELERATE_USE_FSDP"] = "true"
+    code = subprocess.call(cmd, env=env)
     if code:
         raise SystemExit(code)
 

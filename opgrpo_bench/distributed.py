@@ -17,6 +17,15 @@ launch`` around ``-m opgrpo_bench.cli run``) computes what the 1-process run com
   on identical gradients, so the weights stay identical. A rank without blocks in a share contributes
   zeros and still takes part in the collective: no rank takes a different control path.
 - **Rank 0 writes** results, checkpoints and adapters; every rank reads the checkpoint on resume.
+- **FSDP (optional) shards the frozen base weights** (``--fsdp``, or an accelerate config with
+  ``distributed_type: FSDP``): each transformer block (the model's ``_no_split_modules``) and then the
+  whole model go through torch's ``fully_shard`` (FSDP2), the LoRA parameters excluded, so every rank
+  holds 1/N of the base weights and gathers one block's at a time. The LoRA weights stay whole and
+  replicated, so gradients, clipping, the optimizer, the EMA, checkpoints and adapters are unchanged.
+  The price is *lockstep*: a forward gathers weights from every rank, so every rank makes the same
+  sequence of network calls. A rank with fewer blocks than another runs idle one-row calls (result
+  unused, loss times 0) until they match, and every rank evaluates (rank 0 writes). The numbers are the
+  unsharded run's: the gathered weights are the same values.
 
 Collectives go through ``torch.distributed`` (gloo on CPU, NCCL on GPUs) as set up by accelerate's
 ``PartialState``; nothing is pickled (every message is a tensor).
@@ -38,9 +47,13 @@ class Distributed:
         device: where collectives put their tensors (CPU for gloo, the rank's GPU for NCCL).
     """
 
-    def __init__(self, rank: int = 0, world_size: int = 1, device: torch.device | None = None):
+    def __init__(self, rank: int = 0, world_size: int = 1, device: torch.device | None = None,
+                 fsdp: bool = False, reshard_after_forward: bool = True):
         self.rank, self.world_size = rank, world_size
         self.device = device or torch.device("cpu")
+        self.fsdp = fsdp and world_size > 1
+        """Whether the frozen base weights are sharded (:meth:`shard_frozen`); needs several processes."""
+        self.reshard_after_forward = reshard_after_forward
 
     @classmethod
     def from_environment(cls) -> "Distributed":
@@ -51,7 +64,10 @@ class Distributed:
         from accelerate import PartialState
 
         state = PartialState(cpu=not torch.cuda.is_available())
-        return cls(state.process_index, state.num_processes, state.device)
+        # accelerate launch sets these from an FSDP config (distributed_type: FSDP, fsdp_config: ...)
+        fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true")
+        reshard = os.environ.get("FSDP_RESHARD_AFTER_FORWARD", "true").lower() not in ("0", "false")
+        return cls(state.process_index, state.num_processes, state.device, fsdp=fsdp, reshard_after_forward=reshard)
 
     @property
     def is_main(self) -> bool:
@@ -60,6 +76,36 @@ class Distributed:
     @property
     def active(self) -> bool:
         return self.world_size > 1
+
+    @property
+    def lockstep(self) -> bool:
+        """Whether every rank must make the same network calls (FSDP gathers weights in each forward)."""
+        return self.fsdp
+
+    def shard_frozen(self, model: torch.nn.Module, trainable: Sequence[torch.nn.Parameter]) -> int:
+        """Shard ``model``'s frozen weights over the ranks with FSDP2 (a no-op unless :attr:`fsdp`).
+
+        Each module whose class is in ``FSDP_TRANSFORMER_CLS_TO_WRAP`` (accelerate's setting, comma
+        separated) or else in the model's ``_no_split_modules`` (diffusers names its transformer blocks
+        there) becomes one FSDP unit, then the model itself (the embeddings and output layers). The
+        ``trainable`` parameters are left out of every unit: they stay whole on every rank.
+
+        Returns the number of units made (0 when not sharding).
+        """
+        if not self.fsdp:
+            return 0
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        names = os.environ.get("FSDP_TRANSFORMER_CLS_TO_WRAP") or ",".join(
+            getattr(model, "_no_split_modules", None) or [])
+        wrap = {n.strip() for n in names.split(",") if n.strip()}
+        mesh = init_device_mesh(self.device.type, (self.world_size,))
+        ignored = set(trainable)
+        units = [m for m in model.modules() if type(m).__name__ in wrap and m is not model]
+        for unit in units + [model]:
+            fully_shard(unit, mesh=mesh, reshard_after_forward=self.reshard_after_forward, ignored_params=ignored)
+        return len(units) + 1
 
     def owns(self, block_index: int) -> bool:
         """Whether block ``block_index`` of a share is this rank's (round-robin)."""

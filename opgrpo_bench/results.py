@@ -3,7 +3,7 @@
 Record types (each carries ``"schema"`` and ``"type"``):
 
 - ``run_start``: ``run_id``, ``task``, ``task_version``, ``algorithm``, ``config`` (resolved), ``seed``,
-  ``world_size``, ``precision``, ``versions``, ``git_sha``, ``device``, ``start_time``, ``target``,
+  ``world_size``, ``fsdp`` (whether the frozen weights were sharded), ``precision``, ``versions``, ``git_sha``, ``device``, ``start_time``, ``target``,
   ``higher_is_better``, ``budget_steps``.
 - ``step``: ``step`` (optimizer steps so far), ``samples`` (fresh samples generated so far), ``nfe``
   (network evaluations so far), ``wall_s``, ``train/reward_mean``, ``train/reward_std``, ``loss/*``,

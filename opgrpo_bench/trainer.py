@@ -223,6 +223,10 @@ class Trainer:
         # evaluation only, never trained on: a second reader that makes reward hacking visible
         self.gold = REWARDS.get(task.gold_reward)(**task.gold_reward_args) if task.gold_reward else None
         self.scorer = AsyncRewardWorker(self.reward, max_pending=2)
+        if self.dist.lockstep and task.backbone_args.get("max_batch"):
+            # a call split by row count would make a different number of weight gathers on each rank
+            raise UserError("--fsdp needs the backbone's max_batch unset (micro_batch bounds a training call's "
+                            f"rows); task {task.id} sets max_batch={task.backbone_args['max_batch']}")
         torch.manual_seed(config.seed)  # LoRA initialisation
         self.backbone: Backbone = task.build_backbone()
         self.device = getattr(self.backbone, "device", torch.device("cpu"))
@@ -231,6 +235,8 @@ class Trainer:
         self.backbone.add_lora(config.lora_rank, config.lora_alpha)
         if config.gradient_checkpointing:
             self.backbone.transformer.enable_gradient_checkpointing()
+        # FSDP: the frozen base weights sharded over the ranks, the LoRA weights kept whole on each
+        self.dist.shard_frozen(self.backbone.transformer, self.backbone.trainable_parameters())
         if config.compile:  # in place: module and parameter names (checkpoints, adapters) stay the same
             self.backbone.transformer.compile()
         self.params = self.backbone.trainable_parameters()
@@ -257,11 +263,16 @@ class Trainer:
         return self.evaluator()
 
     def _log_eval(self) -> dict[str, Any]:
-        if not self.dist.is_main:  # rank 0 evaluates and writes; evaluation has no collective
+        # rank 0 evaluates and writes; under FSDP every rank evaluates (each forward gathers the weights
+        # from all of them) and rank 0 writes
+        if not self.dist.is_main and not self.dist.lockstep:
+            return {}
+        metrics = self.evaluate()
+        if not self.dist.is_main:
             return {}
         s = self.state
         rec = self.writer.write("eval", step=s.step, samples=s.samples, nfe=s.nfe, wall_s=round(s.wall_s, 3),
-                                **self.evaluate())
+                                **metrics)
         self.progress(rec)
         return rec
 
@@ -318,10 +329,13 @@ class Trainer:
         keep_means = self.algorithm.needs_behaviour_means
         means = torch.zeros((N, T, *self.backbone.latent_shape), device=store) if keep_means else None
         pending = []
-        for g, block in enumerate(b for share in shares for b in share):
+        blocks = [b for share in shares for b in share]
+        owned = 0
+        for g, block in enumerate(blocks):
             if not self.dist.owns(g):  # another rank samples it; keep the global noise stream
                 skip_sde_noise(self.noise_gen, len(block), T, tuple(self.backbone.latent_shape))
                 continue
+            owned += 1
             rows = block.to(self.device)
             traj = sample_sde(self.backbone, index_cond(cond, rows), noise[rows], self.sigmas, self.noise_level,
                               cfg.guidance, self.noise_gen, None if forced is None else forced[rows],
@@ -337,6 +351,10 @@ class Trainer:
             pending.append((rows, self.scorer.submit(self.backbone.decode(traj.latents[:, -1]),
                                                      [prompts[i].text for i in idx],
                                                      [prompts[i].meta for i in idx])))
+        if self.dist.lockstep:  # as many network calls as the rank with the most blocks
+            busiest = -(-len(blocks) // self.dist.world_size)
+            with torch.no_grad():
+                self._idle_calls(group_cond, (busiest - owned) * T, cfg.guidance)
         self.dist.sum_(latents)  # every rank now holds the whole rollout
         self.dist.sum_(log_probs)
         if means is not None:
@@ -379,13 +397,16 @@ class Trainer:
         calls = [(b.to(self.device), k, (first_block + j) % self.dist.world_size) for j, b in enumerate(blocks)
                  for k in range(batch.rollout.num_steps) if bool(mask[b, k].any())]
         mine = [i for i, (_, _, owner) in enumerate(calls) if owner == self.dist.rank]
+        spare = self._spare_calls([owner for _, _, owner in calls])
         # the reference velocities, all under one switch of the adapters (toggling them costs a walk over
         # the model's modules); the same calls as below, so the same numbers
         v_refs: dict[int, torch.Tensor | None] = {i: None for i in mine}
-        if self.algorithm.needs_reference and mine:
+        if self.algorithm.needs_reference and (mine or spare):
             with torch.no_grad(), self.backbone.reference():
                 v_refs = {i: self._velocity(batch.rollout, calls[i][0], calls[i][1]) for i in mine}
+                self._idle_calls(batch.rollout.cond, spare, self.cfg.guidance)
         own = {i: self._micro_step(batch, calls[i][0], calls[i][1], total, v_refs[i]) for i in mine}
+        self._idle_calls(batch.rollout.cond, spare, self.cfg.guidance, backward=True)
         per_call = 2 if self.algorithm.needs_reference else 1  # counted for every call, whoever ran it
         self.state.nfe += sum(len(rows) for rows, _, _ in calls) * self.backbone.nfe_per_sample(self.cfg.guidance) \
             * per_call
@@ -434,6 +455,11 @@ class Trainer:
                 part = self.algorithm.forward_loss(batch, rows[kept], v[kept], v_old[kept], (eps - x0)[kept])
                 (part.loss.sum() / total).backward()
                 own[j * K + kk] = part
+        spare = self._spare_calls([(first_block + j) % self.dist.world_size for j in range(len(blocks))]) * K
+        for _ in range(spare):  # lockstep: the no-gradient call, then the call with a backward
+            with torch.no_grad():
+                self._idle_calls(ro.cond, 1, 1.0)
+            self._idle_calls(ro.cond, 1, 1.0, backward=True)
         self.state.nfe += sum(len(b) for b in blocks) * K * 2 * self.backbone.nfe_per_sample(1.0)
         self.dist.sum_gradients(self.params)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
@@ -442,6 +468,28 @@ class Trainer:
             own, [o for o, _, _ in calls], [int(keep[blocks[j]].sum()) for _, j, _ in calls])
         return {**self.algorithm.summarize(parts, batch), "grad_norm": grad_norm.item(),
                 "train/trained_pairs": total}
+
+    def _spare_calls(self, owners: Sequence[int]) -> int:
+        """Lockstep (FSDP): how many idle calls this rank owes, given the owner of every call of a phase
+        (the busiest rank's count minus this rank's); 0 without lockstep."""
+        if not self.dist.lockstep:
+            return 0
+        counts = [0] * self.dist.world_size
+        for owner in owners:
+            counts[owner] += 1
+        return max(counts) - counts[self.dist.rank]
+
+    def _idle_calls(self, cond: dict[str, torch.Tensor], calls: int, guidance: float, backward: bool = False) -> None:
+        """``calls`` network calls on one zero row whose velocity is thrown away: under FSDP each forward
+        gathers the sharded weights from every rank, so a rank with less work still takes part. With
+        ``backward`` each is differentiated times 0 (the gradients gain exact zeros, the backward's gathers
+        match the busy ranks'). Runs in the caller's grad mode and adapter state."""
+        for _ in range(calls):
+            x = torch.zeros((1, *self.backbone.latent_shape), device=self.device, dtype=self.latent_dtype)
+            v = self.backbone.velocity(x, self.sigmas[:1], index_cond(cond, [0]), guidance,
+                                       detach_uncond=self.cfg.cfg_detach_uncond)
+            if backward:
+                (v.float().sum() * 0).backward()
 
     def _gather_parts(self, own: dict[int, PairLoss], owners: list[int], lengths: list[int]) -> list[PairLoss]:
         """Every call's per-pair statistics on every rank, in call order (for the step's metrics)."""
@@ -536,6 +584,7 @@ class Trainer:
             config={"train": dataclasses.asdict(self.cfg), "algorithm": algo_cfg}, config_hash=config_hash,
             target=self.task.target, higher_is_better=self.task.higher_is_better, budget_steps=self.cfg.steps,
             reward=self.task.reward, eval_metric=self.task.eval_metric, world_size=self.dist.world_size,
+            fsdp=self.dist.fsdp,
             gold_reward=self.task.gold_reward, gold_reward_args=self.task.gold_reward_args,
             precision=str(getattr(self.backbone, "dtype", torch.float32)),
             versions=_versions(), git_sha=_git_sha(), device=self._device_name(),

@@ -135,6 +135,8 @@ CASES: list[tuple[str, list[str], str]] = [
     ("num-processes-suite", ["run", "--quick", "--out", "runs", "--num-processes", "2"],
      "--num-processes trains given runs (--task/--algorithm/--seed or a run file), not a suite"),
     ("num-processes-bad-setting", [*sets("lr=0"), "--num-processes", "2"], "invalid setting lr=0: must be > 0"),
+    ("fsdp-one-process", [*RUN, "--fsdp"],
+     "--fsdp shards the weights over several processes: add --num-processes N (N >= 2)"),
     ("log-unknown", [*RUN, "--log", "tensorbord"], "unknown --log 'tensorbord'. Did you mean: tensorboard"),
     # eval
     ("eval-not-a-run", ["eval", "empty"], "empty is not a run directory (no metrics.jsonl)"),

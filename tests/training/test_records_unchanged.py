@@ -18,7 +18,7 @@ from small import FAST
 
 RECORDS = Path(__file__).parent / "records"
 DROP = ("wall_s", "start_time", "wall_s_to_target", "run_id", "device", "git_sha", "versions", "config_hash",
-        "config")
+        "config", "fsdp")  # fsdp: how the run was laid out, a run_start field that came after the records
 
 
 def is_gold(key: str) -> bool:
