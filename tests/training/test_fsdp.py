@@ -47,8 +47,14 @@ def test_fsdp_gives_the_unsharded_runs_records(tmp_path):
     assert two[0]["fsdp"] is True and two[0]["world_size"] == 2 and ddp[0]["fsdp"] is False
     assert two[0]["config_hash"] == ddp[0]["config_hash"]  # sharding is not a setting
     assert _without_wall_clock(two) == _without_wall_clock(ddp)
-    adapter = tmp_path / "fsdp" / "digits-v1__op-grpo__seed0"
-    assert any(adapter.rglob("*.safetensors"))  # rank 0 exported the (whole) LoRA weights
+    # rank 0 exported the whole LoRA weights: the unsharded run's adapters, tensor for tensor
+    from safetensors.torch import load_file
+
+    for folder in ("lora", "lora_ema"):
+        name = f"digits-v1__op-grpo__seed0/{folder}/pytorch_lora_weights.safetensors"
+        sharded, whole = load_file(tmp_path / "fsdp" / name), load_file(tmp_path / "ddp" / name)
+        assert sharded.keys() == whole.keys() and sharded
+        assert all(bool((sharded[k] == whole[k]).all()) for k in whole)
 
 
 @pytest.mark.multi_process
