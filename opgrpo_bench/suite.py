@@ -28,7 +28,7 @@ FIELD_ALGORITHMS = ("flow-grpo-fast", "mixgrpo", "flow-grpo-cps", "grpo-guard", 
                     "flow-dppo")
 """The field's other algorithms (ALGORITHMS.md section 4), compared with Flow-GRPO on the same seeds."""
 HEADLINE_SEEDS = tuple(range(10))
-"""Seeds of the flow-grpo / op-grpo headline on digits-v1 and digits-sparse-v1."""
+"""Seeds of the flow-grpo / op-grpo headline on digits-v1, digits-sparse-v1 and digits-video-v1."""
 REGIME_SEEDS = tuple(range(10))
 """Seeds of flow-grpo / op-grpo at every pool size of the regime map."""
 
@@ -73,7 +73,7 @@ SUITES = {
         (("digits-v1",), FIELD_ALGORITHMS, (0, 1, 2, 3, 4)),
         (("digits-sparse-v1",), ABLATIONS, (0, 1, 2)),
         (POOL_TASKS, ("flow-grpo", "op-grpo"), REGIME_SEEDS),
-        (("digits-video-v1",), ("flow-grpo", "op-grpo"), (0, 1, 2, 3, 4)),
+        (("digits-video-v1",), ("flow-grpo", "op-grpo"), HEADLINE_SEEDS),
     )),
     # when does replay pay off: Flow-GRPO against OP-GRPO at three training-pool sizes of digits-number
     "regime": Suite("regime", ((POOL_TASKS, ("flow-grpo", "op-grpo"), REGIME_SEEDS),)),
