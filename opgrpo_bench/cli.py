@@ -253,6 +253,23 @@ def eval_(
         print(f"  {key} {record[key]:.4f}")
 
 
+@app.command("pack")
+def pack(
+    runs_dir: Annotated[Path, typer.Argument(help="directory searched recursively for finished runs")],
+) -> None:
+    """Compress each finished run's metrics.jsonl to metrics.jsonl.gz (the same records, about a fifth of the
+    size; every reader accepts both). Unfinished runs, and runs another process is writing, stay as they are."""
+    from opgrpo_bench.errors import UserError
+    from opgrpo_bench.results import pack_tree
+
+    if not runs_dir.is_dir():
+        raise UserError(f"'{runs_dir}' is not a directory")
+    packed, left = pack_tree(runs_dir)
+    size = sum(p.stat().st_size for p in packed)
+    print(f"packed {len(packed)} finished run(s) under {runs_dir} ({size / 1e6:.2f} MB now)"
+          + (f"; {len(left)} unfinished or busy run(s) left unpacked" if left else ""))
+
+
 @app.command("list")
 def list_(
     kind: Annotated[Optional[str], typer.Argument(help="algorithms | rewards | tasks | backbones")] = None,

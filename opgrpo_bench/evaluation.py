@@ -103,13 +103,13 @@ def evaluate_saved_run(run_dir: str | Path, task_id: str | None = None, adapter:
 
     from opgrpo_bench.export import ADAPTER_DIRS, WEIGHT_NAME, load_adapter
     from opgrpo_bench.registry import REWARDS, TASKS
-    from opgrpo_bench.results import METRICS_FILE, read_records
+    from opgrpo_bench.results import METRICS_FILE, read_records, results_file
     from opgrpo_bench.trainer import TrainConfig
 
     run_dir = Path(run_dir)
-    metrics = run_dir / METRICS_FILE
-    if not metrics.is_file():
-        raise UserError(f"{run_dir} is not a run directory (no {METRICS_FILE})")
+    metrics = results_file(run_dir)
+    if metrics is None:
+        raise UserError(f"{run_dir} is not a run directory (no {METRICS_FILE} or {METRICS_FILE}.gz)")
     if adapter not in ADAPTER_DIRS:
         raise UserError(f"--adapter must be one of {', '.join(ADAPTER_DIRS)}, not '{adapter}'")
     try:

@@ -13,10 +13,17 @@ Record types (each carries ``"schema"`` and ``"type"``):
 
 Steps-to-target is always recomputable from the ``eval`` records (:func:`first_reaching`); the
 leaderboard reads only these files.
+
+A finished run may be *packed* (:func:`pack_run`, ``opgrpo-bench pack``): its ``metrics.jsonl`` is replaced
+by ``metrics.jsonl.gz`` holding the same bytes, about a fifth of the size. That is how the committed
+reference results fit their size budget. Everything that reads results (the leaderboard, ``eval``, the
+runner's finished-run check) accepts either file; a packed run is finished, so it is never appended to.
 """
 
 from __future__ import annotations
 
+import gzip
+import io
 import json
 import math
 import os
@@ -26,6 +33,7 @@ from typing import Any, Iterable
 from opgrpo_bench import SCHEMA
 
 METRICS_FILE = "metrics.jsonl"
+PACKED_FILE = METRICS_FILE + ".gz"
 LOCK_FILE = ".lock"
 
 
@@ -69,10 +77,26 @@ class ResultsWriter:
         return record
 
 
+def results_file(run_dir: str | os.PathLike[str]) -> Path | None:
+    """The run's results file: ``metrics.jsonl``, else its packed ``metrics.jsonl.gz``, else ``None``."""
+    for name in (METRICS_FILE, PACKED_FILE):
+        path = Path(run_dir) / name
+        if path.is_file():
+            return path
+    return None
+
+
+def read_text(path: str | os.PathLike[str]) -> str:
+    """A results file's text; a ``.gz`` file (a packed run) is decompressed."""
+    path = Path(path)
+    data = path.read_bytes()
+    return (gzip.decompress(data) if path.name.endswith(".gz") else data).decode("utf-8")
+
+
 def read_records(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """All well-formed records of one results file (a truncated last line is ignored)."""
+    """All well-formed records of one results file, plain or packed (a truncated last line is ignored)."""
     records = []
-    with Path(path).open(encoding="utf-8") as f:
+    with io.StringIO(read_text(path)) as f:
         for line in f:
             line = line.strip()
             if not line:
@@ -112,6 +136,68 @@ def truncate_after_step(path: str | os.PathLike[str], step: int, budget_steps: i
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def pack_bytes(data: bytes) -> bytes:
+    """``data`` gzipped reproducibly: no file name, no time stamp, level 9 (the same input gives the same
+    bytes, so a packed file is stable under git)."""
+    buffer = io.BytesIO()
+    with gzip.GzipFile(filename="", mode="wb", compresslevel=9, fileobj=buffer, mtime=0) as f:
+        f.write(data)
+    return buffer.getvalue()
+
+
+def pack_run(run_dir: str | os.PathLike[str]) -> Path | None:
+    """Replace a finished run's ``metrics.jsonl`` with ``metrics.jsonl.gz`` (same bytes, compressed).
+
+    Returns the packed file, or ``None`` when there is nothing to pack: no plain results file, or a run
+    that has no ``run_end`` (an unfinished run must stay appendable). The packed file is written to a
+    temporary name, fsynced, read back and compared with the original before it replaces it, so a
+    failure at any point leaves the plain file intact.
+    """
+    plain = Path(run_dir) / METRICS_FILE
+    if not plain.is_file() or not any(r.get("type") == "run_end" for r in read_records(plain)):
+        return None
+    data = plain.read_bytes()
+    packed, tmp = plain.with_name(PACKED_FILE), plain.with_name(PACKED_FILE + ".tmp")
+    try:
+        with tmp.open("wb") as f:
+            f.write(pack_bytes(data))
+            f.flush()
+            os.fsync(f.fileno())
+        if gzip.decompress(tmp.read_bytes()) != data:
+            raise OSError(f"packing {plain} did not read back the same bytes")
+        tmp.replace(packed)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    plain.unlink()
+    return packed
+
+
+def pack_tree(root: str | os.PathLike[str]) -> tuple[list[Path], list[Path]]:
+    """Pack every finished run under ``root`` (:func:`pack_run`), each under its :class:`RunLock`.
+
+    Returns ``(packed, left)``: the packed files, and the plain results files left as they are (unfinished,
+    or locked by a process that is writing them). Symlinked directories are not followed.
+    """
+    from opgrpo_bench.errors import UserError
+
+    packed, left = [], []
+    for dirpath, dirs, files in os.walk(root, followlinks=False):
+        dirs.sort()
+        if METRICS_FILE not in files:
+            continue
+        try:
+            with RunLock(dirpath):
+                done = pack_run(dirpath)
+        except UserError:  # being written right now
+            done = None
+        if done is None:
+            left.append(Path(dirpath) / METRICS_FILE)
+        else:
+            packed.append(done)
+    return packed, left
 
 
 class RunLock:

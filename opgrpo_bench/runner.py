@@ -108,16 +108,24 @@ def plan_run(resolved: ResolvedRun, run_dir: Path, resume: bool = True) -> tuple
     - the same configuration, finished at the same budget: return its ``run_end`` (nothing recomputed);
     - finished at a smaller budget: continue from its last checkpoint if it was kept, else refuse;
       finished at a larger budget: refuse (its records describe a longer run);
-    - unfinished: resume from its checkpoint (a damaged one is refused), or start over if it has none.
+    - unfinished: resume from its checkpoint (a damaged one is refused), or start over if it has none;
+    - packed (``metrics.jsonl.gz``, :func:`~opgrpo_bench.results.pack_run`): read like a plain file, but only
+      "done" is possible; anything that would append to it is refused with the command that unpacks it.
     """
     from opgrpo_bench.checkpoint import CheckpointError, load_state
-    from opgrpo_bench.results import METRICS_FILE, read_records
+    from opgrpo_bench.results import METRICS_FILE, PACKED_FILE, read_records, results_file
     from opgrpo_bench.trainer import CHECKPOINT
 
-    metrics, ckpt = run_dir / METRICS_FILE, run_dir / CHECKPOINT
-    if not resume or not metrics.exists():
+    ckpt = run_dir / CHECKPOINT
+    if not resume:
         return "fresh", None
     hint = "use --fresh to retrain it or another --out"
+    if (run_dir / METRICS_FILE).exists() and (run_dir / PACKED_FILE).exists():
+        raise UserError(f"run {run_dir} has both {METRICS_FILE} and {PACKED_FILE}; keep the one that is right "
+                        f"(they are the same results, plain and packed) or {hint}")
+    metrics = results_file(run_dir)
+    if metrics is None:
+        return "fresh", None
     records = read_records(metrics)
     start = next((r for r in records if r.get("type") == "run_start"), None)
     end = next((r for r in records if r.get("type") == "run_end"), None)
@@ -134,6 +142,10 @@ def plan_run(resolved: ResolvedRun, run_dir: Path, resume: bool = True) -> tuple
     budget, done_budget = resolved.train_config.steps, start.get("budget_steps")
     if end is not None and budget == done_budget:
         return "done", end
+    if metrics.name == PACKED_FILE:  # finished; continuing would append to a compressed file
+        raise UserError(f"run {run_dir} is packed ({PACKED_FILE}, " + (f"finished at {done_budget} steps)"
+                        if end is not None else "without a run_end)") + f"; unpack it (gunzip {metrics}) to "
+                        f"continue it to {budget} steps, or {hint}")
     if end is not None and budget < (done_budget or 0):
         raise UserError(f"run {run_dir} finished with a budget of {done_budget} steps, more than --steps "
                         f"{budget}; {hint}")

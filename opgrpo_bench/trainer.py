@@ -55,7 +55,7 @@ from opgrpo_bench.errors import RunInterrupted, UserError
 from opgrpo_bench.evaluation import Evaluator
 from opgrpo_bench.registry import REWARDS
 from opgrpo_bench.rewards.worker import AsyncRewardWorker
-from opgrpo_bench.results import ResultsWriter, first_reaching, read_records, truncate_after_step
+from opgrpo_bench.results import PACKED_FILE, ResultsWriter, first_reaching, read_records, truncate_after_step
 from opgrpo_bench.sampling import sample_sde, skip_sde_noise
 from opgrpo_bench.tasks.spec import TaskSpec
 
@@ -615,7 +615,7 @@ class Trainer:
                     truncate_after_step(self.writer.path, self.state.step, budget_steps=self.cfg.steps)
             else:
                 if self.dist.is_main:
-                    for stale in (self.writer.path, self.run_dir / CHECKPOINT):
+                    for stale in (self.writer.path, self.run_dir / PACKED_FILE, self.run_dir / CHECKPOINT):
                         stale.unlink(missing_ok=True)
                 self.writer.write("run_start", **self.run_start_record(run_id, config_hash))
                 self._log_eval()

@@ -139,7 +139,7 @@ CASES: list[tuple[str, list[str], str]] = [
      "--fsdp shards the weights over several processes: add --num-processes N (N >= 2)"),
     ("log-unknown", [*RUN, "--log", "tensorbord"], "unknown --log 'tensorbord'. Did you mean: tensorboard"),
     # eval
-    ("eval-not-a-run", ["eval", "empty"], "empty is not a run directory (no metrics.jsonl)"),
+    ("eval-not-a-run", ["eval", "empty"], "empty is not a run directory (no metrics.jsonl or metrics.jsonl.gz)"),
     ("eval-no-adapter", ["eval", "runs/digits-v1__op-grpo__seed0"], "has no ema adapter (lora_ema/"),
     ("eval-final-no-adapter", ["eval", "runs/digits-v1__op-grpo__seed0", "--adapter", "final"],
      "has no final adapter (lora/pytorch_lora_weights.safetensors is missing: the run did not finish)"),

@@ -1,7 +1,7 @@
 """Reading and validating results files for the leaderboard.
 
-The leaderboard is a pure function of the results files (``<runs>/**/metrics.jsonl``, schema
-``opgrpo-bench/v1``, see :mod:`opgrpo_bench.results`). This module turns a runs directory into a list of
+The leaderboard is a pure function of the results files (``<runs>/**/metrics.jsonl``, or
+``metrics.jsonl.gz`` for a packed run; schema ``opgrpo-bench/v1``, see :mod:`opgrpo_bench.results`). This module turns a runs directory into a list of
 validated :class:`Run` objects plus a list of :class:`Issue` warnings. It is deliberately forgiving about
 *content* and strict about *meaning*:
 
@@ -25,9 +25,11 @@ Nothing here deletes or rewrites an input file.
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import os
+import zlib
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +37,7 @@ from typing import Any
 
 from opgrpo_bench import SCHEMA
 from opgrpo_bench.errors import UserError
-from opgrpo_bench.results import METRICS_FILE
+from opgrpo_bench.results import METRICS_FILE, PACKED_FILE
 
 
 class LeaderboardError(UserError):
@@ -112,18 +114,25 @@ def _is_int(value: Any) -> bool:
 
 
 def find_results_files(runs_dir: Path) -> list[Path]:
-    """All ``metrics.jsonl`` files under ``runs_dir``, in sorted path order (symlinked dirs not followed)."""
+    """All ``metrics.jsonl`` and packed ``metrics.jsonl.gz`` files under ``runs_dir``, in sorted path order
+    (symlinked dirs not followed). A directory holding both yields both: they are the same run, and the
+    duplicate check keeps one with a warning."""
     found = []
     for root, dirs, files in os.walk(runs_dir, followlinks=False):
         dirs.sort()  # walk order does not matter (we sort below) but keeps traversal reproducible
-        if METRICS_FILE in files:
-            found.append(Path(root) / METRICS_FILE)
+        found.extend(Path(root) / name for name in (METRICS_FILE, PACKED_FILE) if name in files)
     return sorted(found)
 
 
 def _read_lines(path: Path, shown: str, issues: list[Issue]) -> list[tuple[int, dict[str, Any]]]:
-    """Parsed JSON objects with their 1-based line numbers; bad lines become warnings."""
+    """Parsed JSON objects with their 1-based line numbers; bad lines become warnings. A packed file that
+    is not valid gzip raises :class:`OSError` (the file is skipped with a warning)."""
     data = path.read_bytes()
+    if path.name == PACKED_FILE:
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise OSError(f"not a complete gzip file ({exc})") from None
     raw_lines = data.split(b"\n")
     # ``split`` leaves an empty last element when the file ends with a newline; if it does not, the last
     # element is a line whose writer never finished it.

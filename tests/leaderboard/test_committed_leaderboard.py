@@ -21,3 +21,11 @@ def test_committed_leaderboard_is_rebuilt_from_its_runs(tmp_path):
                     str(tmp_path)], cwd=ROOT, check=True, capture_output=True, timeout=300)
     for name in ("leaderboard.json", "LEADERBOARD.md"):
         assert (tmp_path / name).read_bytes() == (ROOT / "leaderboard" / name).read_bytes(), name
+
+
+@pytest.mark.skipif(not RUNS.is_dir(), reason="no committed results files")
+def test_committed_results_fit_their_25_mb_budget():
+    from opgrpo_bench.results import METRICS_FILE, PACKED_FILE
+
+    files = [p for name in (METRICS_FILE, PACKED_FILE) for p in RUNS.rglob(name)]
+    assert files and sum(p.stat().st_size for p in files) <= 25_000_000
