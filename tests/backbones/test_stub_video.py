@@ -35,11 +35,8 @@ STUB_TASK = TaskSpec(
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_thread):
+    """Every test here on one thread (``one_thread`` in tests/conftest.py)."""
 
 
 def test_samplers_keep_the_video_shape():

@@ -15,11 +15,8 @@ from opgrpo_bench.tasks.digits import MAX_TOKENS, load_split
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_thread):
+    """Every test here on one thread (``one_thread`` in tests/conftest.py)."""
 
 
 @pytest.fixture(scope="module")
