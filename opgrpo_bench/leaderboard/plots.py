@@ -277,7 +277,13 @@ def regime_plot(family: dict[str, Any], color: str) -> Plot | None:
                                        (axes[2], "logw_spread_median", "importance-weight spread",
                                         "median log w max − min")):
             have = [p for p in pools if p[key] is not None]
-            ax.plot([p["pool_size"] for p in have], [p[key] for p in have], color=color, marker="o", ms=5)
+            ax.plot([p["pool_size"] for p in have], [p[key] for p in have], color=color, marker="o", ms=5,
+                    label="whole run")
+            if key == "replay_age_median":
+                late = [p for p in pools if p.get("replay_age_late_median") is not None]
+                ax.plot([p["pool_size"] for p in late], [p["replay_age_late_median"] for p in late],
+                        color=color, marker="s", ms=5, ls="--", label="second half")
+                ax.legend(frameon=False, fontsize="small")
             ax.set_title(title)
             ax.set_ylabel(ylabel)
             ax.set_ylim(bottom=0)
@@ -290,7 +296,7 @@ def regime_plot(family: dict[str, Any], color: str) -> Plot | None:
                 f"Left: {family['algorithm']}'s steps to target divided by {family['reference_algorithm']}'s "
                 "(median of per-seed ratios, bars: 95% paired-bootstrap interval; hollow: censored runs "
                 "enter the ratio; dashed: no difference). Middle: median over runs of each run's median "
-                "op/replay_age_mean. Right: median over step records of op/logw_max − op/logw_min. "
+                "op/replay_age_mean, over the whole run and over its second half (dashed). Right: median over step records of op/logw_max − op/logw_min. "
                 "Pool sizes from run_start's num_train_prompts.", png)
 
 

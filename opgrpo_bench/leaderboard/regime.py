@@ -24,6 +24,10 @@ Per member (pool size), for ``op-grpo`` against ``flow-grpo``
         Per run, the median over its step records of ``op/replay_age_mean`` (the mean age, in
         iterations, of the prefixes that iteration replayed; records without replay carry null and are
         skipped); then the median over runs (``replay_age_runs`` runs had a value).
+    ``replay_age_late_median``
+        The same over the second half of each run only (step records past half the run's last step).
+        The buffer starts empty, so early replays are young whatever the pool; the second half shows the
+        age once the buffer has filled, which the whole-run median understates on a short run.
     ``logw_spread_median``
         Median over all step records of those runs, seeds pooled, of ``op/logw_max - op/logw_min``: the
         spread of the iteration's sequence-level log importance weights over its replayed samples (0 for
@@ -103,9 +107,11 @@ def pool_size(runs: list[Run], task: str) -> tuple[int | None, str | None, str]:
     return None, None, f"{why}; the pool size is unknown"
 
 
-def replay_age(runs: list[Run]) -> tuple[float | None, int]:
-    """Median over runs of each run's median ``op/replay_age_mean``; and how many runs had a value."""
-    per_run = [_median(v for v in (_finite(rec.get(REPLAY_AGE_KEY)) for rec in run.steps) if v is not None)
+def replay_age(runs: list[Run], late: bool = False) -> tuple[float | None, int]:
+    """Median over runs of each run's median ``op/replay_age_mean``; and how many runs had a value.
+    With ``late``, each run's median is over its step records past half its last step."""
+    per_run = [_median(v for v in (_finite(rec.get(REPLAY_AGE_KEY)) for rec in run.steps
+                                   if not late or rec["step"] > run.last_step / 2) if v is not None)
                for run in runs]
     values = [v for v in per_run if v is not None]
     return _median(values), len(values)
@@ -133,6 +139,7 @@ def _member(task: str, version: str, rows: dict[str, dict[str, Any]], runs: list
     op_row, ref_row = rows.get(REGIME_ALGORITHM), rows.get(REFERENCE_ALGORITHM)
     op_runs = [r for r in runs if r.algorithm == REGIME_ALGORITHM]
     age, age_runs = replay_age(op_runs)
+    late_age, _ = replay_age(op_runs, late=True)
     spread, size_abs, records = logw_stats(op_runs)
     entry: dict[str, Any] = {
         "task": task, "task_version": version, "label": task_label(task, version),
@@ -142,7 +149,8 @@ def _member(task: str, version: str, rows: dict[str, dict[str, Any]], runs: list
         "reference_reached": ref_row["reached"] if ref_row else None,
     }
     entry.update({k: (op_row[k] if op_row else None) for k in ROW_FIELDS})
-    entry.update({"replay_age_median": age, "replay_age_runs": age_runs, "logw_spread_median": spread,
+    entry.update({"replay_age_median": age, "replay_age_late_median": late_age, "replay_age_runs": age_runs,
+                  "logw_spread_median": spread,
                   "logw_median_abs": size_abs, "logw_records": records})
     return entry
 

@@ -345,13 +345,15 @@ def regime_table(family: dict[str, Any]) -> Table:
         prob = fmt_interval(p["prob_improvement"], p["prob_improvement_ci_low"], p["prob_improvement_ci_high"])
         age = ("—" if p["replay_age_median"] is None
                else f"{fmt(p['replay_age_median'])} ({p['replay_age_runs']} runs)")
-        body.append([size, p["label"], f"{p['seeds']} / {p['reference_seeds']}", ratio, prob, age,
+        late = "—" if p.get("replay_age_late_median") is None else fmt(p["replay_age_late_median"])
+        body.append([size, p["label"], f"{p['seeds']} / {p['reference_seeds']}", ratio, prob, age, late,
                      fmt_sci(p["logw_spread_median"]), fmt_sci(p["logw_median_abs"])])
     ref, alg = family["reference_algorithm"], family["algorithm"]
     return Table(["Training prompts", "Task", f"Seeds ({alg} / {ref})", f"Steps vs {ref} [95% CI]",
                   f"P(fewer steps than {ref}) [95% CI]", "Replay age, median (iterations)",
-                  "log w spread (max − min), median", "|log w| (per-iteration median), median"],
-                 body, numeric={0, 2, 3, 4, 5, 6, 7})
+                  "Replay age, second half of the runs", "log w spread (max − min), median",
+                  "|log w| (per-iteration median), median"],
+                 body, numeric={0, 2, 3, 4, 5, 6, 7, 8})
 
 
 def regime_notes(families: list[dict[str, Any]]) -> list[str]:
@@ -427,7 +429,8 @@ REGIME_LEGEND = (
     "training-pool sizes (the id without it is the full pool); the size is run_start's num_train_prompts. "
     f"Per pool size, {REGIME_ALGORITHM} against {REFERENCE_ALGORITHM}: the steps ratio and P(fewer steps) "
     "of the task's table (same intervals); replay age: median over runs of each run's median "
-    "op/replay_age_mean (iterations since the replayed prefixes were stored); log w spread: median over "
+    "op/replay_age_mean (iterations since the replayed prefixes were stored), and the same over the second "
+    "half of each run (once the buffer, empty at the start, has filled); log w spread: median over "
     "step records (seeds pooled) of op/logw_max − op/logw_min; |log w|: median over the same records of "
     "|op/logw_median|. Definitions in docs/STATISTICS.md."
 )
@@ -556,7 +559,8 @@ def build_document(runs_dir: str, files: list[str], runs: list[Run], warnings: l
             "regime_map": "regime_map[]: task ids that differ only by a -poolN part form a family; per pool "
                           "size (run_start num_train_prompts) the op-grpo row's steps ratio and "
                           "prob_improvement with their intervals, replay_age_median (median over runs of "
-                          "the per-run median op/replay_age_mean), logw_spread_median (median over step "
+                          "the per-run median op/replay_age_mean), replay_age_late_median (the same over "
+                          "each run's step records past half its last step), logw_spread_median (median over step "
                           "records of op/logw_max - op/logw_min), logw_median_abs (median over step "
                           "records of |op/logw_median|); families with at least two pool sizes",
             "logratio_profiles": "logratio_profiles[task][algorithm]: mean over step records and seeds of "

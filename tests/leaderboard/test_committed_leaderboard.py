@@ -29,3 +29,15 @@ def test_committed_results_fit_their_25_mb_budget():
 
     files = [p for name in (METRICS_FILE, PACKED_FILE) for p in RUNS.rglob(name)]
     assert files and sum(p.stat().st_size for p in files) <= 25_000_000
+
+
+@pytest.mark.skipif(not RUNS.is_dir(), reason="no committed results files")
+def test_the_committed_runs_are_the_reference_suite():
+    """``opgrpo-bench run --suite reference`` names exactly the committed runs, so the command in README
+    regenerates them all and nothing committed is left out of it."""
+    from opgrpo_bench.results import METRICS_FILE, PACKED_FILE
+    from opgrpo_bench.suite import SUITES
+
+    committed = {p.parent.name for name in (METRICS_FILE, PACKED_FILE) for p in RUNS.glob(f"*/{name}")}
+    suite = {f"{t}__{a}__seed{s}" for t, a, s in SUITES["reference"].combos()}
+    assert committed == suite

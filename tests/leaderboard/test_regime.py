@@ -89,6 +89,8 @@ def test_regime_map_by_hand(family_report: tuple[Path, dict[str, Any]]) -> None:
     # replay age: per-run medians 2 and 12 -> 7; on fam-v1 only seed 0 logs it (15)
     assert (small["replay_age_median"], small["replay_age_runs"]) == (7.0, 2)
     assert (full["replay_age_median"], full["replay_age_runs"]) == (15.0, 1)
+    # over the second half (steps 51-100) the cycle's median is still 2, the constants stay
+    assert (small["replay_age_late_median"], full["replay_age_late_median"]) == (7.0, 15.0)
     # log w spread: 100 records of 2 and 100 of 3, pooled -> 2.5; |logw_median| is 0 everywhere
     assert (small["logw_spread_median"], small["logw_median_abs"], small["logw_records"]) == (2.5, 0.0, 200)
 
@@ -108,7 +110,7 @@ def test_regime_map_in_markdown_and_html(family_report: tuple[Path, dict[str, An
     md = (out / "LEADERBOARD.md").read_text(encoding="utf-8")
     assert "## Regime map: when does replay pay off?" in md
     assert "### fam-v1: op-grpo against flow-grpo by training-pool size" in md
-    assert ("| 20 | fam-pool20-v1 | 2 / 2 | 0.50× [0.50–0.50] | 1.00 [1.00–1.00] | 7 (2 runs) | 2.50e+00 | "
+    assert ("| 20 | fam-pool20-v1 | 2 / 2 | 0.50× [0.50–0.50] | 1.00 [1.00–1.00] | 7 (2 runs) | 7 | 2.50e+00 | "
             "0.00e+00 |") in md
     assert "| 800 | fam-v1 | 2 / 2 | 0.75× [" in md
     html = (out / "index.html").read_text(encoding="utf-8")
@@ -119,6 +121,18 @@ def test_regime_map_in_markdown_and_html(family_report: tuple[Path, dict[str, An
     # the regime map is the first figure on the page and in the JSON's list
     assert re.findall(r'<img class="plot" id="([^"]+)"', html)[0] == doc["figures"][0]["id"] == "regime-fam-v1"
     assert json.loads((out / "leaderboard.json").read_text(encoding="utf-8"))["regime_map"] == doc["regime_map"]
+
+
+def test_late_replay_age_reads_the_second_half_of_each_run(tmp_path: Path) -> None:
+    """A buffer that fills during the run: replay age = step (1..100). Whole run: median 50.5; second
+    half (steps 51..100): 75.5."""
+    runs = tmp_path / "runs"
+    for task, pool in (("ramp-pool20-v1", 20), ("ramp-v1", 800)):
+        write_run(runs, "flow-grpo", 0, 40, task=task, num_train_prompts=pool)
+        write_run(runs, "op-grpo", 0, 30, task=task, num_train_prompts=pool, replay_age=float)
+    doc = build_leaderboard(runs, tmp_path / "out", warn=lambda message: None)
+    for pool in doc["regime_map"][0]["pools"]:
+        assert (pool["replay_age_median"], pool["replay_age_late_median"]) == (50.5, 75.5)
 
 
 def test_pool_size_falls_back_to_the_id(tmp_path: Path) -> None:
