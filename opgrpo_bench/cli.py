@@ -257,7 +257,7 @@ def eval_(
 def pack(
     runs_dir: Annotated[Path, typer.Argument(help="directory searched recursively for finished runs")],
 ) -> None:
-    """Compress each finished run's metrics.jsonl to metrics.jsonl.gz (the same records, about a fifth of the
+    """Compress each finished run's metrics.jsonl to metrics.jsonl.gz (the same records, about a sixth of the
     size; every reader accepts both). Unfinished runs, and runs another process is writing, stay as they are."""
     from opgrpo_bench.errors import UserError
     from opgrpo_bench.results import pack_tree

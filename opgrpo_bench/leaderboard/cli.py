@@ -38,7 +38,7 @@ def _print_summary(doc: dict, out: Path) -> None:
 
 
 def leaderboard(
-    runs_dir: Annotated[Path, typer.Argument(help="Directory searched recursively for metrics.jsonl files.")]
+    runs_dir: Annotated[Path, typer.Argument(help="Directory searched recursively for metrics.jsonl (or packed metrics.jsonl.gz) files.")]
     = Path("runs"),
     out: Annotated[Path, typer.Option("--out", help="Directory for LEADERBOARD.md, leaderboard.json, "
                                                     "index.html (the committed leaderboard/ is never the "

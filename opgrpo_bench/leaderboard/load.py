@@ -1,9 +1,9 @@
 """Reading and validating results files for the leaderboard.
 
 The leaderboard is a pure function of the results files (``<runs>/**/metrics.jsonl``, or
-``metrics.jsonl.gz`` for a packed run; schema ``opgrpo-bench/v1``, see :mod:`opgrpo_bench.results`). This module turns a runs directory into a list of
-validated :class:`Run` objects plus a list of :class:`Issue` warnings. It is deliberately forgiving about
-*content* and strict about *meaning*:
+``metrics.jsonl.gz`` for a packed run; schema ``opgrpo-bench/v1``, see :mod:`opgrpo_bench.results`).
+This module turns a runs directory into a list of validated :class:`Run` objects plus a list of
+:class:`Issue` warnings. It is deliberately forgiving about *content* and strict about *meaning*:
 
 - A missing or empty runs directory, or one without any results file, is a user error
   (:class:`LeaderboardError`, a one-line message).
