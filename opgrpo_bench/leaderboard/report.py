@@ -246,8 +246,11 @@ def power_text(power: dict[str, Any] | None) -> str:
         why = power.get("note", "no data") if power else "no data"
         return f"{head}: n/a ({why})."
     needs = "; ".join(f"true ratio {r:g}: {power[f'seeds_for_ratio_{r:g}']} seeds" for r in POWER_RATIOS)
+    left_out = (f"; left out, identical to {REFERENCE_ALGORITHM} on every seed: {', '.join(power['identical'])}"
+                if power.get("identical") else "")
     return (f"{head}: sd of the per-seed log steps ratio vs {REFERENCE_ALGORITHM} {power['sd_log_ratio']:.3f} "
-            f"(pooled over {', '.join(power['algorithms'])}; {power['df']} degrees of freedom); {needs}.")
+            f"(pooled over {', '.join(power['algorithms'])}; {power['df']} degrees of freedom{left_out}); "
+            f"{needs}.")
 
 
 def aggregate_table(entries: list[dict[str, Any]]) -> Table | None:

@@ -527,13 +527,18 @@ def power_fields(groups: dict[str, list[Outcome]]) -> dict[str, Any]:
     against ``flow-grpo`` over every other algorithm with at least two shared seeds (robust.pooled_sd);
     ``seeds_for_ratio_R`` the seeds per algorithm a two-sided paired test at alpha 0.05 needs to detect a
     true ratio R with 80% power (robust.seeds_needed).
+
+    An algorithm whose every per-seed ratio is exactly 1 (``op-grpo-no-replay``, which reproduces
+    ``flow-grpo`` bit for bit) is left out: its zero spread is a property of the code, not of the seeds,
+    and pooling it would shrink the sd and the seeds it asks for. ``identical`` names those left out.
     """
     ref = groups.get(REFERENCE_ALGORITHM, [])
     per_algorithm = {a: log_ratios(groups[a], ref) for a in sorted(groups, key=algorithm_sort_key)
                      if a != REFERENCE_ALGORITHM and ref}
-    used = [a for a, v in per_algorithm.items() if len(v) >= 2]
+    identical = [a for a, v in per_algorithm.items() if len(v) >= 2 and all(x == 0.0 for x in v)]
+    used = [a for a, v in per_algorithm.items() if len(v) >= 2 and a not in identical]
     sd, df = pooled_sd([per_algorithm[a] for a in used])
-    fields: dict[str, Any] = {"sd_log_ratio": sd, "df": df, "algorithms": used}
+    fields: dict[str, Any] = {"sd_log_ratio": sd, "df": df, "algorithms": used, "identical": identical}
     for ratio in POWER_RATIOS:
         fields[f"seeds_for_ratio_{ratio:g}"] = seeds_needed(sd, ratio)
     fields.update({"alpha": POWER_ALPHA, "power": POWER_TARGET,

@@ -261,6 +261,21 @@ def test_power_of_the_suite(suite: Path) -> None:
     assert power["seeds_for_ratio_0.342"] == 2
 
 
+def test_power_leaves_out_an_algorithm_identical_to_the_reference(tmp_path: Path) -> None:
+    """A copy of flow-grpo (ratio exactly 1 on every seed, as op-grpo-no-replay) would add 2 degrees of
+    freedom of zero spread; it is named in ``identical`` and left out of the sd."""
+    runs = tmp_path / "runs"
+    for seed, (flow, op) in enumerate([(40, 20), (60, 30), (50, 20)]):
+        write_run(runs, "flow-grpo", seed, flow)
+        write_run(runs, "op-grpo", seed, op)
+        write_run(runs, "op-grpo-no-replay", seed, flow)
+    (task,) = compute_tasks(load_runs(runs).runs)
+    power = task["power"]
+    assert power["algorithms"] == ["op-grpo"] and power["identical"] == ["op-grpo-no-replay"]
+    logs = [math.log(0.5), math.log(0.5), math.log(0.4)]
+    assert (power["sd_log_ratio"], power["df"]) == (pytest.approx(float(np.std(logs, ddof=1))), 2)
+
+
 def test_power_is_na_without_shared_seeds(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     write_run(runs, "flow-grpo", 0, 40)
