@@ -15,7 +15,7 @@ Steps-to-target is always recomputable from the ``eval`` records (:func:`first_r
 leaderboard reads only these files.
 
 A finished run may be *packed* (:func:`pack_run`, ``opgrpo-bench pack``): its ``metrics.jsonl`` is replaced
-by ``metrics.jsonl.gz`` holding the same bytes, about a fifth of the size. That is how the committed
+by ``metrics.jsonl.gz`` holding the same bytes, about a sixth of the size. That is how the committed
 reference results fit their size budget. Everything that reads results (the leaderboard, ``eval``, the
 runner's finished-run check) accepts either file; a packed run is finished, so it is never appended to.
 """
@@ -86,11 +86,17 @@ def results_file(run_dir: str | os.PathLike[str]) -> Path | None:
     return None
 
 
-def read_text(path: str | os.PathLike[str]) -> str:
-    """A results file's text; a ``.gz`` file (a packed run) is decompressed."""
+def read_bytes(path: str | os.PathLike[str]) -> bytes:
+    """A results file's bytes; a packed file (``metrics.jsonl.gz``) is decompressed (a damaged one raises
+    ``OSError``, ``EOFError`` or ``zlib.error``)."""
     path = Path(path)
     data = path.read_bytes()
-    return (gzip.decompress(data) if path.name.endswith(".gz") else data).decode("utf-8")
+    return gzip.decompress(data) if path.name == PACKED_FILE else data
+
+
+def read_text(path: str | os.PathLike[str]) -> str:
+    """A results file's text, plain or packed."""
+    return read_bytes(path).decode("utf-8")
 
 
 def read_records(path: str | os.PathLike[str]) -> list[dict[str, Any]]:

@@ -37,7 +37,7 @@ from typing import Any
 
 from opgrpo_bench import SCHEMA
 from opgrpo_bench.errors import UserError
-from opgrpo_bench.results import METRICS_FILE, PACKED_FILE
+from opgrpo_bench.results import METRICS_FILE, PACKED_FILE, read_bytes
 
 
 class LeaderboardError(UserError):
@@ -127,12 +127,10 @@ def find_results_files(runs_dir: Path) -> list[Path]:
 def _read_lines(path: Path, shown: str, issues: list[Issue]) -> list[tuple[int, dict[str, Any]]]:
     """Parsed JSON objects with their 1-based line numbers; bad lines become warnings. A packed file that
     is not valid gzip raises :class:`OSError` (the file is skipped with a warning)."""
-    data = path.read_bytes()
-    if path.name == PACKED_FILE:
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise OSError(f"not a complete gzip file ({exc})") from None
+    try:
+        data = read_bytes(path)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise OSError(f"not a complete gzip file ({exc})") from None
     raw_lines = data.split(b"\n")
     # ``split`` leaves an empty last element when the file ends with a newline; if it does not, the last
     # element is a line whose writer never finished it.
