@@ -90,7 +90,8 @@ def time_trainer(backbone, prompts: list[str], P: int, G: int, micro_batch: int,
     from opgrpo_bench.algorithms import PRESETS
     from opgrpo_bench.registry import REWARDS
     from opgrpo_bench.tasks.spec import Prompt, TaskSpec
-    from opgrpo_bench.trainer import TrainConfig, Trainer
+    from opgrpo_bench.config import TrainConfig
+    from opgrpo_bench.trainer import Trainer
 
     if "bench-latent-magnitude" not in REWARDS:
         REWARDS.register("bench-latent-magnitude", LatentReward, description="benchmark stand-in")

@@ -104,7 +104,7 @@ def evaluate_saved_run(run_dir: str | Path, task_id: str | None = None, adapter:
     from opgrpo_bench.export import ADAPTER_DIRS, WEIGHT_NAME, load_adapter
     from opgrpo_bench.registry import REWARDS, TASKS
     from opgrpo_bench.results import METRICS_FILE, read_records, results_file
-    from opgrpo_bench.trainer import TrainConfig
+    from opgrpo_bench.config import TrainConfig
 
     run_dir = Path(run_dir)
     metrics = results_file(run_dir)

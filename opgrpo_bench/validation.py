@@ -152,7 +152,7 @@ TRAIN_RULES: dict[str, Check] = {
     "seed": integer(ge=0),
     "num_threads": integer(ge=0),
 }
-"""Rules for :class:`opgrpo_bench.trainer.TrainConfig` fields (a field without a rule is not checked)."""
+"""Rules for :class:`opgrpo_bench.config.TrainConfig` fields (a field without a rule is not checked)."""
 
 ALGORITHM_RULES: dict[str, Check] = {
     # Flow-GRPO
@@ -355,7 +355,7 @@ def build_settings(spec: Any, preset: Any, algorithm: str, seed: int, steps: int
     ``sets`` are the raw ``--set`` pairs (key -> text); ``steps`` and ``seed`` come from ``--steps`` and
     ``--seed``. Nothing is loaded: the algorithm object holds only its config (and an empty buffer).
     """
-    from opgrpo_bench.trainer import TrainConfig
+    from opgrpo_bench.config import TrainConfig
 
     train_fields = _fields(TrainConfig)
     algo_cls = preset.algorithm_class().config_cls

@@ -27,7 +27,29 @@ from typing import Any, Callable, Literal
 
 import torch
 
-__all__ = ["Algorithm", "ForcedRow", "PairLoss", "Rollout", "RolloutPlan", "TrainBatch"]
+__all__ = ["Algorithm", "Diagnostic", "ForcedRow", "PairLoss", "Rollout", "RolloutPlan", "TrainBatch"]
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    """A key an algorithm writes into its step records, and how the leaderboard summarises it.
+
+    The leaderboard knows no algorithm: it reads an algorithm's ``diagnostics`` and, per run, reduces the
+    values of ``key`` over the run's step records by ``summary`` (nulls skipped), then takes the median
+    over the runs of a row.
+
+    Attributes:
+        key: the step-record key, e.g. ``"clipfrac/off_policy"``.
+        label: a short column title for tables.
+        summary: ``"mean"`` or ``"median"`` over the whole run, ``"late_median"`` over its second half
+            (quantities that need a warm-up, e.g. a replay buffer's age), ``"max"``.
+        doc: one sentence for the report's definitions.
+    """
+
+    key: str
+    label: str
+    summary: Literal["mean", "median", "late_median", "max"] = "mean"
+    doc: str = ""
 
 
 @dataclass
@@ -148,6 +170,8 @@ class Algorithm:
 
     name = "algorithm"
     config_cls: type = object
+    diagnostics: tuple[Diagnostic, ...] = ()
+    """The step-record keys the leaderboard summarises per row (:class:`Diagnostic`)."""
     objective = "ratio"
     """``"ratio"``: per (sample, denoising step) losses from new log-probs (:meth:`loss`; the GRPO family).
     ``"forward"``: losses at points of the forward (noising) process of the final samples

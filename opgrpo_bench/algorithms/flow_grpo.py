@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from opgrpo_bench.algorithms.base import Algorithm, PairLoss, Rollout, TrainBatch
+from opgrpo_bench.algorithms.base import Algorithm, Diagnostic, PairLoss, Rollout, TrainBatch
 from opgrpo_bench.core.advantages import finite_group_mask, group_advantages, nonzero_std_group_mask
 from opgrpo_bench.core.losses import approx_kl, clipped_surrogate, kl_to_reference
 
@@ -48,6 +48,15 @@ class FlowGRPO(Algorithm):
     name = "flow-grpo"
     config_cls = FlowGRPOConfig
     config: FlowGRPOConfig
+    diagnostics = (
+        Diagnostic("clipfrac/on_policy", "clip frac on-policy", "mean",
+                   "fraction of fresh (sample, step) pairs whose ratio the trust region clipped or masked"),
+        Diagnostic("clipfrac/off_policy", "clip frac off-policy", "mean",
+                   "the same for pairs of samples that continue a replayed prefix"),
+        Diagnostic("approx_kl", "approx KL", "mean", "mean of (log p_theta - log p_old)^2 / 2 over trained pairs"),
+        Diagnostic("train/zero_std_group_frac", "dead groups", "mean",
+                   "fraction of groups whose rewards are all equal (no signal)"),
+    )
 
     def trained_steps(self, num_steps: int) -> torch.Tensor:
         """[T] bool: which denoising steps are trained."""

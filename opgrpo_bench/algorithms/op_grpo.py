@@ -25,7 +25,7 @@ from typing import Any, Callable, Literal
 
 import torch
 
-from opgrpo_bench.algorithms.base import ForcedRow, Rollout, RolloutPlan, TrainBatch
+from opgrpo_bench.algorithms.base import Diagnostic, ForcedRow, Rollout, RolloutPlan, TrainBatch
 from opgrpo_bench.algorithms.flow_grpo import FlowGRPO, FlowGRPOConfig
 from opgrpo_bench.core.losses import sequence_log_weight
 from opgrpo_bench.core.replay import ReplayBuffer, ReplayEntry
@@ -58,6 +58,15 @@ class OPGRPO(FlowGRPO):
 
     name = "op-grpo"
     config_cls = OPGRPOConfig
+    diagnostics = FlowGRPO.diagnostics + (
+        Diagnostic("op/replay_age_mean", "replay age", "median",
+                   "iterations since the replayed prefixes were stored (median over step records)"),
+        Diagnostic("op/replay_age_mean", "replay age (2nd half)", "late_median",
+                   "the same over the second half of the run, once the buffer has filled"),
+        Diagnostic("op/logw_median", "median log w", "median",
+                   "the median sequence-level log importance weight of the replayed samples"),
+        Diagnostic("op/buffer_size", "buffer size", "max", "entries in the replay buffer"),
+    )
     config: OPGRPOConfig
 
     def __init__(self, config: OPGRPOConfig | None = None):
