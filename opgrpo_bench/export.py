@@ -67,3 +67,14 @@ def load_adapter(transformer: Any, directory: str | os.PathLike[str]) -> None:
                                                                return_lora_metadata=True)
     StableDiffusion3Pipeline.load_lora_into_transformer(state, transformer=transformer, adapter_name=ADAPTER_NAME,
                                                         metadata=metadata)
+
+
+def export_run_adapters(transformer: Any, run_dir: str | os.PathLike[str], ema: Any | None,
+                        params: Any) -> None:
+    """A finished run's adapters: the final LoRA weights, and with an EMA the EMA weights its evaluations
+    used (swapped in around the write), each in its :data:`ADAPTER_DIRS` folder of ``run_dir``."""
+    run_dir = Path(run_dir)
+    save_adapter(transformer, run_dir / ADAPTER_DIRS["final"])
+    if ema is not None:
+        with ema.applied(params):
+            save_adapter(transformer, run_dir / ADAPTER_DIRS["ema"])

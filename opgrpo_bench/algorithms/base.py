@@ -1,19 +1,31 @@
 """The algorithm interface: what the one trainer asks of every RL algorithm.
 
-Once per iteration the trainer calls, in this order:
+Once per run the trainer asks :meth:`Algorithm.sampler_settings` how the rollouts are sampled (transition,
+noise level, log-prob reduction, CFG scale, whether the transitions' means are kept). Once per iteration
+it calls, in this order:
 
 1. :meth:`Algorithm.plan`: what to sample. The prompt of each group (fresh ones come from the task
    through ``draw_prompts``), which rows follow a stored trajectory and how they continue after it, which
-   rows keep a stored reward instead of being scored, and which denoising steps use the SDE (the others
-   use the ODE; windowed samplers such as MixGRPO need that).
-2. The trainer samples and scores the plan (block by block, see ``trainer.py``) into a :class:`Rollout`.
+   rows keep a stored reward instead of being scored, which denoising steps use the SDE (the others use
+   the ODE; windowed samplers such as MixGRPO need that) and whether a group shares its initial noise.
+2. The trainer samples and scores the plan (block by block, :mod:`opgrpo_bench.training.rollout`) into a
+   :class:`Rollout`, which carries the :class:`SamplerSettings` it was drawn with.
 3. :meth:`Algorithm.prepare`: the scored rollout becomes a :class:`TrainBatch` (advantages, the
    log-probs each ratio divides by, per-sample weights, which (sample, step) pairs train).
 4. :meth:`Algorithm.observe`: the algorithm's own bookkeeping (e.g. a replay buffer); it must not depend on
    the weights, because it runs before the updates.
-5. For every trained (block, step) call: :meth:`Algorithm.loss` turns the new log-probs, means and the
-   reference means into per-pair losses; after each optimizer step :meth:`Algorithm.summarize` turns
-   them into the step record's metrics.
+5. Per optimizer step, over the blocks of rows the trainer dealt it: :meth:`Algorithm.calls` lists the
+   network calls the step needs (:class:`Call`: rows, network input, noise level, CFG scale, which extra
+   no-grad velocities, whatever the loss reads back); the trainer runs them (data parallel, FSDP lockstep,
+   the reference and sampling policies) and hands each call's velocities to :meth:`Algorithm.loss`, sums
+   the per-pair losses into one gradient, and after the optimizer step :meth:`Algorithm.summarize` turns
+   the calls' statistics into the step record's metrics.
+
+A call made with :meth:`Call.sampler` is the sampler's own call (same rows in the same order, same latent,
+noise level and CFG scale), so the log-probs a ratio-based algorithm recomputes from it with
+:meth:`SamplerSettings.transition_log_prob` equal the sampler's bit for bit before the first update: the
+first ratio is exactly 1 by construction, whatever a BLAS library does with batch sizes. A call made with
+:meth:`Call.forward` evaluates the network anywhere (e.g. DiffusionNFT's points on the noising path).
 
 :meth:`Algorithm.state_dict` / :meth:`Algorithm.load_state_dict` hold everything that changes during a
 run (nested dicts/lists of numbers, strings and tensors: checkpoints store them without pickling).
@@ -23,11 +35,60 @@ The trainer knows nothing else of an algorithm.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, Sequence
 
 import torch
 
-__all__ = ["Algorithm", "Diagnostic", "ForcedRow", "PairLoss", "Rollout", "RolloutPlan", "TrainBatch"]
+from opgrpo_bench.core.sde import transition_function
+
+__all__ = ["Algorithm", "Call", "Diagnostic", "ForcedRow", "PairLoss", "Rollout", "RolloutPlan", "SamplerSettings",
+           "TrainBatch", "Velocities", "sampler_calls"]
+
+VelocityKind = Literal["reference", "sampling"]
+"""Extra no-grad velocities a call may ask for: ``"reference"`` (the frozen base model, adapters off) and
+``"sampling"`` (the weights the iteration's rollout was sampled with)."""
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    """How a run's rollouts are sampled: the one place the sampler's per-run settings come from.
+
+    The trainer builds the defaults from its config (:meth:`from_config`); the algorithm may change them
+    (:meth:`Algorithm.sampler_settings`). A rollout carries the settings it was sampled with, and a
+    ratio-based loss recomputes log-probs with the same settings (:meth:`transition_log_prob`).
+
+    Attributes:
+        transition: the stochastic step, a name of :func:`opgrpo_bench.core.sde.transition_function`
+            (``"sde"`` Flow-GRPO's, ``"cps"`` coefficient-preserving, ``"sde-constant"`` DanceGRPO's).
+        noise_level: the step's noise parameter (Flow-GRPO's ``a``; DanceGRPO's ``eta``).
+        logprob_reduction: ``"mean"`` or ``"sum"`` of the per-element log-density.
+        guidance: CFG scale of the rollout's (and so of a sampler call's) network calls.
+        keep_means: keep every transition's mean in the rollout (``Rollout.means``).
+    """
+
+    transition: str = "sde"
+    noise_level: float = 0.7
+    logprob_reduction: str = "mean"
+    guidance: float = 1.0
+    keep_means: bool = False
+
+    @classmethod
+    def from_config(cls, config: Any) -> "SamplerSettings":
+        """The trainer's defaults: ``noise_level``, ``logprob_reduction`` and ``guidance`` of a
+        :class:`opgrpo_bench.config.TrainConfig`."""
+        return cls(noise_level=config.noise_level, logprob_reduction=config.logprob_reduction,
+                   guidance=config.guidance)
+
+    def transition_log_prob(self, v: torch.Tensor, sigmas: torch.Tensor, step: int, x: torch.Tensor,
+                            x_next: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(log_prob [n], mean [n, *shape], std)`` of the stored transition ``x -> x_next`` at denoising
+        step ``step`` of the schedule ``sigmas`` [T+1], given the velocity ``v`` [n, *shape] at ``x``: the
+        sampler's own formula and settings."""
+        n = len(x)
+        _, logp, mean, std = transition_function(self.transition)(
+            v, sigmas[step].expand(n), sigmas[step + 1].expand(n), x, self.noise_level, prev_sample=x_next,
+            sigma_max=sigmas[1], logprob_reduction=self.logprob_reduction)
+        return logp, mean, std
 
 
 @dataclass(frozen=True)
@@ -108,8 +169,9 @@ class Rollout:
         iteration: the iteration that produced it.
         cond / cond_index: prompt conditioning, one row per group, and each sample's row [N].
         sde_steps: [T] bool, the plan's SDE transitions.
-        means: [N, T, *shape] the sampler's transition means (only for an algorithm with
-            ``needs_behaviour_means``; else None).
+        means: [N, T, *shape] the sampler's transition means (when ``sampler.keep_means``; else None).
+        sampler: the settings the rollout was sampled with.
+        seed: the run's seed (for an algorithm that draws its own randomness reproducibly).
     """
 
     prompt_ids: torch.Tensor
@@ -127,6 +189,16 @@ class Rollout:
     cond_index: torch.Tensor | None = None
     sde_steps: torch.Tensor | None = None
     means: torch.Tensor | None = None
+    sampler: SamplerSettings = field(default_factory=SamplerSettings)
+    seed: int = 0
+
+    def latents_at(self, rows: torch.Tensor, step: int, device: torch.device | str | None = None) -> torch.Tensor:
+        """``latents[rows, step]`` [n, *shape] on ``device`` (default: the schedule's device, where the
+        network runs; the trajectories themselves may be kept on the CPU)."""
+        device = self.sigmas.device if device is None else torch.device(device)
+        if self.latents.device == device:
+            return self.latents[rows.to(device), step]
+        return self.latents[rows.to(self.latents.device), step].to(device)
 
     @property
     def replayed(self) -> torch.Tensor:
@@ -165,6 +237,82 @@ class PairLoss:
     stats: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
+@dataclass
+class Call:
+    """One network call of an optimizer step, as an algorithm asks for it (build it with :meth:`sampler` or
+    :meth:`forward`).
+
+    Attributes:
+        block: global index of the row block in the iteration (block ``b`` runs on rank ``b % world_size``,
+            so all calls of one block run where the block was sampled).
+        rows: [n] rollout rows; their prompt conditioning is the network's.
+        pairs: the loss terms this call adds to the optimizer step's mean (its :class:`PairLoss` has this
+            many entries); 0 for a call whose loss is empty.
+        step: for a sampler call, the denoising step ``k`` it repeats; else None.
+        x / sigma / guidance: for a forward call, the network input [n, *shape], noise level [n] and CFG
+            scale; None for a sampler call (the trainer takes the sampler's).
+        extra: the no-grad velocities the loss needs besides the policy's (:data:`VelocityKind`).
+        context: whatever the loss reads back (tensors, numbers), untouched by the trainer.
+    """
+
+    block: int
+    rows: torch.Tensor
+    pairs: int
+    step: int | None = None
+    x: torch.Tensor | None = None
+    sigma: torch.Tensor | None = None
+    guidance: float | None = None
+    extra: tuple[VelocityKind, ...] = ()
+    context: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def sampler(cls, block: int, rows: torch.Tensor, step: int, pairs: int,
+                extra: Sequence[VelocityKind] = (), **context: Any) -> "Call":
+        """The sampler's own call for ``rows`` (a whole block, in its order) at denoising step ``step``."""
+        return cls(block, rows, pairs, step=step, extra=tuple(extra), context=context)
+
+    @classmethod
+    def forward(cls, block: int, rows: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor, guidance: float,
+                pairs: int, extra: Sequence[VelocityKind] = (), **context: Any) -> "Call":
+        """A call at any network input ``x`` [n, *shape] and noise level ``sigma`` [n]."""
+        if x.shape[0] != len(rows) or sigma.shape != (len(rows),):
+            raise ValueError(f"a call of {len(rows)} rows needs x [{len(rows)}, ...] and sigma [{len(rows)}]")
+        return cls(block, rows, pairs, x=x, sigma=sigma, guidance=guidance, extra=tuple(extra), context=context)
+
+
+@dataclass
+class Velocities:
+    """What the trainer hands :meth:`Algorithm.loss` for one :class:`Call` (all on the compute device).
+
+    Attributes:
+        policy: [n, *shape] the current weights' velocity, with gradient.
+        x: [n, *shape] the network input; sigma: [n] its noise level.
+        x_next: [n, *shape] for a sampler call, the stored next latent of the transition; else None.
+        reference / sampling: [n, *shape] the no-grad velocities asked for in ``Call.extra``, else None.
+    """
+
+    policy: torch.Tensor
+    x: torch.Tensor
+    sigma: torch.Tensor
+    x_next: torch.Tensor | None = None
+    reference: torch.Tensor | None = None
+    sampling: torch.Tensor | None = None
+
+
+def sampler_calls(batch: "TrainBatch", blocks: Sequence[torch.Tensor], first_block: int,
+                  extra: Sequence[VelocityKind] = ()) -> list[Call]:
+    """The sampler's calls that hold trained pairs: for each block and denoising step with at least one
+    ``batch.train_mask`` pair, in block-major order (the GRPO family's update)."""
+    mask = batch.train_mask
+    calls = []
+    for j, block in enumerate(blocks):
+        for k in range(batch.rollout.num_steps):
+            pairs = int(mask[block, k].sum())
+            if pairs:
+                calls.append(Call.sampler(first_block + j, block, k, pairs, extra))
+    return calls
+
+
 class Algorithm:
     """Base class of the algorithms; subclasses set ``name`` and ``config_cls`` and override the hooks."""
 
@@ -172,27 +320,13 @@ class Algorithm:
     config_cls: type = object
     diagnostics: tuple[Diagnostic, ...] = ()
     """The step-record keys the leaderboard summarises per row (:class:`Diagnostic`)."""
-    objective = "ratio"
-    """``"ratio"``: per (sample, denoising step) losses from new log-probs (:meth:`loss`; the GRPO family).
-    ``"forward"``: losses at points of the forward (noising) process of the final samples
-    (``forward_points``, ``forward_time``, ``forward_loss``; DiffusionNFT), no log-probability at all."""
-    needs_sampling_weights = False
-    """Whether the trainer keeps a copy of the weights the rollout was sampled with (for
-    ``forward_loss``'s ``v_old``)."""
-    needs_behaviour_means = False
-    """Whether the rollout must keep the sampler's transition means (``Rollout.means``; GRPO-Guard)."""
-
-    def noise_level(self, trainer_noise_level: float) -> float:
-        """The noise level of the stochastic step: the trainer's ``noise_level`` setting by default (an
-        algorithm whose step has its own parameter, e.g. DanceGRPO's constant eta, returns that)."""
-        return trainer_noise_level
-
-    transition = "sde"
-    """The stochastic step the rollouts use and the ratios are computed with: ``"sde"`` (Flow-GRPO) or
-    ``"cps"`` (coefficient-preserving); :func:`opgrpo_bench.core.sde.transition_function`."""
-
     def __init__(self, config: Any | None = None):
         self.config = config or self.config_cls()
+
+    def sampler_settings(self, defaults: SamplerSettings) -> SamplerSettings:
+        """How this algorithm's rollouts are sampled: the trainer's ``defaults`` unless the algorithm has
+        its own transition, noise parameter or needs the transitions' means."""
+        return defaults
 
     # -- the hooks, in the order the trainer calls them ------------------------------------------
     def plan(self, num_groups: int, group_size: int, num_steps: int, iteration: int,
@@ -207,22 +341,13 @@ class Algorithm:
         """Bookkeeping after :meth:`prepare`, before the updates; returns diagnostics for step records."""
         return {}
 
-    @property
-    def needs_reference(self) -> bool:
-        """Whether :meth:`loss` needs the reference model's means (an extra forward per call)."""
-        return False
+    def calls(self, batch: TrainBatch, blocks: Sequence[torch.Tensor], first_block: int) -> list[Call]:
+        """The network calls of one optimizer step over ``blocks`` (each [<= micro_batch] rollout rows, the
+        sampler's blocks; ``first_block`` is the global index of ``blocks[0]`` in the iteration)."""
+        raise NotImplementedError
 
-    def loss(self, batch: TrainBatch, rows: torch.Tensor, step: int, log_prob: torch.Tensor,
-             mean: torch.Tensor, std: torch.Tensor, ref_mean: torch.Tensor | None,
-             dt: torch.Tensor) -> PairLoss:
-        """Per-pair losses at denoising step ``step`` for the trained ``rows`` [n].
-
-        Args:
-            log_prob: [n] log-prob of the stored transition under the current weights (with grad).
-            mean: [n, *shape] the current weights' SDE mean (with grad); ``std`` [n, ...] its scale.
-            ref_mean: [n, *shape] the reference model's mean (no grad), when :attr:`needs_reference`.
-            dt: [n] ``sigma_next - sigma`` (negative).
-        """
+    def loss(self, batch: TrainBatch, call: Call, velocities: Velocities) -> PairLoss:
+        """Per-pair losses of one call (``call.pairs`` of them; summed, then divided by the step's pairs)."""
         raise NotImplementedError
 
     def summarize(self, parts: list[PairLoss], batch: TrainBatch) -> dict[str, Any]:

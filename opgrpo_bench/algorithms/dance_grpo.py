@@ -17,12 +17,12 @@ normalisation and no KL; choose ``global_std=False``, ``beta=0`` with ``--set`` 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
 
-from opgrpo_bench.algorithms.base import RolloutPlan
+from opgrpo_bench.algorithms.base import RolloutPlan, SamplerSettings
 from opgrpo_bench.algorithms.flow_grpo import FlowGRPO, FlowGRPOConfig
 
 
@@ -42,7 +42,6 @@ class DanceGRPO(FlowGRPO):
     name = "dance-grpo"
     config_cls = DanceGRPOConfig
     config: DanceGRPOConfig
-    transition = "sde-constant"
 
     def __init__(self, config: DanceGRPOConfig | None = None):
         super().__init__(config)
@@ -52,8 +51,10 @@ class DanceGRPO(FlowGRPO):
             raise ValueError(f"timestep_fraction must be in (0, 1], not {self.config.timestep_fraction}")
         self._steps: torch.Tensor | None = None  # this iteration's trained transitions (set by plan)
 
-    def noise_level(self, trainer_noise_level: float) -> float:
-        return self.config.eta
+    def sampler_settings(self, defaults: SamplerSettings) -> SamplerSettings:
+        """The constant-noise SDE step with ``eta`` as its noise parameter (the trainer's ``noise_level``
+        is not used)."""
+        return replace(defaults, transition="sde-constant", noise_level=self.config.eta)
 
     def plan(self, num_groups: int, group_size: int, num_steps: int, iteration: int,
              generator: torch.Generator, draw_prompts: Callable[[int], list[int]]) -> RolloutPlan:

@@ -15,17 +15,19 @@ ordinary regression losses, so any sampler (SDE, ODE, CPS) may produce the rollo
 [decisions] ``r = (clip(A, -c, c) / c + 1) / 2`` from the group-relative advantage ``A`` (Flow-GRPO's,
 ``c = reward_clip`` = 2); ``t ~ U(t_min, 1 - t_min)`` with ``forward_points`` points per sample and
 optimizer step; ``beta = 1``; no CFG in the training forward (DiffusionNFT is CFG-free); no KL term.
-The update runs through the trainer's generic forward-process path (``objective = "forward"``).
+Its optimizer step asks for ``forward_points`` forward calls per block (:meth:`DiffusionNFT.calls`), each
+with the sampling policy's velocity; ``t`` and ``eps`` come from a generator seeded by (seed, iteration,
+global block index), so they do not depend on the process count.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
-from opgrpo_bench.algorithms.base import PairLoss, TrainBatch
+from opgrpo_bench.algorithms.base import Call, PairLoss, SamplerSettings, TrainBatch, Velocities
 from opgrpo_bench.algorithms.flow_grpo import FlowGRPO, FlowGRPOConfig
 
 
@@ -62,22 +64,12 @@ class DiffusionNFT(FlowGRPO):
     name = "diffusion-nft"
     config_cls = DiffusionNFTConfig
     config: DiffusionNFTConfig
-    objective = "forward"
-    needs_sampling_weights = True
 
     def __init__(self, config: DiffusionNFTConfig | None = None):
         super().__init__(config)
         cfg = self.config
         if cfg.forward_points < 1 or not cfg.reward_clip > 0 or not 0 <= cfg.t_min < 0.5:
             raise ValueError("forward_points must be >= 1, reward_clip > 0 and t_min in [0, 0.5)")
-
-    @property
-    def needs_reference(self) -> bool:
-        return False
-
-    @property
-    def forward_points(self) -> int:
-        return self.config.forward_points
 
     def forward_time(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """[n] times on the forward path, uniform in [t_min, 1 - t_min]."""
@@ -89,8 +81,35 @@ class DiffusionNFT(FlowGRPO):
         c = self.config.reward_clip
         return (batch.advantages[rows].float().clamp(-c, c) / c + 1) / 2
 
+    def calls(self, batch: TrainBatch, blocks: Sequence[torch.Tensor], first_block: int) -> list[Call]:
+        """Per block, ``forward_points`` points ``x_t = (1 - t) x_0 + t eps`` on the noising path of the
+        block's final samples ``x_0``, each a CFG-free call with the sampling policy's velocity. Samples
+        without signal (``train_mask`` all false) are evaluated with their block but not trained."""
+        ro = batch.rollout
+        keep = batch.train_mask.any(1)
+        calls = []
+        for j, block in enumerate(blocks):
+            gen = torch.Generator().manual_seed(ro.seed * 1_000_003 + ro.iteration * 7919 + first_block + j)
+            x0 = ro.latents_at(block, ro.num_steps).float()
+            kept = keep[block].to(x0.device)
+            for _ in range(self.config.forward_points):
+                t = self.forward_time(len(block), gen).to(x0.device)
+                eps = torch.randn(x0.shape, generator=gen).to(x0.device)
+                s = t.view(-1, *([1] * (x0.ndim - 1)))
+                calls.append(Call.forward(first_block + j, block, (1 - s) * x0 + s * eps, t, 1.0, int(kept.sum()),
+                                          ("sampling",), target=eps - x0, kept=kept))
+        return calls
+
+    def loss(self, batch: TrainBatch, call: Call, velocities: Velocities) -> PairLoss:
+        kept = call.context["kept"]
+        rows = call.rows.to(kept.device)[kept]
+        assert velocities.sampling is not None
+        return self.forward_loss(batch, rows, velocities.policy[kept], velocities.sampling[kept],
+                                 call.context["target"][kept])
+
     def forward_loss(self, batch: TrainBatch, rows: torch.Tensor, v: torch.Tensor, v_old: torch.Tensor,
                      target: torch.Tensor) -> PairLoss:
+        """Per-sample :func:`nft_loss` of the kept ``rows`` [n] from the current and sampling velocities."""
         r = self.optimality(batch, rows).to(v.device)
         loss = nft_loss(v, v_old, target, r, self.config.nft_beta)
         drift = ((v.detach().float() - v_old.float()) ** 2).flatten(1).mean(1)

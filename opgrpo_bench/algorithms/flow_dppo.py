@@ -9,17 +9,17 @@ is the unclipped ``-A * ratio``, removed only for the pairs with ``D >= eps_D`` 
 pushes them further out (:func:`opgrpo_bench.core.losses.divergence_masked_surrogate`); advantages and
 the KL to the reference model are Flow-GRPO's. This follows the paper's abstract and the public
 verl-omni ``flow_dppo`` loss, read for this project (its default ``eps_D = 1e-5``). It needs the
-sampler's transition means (``needs_behaviour_means``).
+sampler's transition means (``SamplerSettings.keep_means``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 
-from opgrpo_bench.algorithms.base import PairLoss, TrainBatch
+from opgrpo_bench.algorithms.base import PairLoss, SamplerSettings, TrainBatch
 from opgrpo_bench.algorithms.flow_grpo import FlowGRPO, FlowGRPOConfig
 from opgrpo_bench.core.losses import divergence_masked_surrogate, kl_to_reference
 
@@ -38,7 +38,9 @@ class FlowDPPO(FlowGRPO):
     name = "flow-dppo"
     config_cls = FlowDPPOConfig
     config: FlowDPPOConfig
-    needs_behaviour_means = True
+
+    def sampler_settings(self, defaults: SamplerSettings) -> SamplerSettings:
+        return replace(defaults, keep_means=True)
 
     def policy_loss(self, batch: TrainBatch, rows: torch.Tensor, step: int, log_prob: torch.Tensor,
                     mean: torch.Tensor, std: torch.Tensor, dt: torch.Tensor

@@ -2,20 +2,23 @@
 
 Behind the interface of :mod:`opgrpo_bench.algorithms.base`: fresh groups only, every step SDE; a scored
 rollout becomes a training batch (group-relative advantages, ``logp_old`` as the ratio's denominator,
-weights 1, which (sample, step) pairs train), and each trained pair's loss is the clipped surrogate plus
-beta times the KL to the reference model. The trainer owns the loop, the optimizer and the I/O; the math
-is in :mod:`opgrpo_bench.core`.
+weights 1, which (sample, step) pairs train). An optimizer step repeats the sampler's calls that hold
+trained pairs (plus the reference model's velocity when ``beta > 0``), recomputes each transition's
+log-prob with the rollout's own sampler settings, and each trained pair's loss is the clipped surrogate
+plus beta times the KL to the reference model. The trainer owns the loop, the optimizer and the I/O; the
+math is in :mod:`opgrpo_bench.core`.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
-from opgrpo_bench.algorithms.base import Algorithm, Diagnostic, PairLoss, Rollout, TrainBatch
+from opgrpo_bench.algorithms.base import (Algorithm, Call, Diagnostic, PairLoss, Rollout, TrainBatch, Velocities,
+                                         sampler_calls)
 from opgrpo_bench.core.advantages import finite_group_mask, group_advantages, nonzero_std_group_mask
 from opgrpo_bench.core.losses import approx_kl, clipped_surrogate, kl_to_reference
 
@@ -98,9 +101,25 @@ class FlowGRPO(Algorithm):
         return {}
 
     # -- the loss ----------------------------------------------------------------------------------
-    @property
-    def needs_reference(self) -> bool:
-        return self.config.beta > 0
+    def calls(self, batch: TrainBatch, blocks: Sequence[torch.Tensor], first_block: int) -> list[Call]:
+        """The sampler's calls with trained pairs, with the reference velocity when the KL term is on."""
+        return sampler_calls(batch, blocks, first_block, ("reference",) if self.config.beta > 0 else ())
+
+    def loss(self, batch: TrainBatch, call: Call, velocities: Velocities) -> PairLoss:
+        """The trained pairs of a sampler call: log-probs of the stored transitions under the current weights
+        (and the reference model's means), then :meth:`pair_loss`."""
+        ro, k = batch.rollout, call.step
+        assert k is not None and velocities.x_next is not None, "the GRPO family trains on the sampler's calls"
+        rows = call.rows.to(velocities.x.device)
+        trained = batch.train_mask[rows, k]
+        logp, mean, std = ro.sampler.transition_log_prob(velocities.policy, ro.sigmas, k, velocities.x,
+                                                         velocities.x_next)
+        ref_mean = None
+        if velocities.reference is not None:
+            ref_mean = ro.sampler.transition_log_prob(velocities.reference, ro.sigmas, k, velocities.x,
+                                                      velocities.x_next)[1][trained]
+        dt = (ro.sigmas[k + 1] - ro.sigmas[k]).expand(len(rows))[trained]
+        return self.pair_loss(batch, rows[trained], k, logp[trained], mean[trained], std[trained], ref_mean, dt)
 
     def ratio_terms(self, batch: TrainBatch, rows: torch.Tensor, step: int, log_prob: torch.Tensor,
                     mean: torch.Tensor, std: torch.Tensor, dt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -118,10 +137,18 @@ class FlowGRPO(Algorithm):
                                                weight=batch.weights[rows])
         return pg, ratio, clipped, {}
 
-    def loss(self, batch: TrainBatch, rows: torch.Tensor, step: int, log_prob: torch.Tensor,
-             mean: torch.Tensor, std: torch.Tensor, ref_mean: torch.Tensor | None,
-             dt: torch.Tensor) -> PairLoss:
-        """:meth:`policy_loss` ``+ beta * KL`` to the reference, per pair."""
+    def pair_loss(self, batch: TrainBatch, rows: torch.Tensor, step: int, log_prob: torch.Tensor,
+                  mean: torch.Tensor, std: torch.Tensor, ref_mean: torch.Tensor | None,
+                  dt: torch.Tensor) -> PairLoss:
+        """:meth:`policy_loss` ``+ beta * KL`` to the reference, per trained pair of ``rows`` [n] at
+        denoising step ``step``.
+
+        Args:
+            log_prob: [n] log-prob of the stored transition under the current weights (with grad).
+            mean: [n, *shape] the current weights' transition mean (with grad); ``std`` its scale.
+            ref_mean: [n, *shape] the reference model's mean (no grad), when ``beta > 0``.
+            dt: [n] ``sigma_next - sigma`` (negative).
+        """
         cfg = self.config
         old = batch.old_log_probs[rows, step]
         pg, ratio, clipped, extra = self.policy_loss(batch, rows, step, log_prob, mean, std, dt)

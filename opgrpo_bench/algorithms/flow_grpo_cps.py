@@ -11,8 +11,9 @@ is Flow-GRPO's, unchanged.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from opgrpo_bench.algorithms.base import SamplerSettings
 from opgrpo_bench.algorithms.flow_grpo import FlowGRPO, FlowGRPOConfig
 
 
@@ -29,4 +30,6 @@ class FlowGRPOCPS(FlowGRPO):
 
     name = "flow-grpo-cps"
     config_cls = FlowGRPOCPSConfig
-    transition = "cps"
+
+    def sampler_settings(self, defaults: SamplerSettings) -> SamplerSettings:
+        return replace(defaults, transition="cps")

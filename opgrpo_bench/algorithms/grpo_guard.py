@@ -8,14 +8,16 @@ log-ratio by :func:`opgrpo_bench.core.losses.guard_log_ratio`,
 ``(logp_new - logp_old) * sigma + mse(mean_new, mean_old) / (2 sigma)``, which removes that term and
 normalises each step by its noise scale; the clipped surrogate, advantages and KL are Flow-GRPO's. This
 follows the formula as implemented in the public Flow-Factory trainer (``grpo-guard``), read for this
-project. It needs the sampler's transition means (``needs_behaviour_means``).
+project. It needs the sampler's transition means (``SamplerSettings.keep_means``).
 """
 
 from __future__ import annotations
 
 import torch
 
-from opgrpo_bench.algorithms.base import TrainBatch
+from dataclasses import replace
+
+from opgrpo_bench.algorithms.base import SamplerSettings, TrainBatch
 from opgrpo_bench.algorithms.flow_grpo import FlowGRPO, FlowGRPOConfig
 from opgrpo_bench.core.losses import guard_log_ratio
 
@@ -25,7 +27,9 @@ class GRPOGuard(FlowGRPO):
 
     name = "grpo-guard"
     config_cls = FlowGRPOConfig
-    needs_behaviour_means = True
+
+    def sampler_settings(self, defaults: SamplerSettings) -> SamplerSettings:
+        return replace(defaults, keep_means=True)
 
     def ratio_terms(self, batch: TrainBatch, rows: torch.Tensor, step: int, log_prob: torch.Tensor,
                     mean: torch.Tensor, std: torch.Tensor, dt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
