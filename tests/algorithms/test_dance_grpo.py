@@ -27,7 +27,8 @@ def test_constant_noise_step_hand_computed():
 def test_groups_share_their_initial_noise_and_a_random_subset_of_steps_is_trained(tmp_path):
     r = resolve("digits-v1", "dance-grpo", 0, 4, FAST)
     trainer = Trainer(r.task, r.algorithm, r.train_config, tmp_path, algorithm_name=r.algorithm_name)
-    assert trainer.noise_level == 0.3  # the algorithm's eta, not the trainer's 0.7
+    # the algorithm's eta, not the trainer's 0.7, and its constant-noise step
+    assert trainer.sampler.noise_level == 0.3 and trainer.sampler.transition == "sde-constant"
     rollout, _ = trainer.rollout()
     x0 = rollout.latents[:, 0]
     for g in range(2):

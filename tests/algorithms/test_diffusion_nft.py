@@ -33,8 +33,6 @@ def test_at_the_sampling_policy_the_gradient_is_reward_weighted_flow_matching():
 
 
 def test_a_run_trains_on_the_forward_process(tmp_path):
-    algo = ALGORITHMS.get("diffusion-nft").build()
-    assert algo.objective == "forward" and algo.needs_sampling_weights and not algo.needs_reference
     run_one("digits-v1", "diffusion-nft", 0, out=tmp_path, steps=2, sets=FAST)
     records = read_records(next(tmp_path.glob("*/metrics.jsonl")))
     steps = [r for r in records if r["type"] == "step"]

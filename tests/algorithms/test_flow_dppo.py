@@ -4,6 +4,7 @@ import math
 
 import torch
 
+from opgrpo_bench.algorithms.base import SamplerSettings
 from opgrpo_bench.core.losses import divergence_masked_surrogate, kl_to_reference
 from opgrpo_bench.core.sde import sde_step_with_logprob
 from opgrpo_bench.registry import ALGORITHMS
@@ -45,7 +46,7 @@ def test_the_divergence_is_the_exact_kl_of_the_two_gaussian_transitions():
 
 
 def test_a_dppo_run_keeps_the_samplers_means_and_reports_its_divergence(tmp_path):
-    assert ALGORITHMS.get("flow-dppo").build().needs_behaviour_means
+    assert ALGORITHMS.get("flow-dppo").build().sampler_settings(SamplerSettings()).keep_means
     run_one("digits-v1", "flow-dppo", 0, out=tmp_path, steps=2, sets=FAST)
     steps = [r for r in read_records(next(tmp_path.glob("*/metrics.jsonl"))) if r["type"] == "step"]
     assert steps[0]["dppo/divergence_max"] == 0.0  # the first update starts at the sampling weights

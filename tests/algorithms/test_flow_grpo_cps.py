@@ -2,6 +2,7 @@
 
 import torch
 
+from opgrpo_bench.algorithms.base import SamplerSettings
 from opgrpo_bench.core.sde import cps_step_with_logprob
 from opgrpo_bench.registry import ALGORITHMS, TASKS
 from opgrpo_bench.results import read_records
@@ -13,8 +14,9 @@ FAST = ["prompts_per_iter=2", "group_size=4", "eval_every=2", "eval_num_steps=4"
 
 def test_the_preset_uses_cps_with_its_own_clip_range():
     algo = ALGORITHMS.get("flow-grpo-cps").build()
-    assert algo.transition == "cps" and algo.config.clip_range == 1e-5
-    assert ALGORITHMS.get("flow-grpo").build().transition == "sde"
+    defaults = SamplerSettings()
+    assert algo.sampler_settings(defaults).transition == "cps" and algo.config.clip_range == 1e-5
+    assert ALGORITHMS.get("flow-grpo").build().sampler_settings(defaults).transition == "sde"
 
 
 def test_the_sampler_takes_cps_steps():

@@ -4,6 +4,7 @@ import math
 
 import torch
 
+from opgrpo_bench.algorithms.base import SamplerSettings
 from opgrpo_bench.core.losses import guard_log_ratio
 from opgrpo_bench.core.sde import sde_step_with_logprob
 from opgrpo_bench.registry import ALGORITHMS
@@ -36,7 +37,7 @@ def test_guard_log_ratio_is_the_bias_free_inner_product_for_the_sde_step():
 
 
 def test_a_guard_run_keeps_the_samplers_means_and_starts_at_ratio_one(tmp_path):
-    assert ALGORITHMS.get("grpo-guard").build().needs_behaviour_means
+    assert ALGORITHMS.get("grpo-guard").build().sampler_settings(SamplerSettings()).keep_means
     run_one("digits-v1", "grpo-guard", 0, out=tmp_path, steps=2, sets=FAST)
     steps = [r for r in read_records(next(tmp_path.glob("*/metrics.jsonl"))) if r["type"] == "step"]
     assert steps[0]["ratio/min"] == 1.0 and steps[0]["ratio/max"] == 1.0
