@@ -8,8 +8,11 @@ What differs from Flow-GRPO (DanceGRPO's paper and public code, as read for this
   setting, the trainer's ``noise_level`` is not used.
 - **Shared initial noise within a group**: the members of a group start from the same ``x_T`` and
   differ only through the SDE noise, so the group compares what the sampler's choices did.
-- **A random subset of the transitions is trained**: each iteration a fraction ``timestep_fraction``
-  (0.6) of the T transitions, drawn without replacement, the same for every sample of the iteration.
+- **A random subset of the transitions is trained, per sample**: each sample trains its own random
+  ``floor(timestep_fraction * (T - 1))`` (0.6: 5 of 10) of the first ``T - 1`` transitions, drawn without
+  replacement; the last transition (to sigma = 0) is never trained, as in the reference, which drops it
+  from the training set before drawing (``fastvideo/train_grpo_flux.py``: ``timesteps[:, :-1]``, one
+  ``randperm`` per sample, ``int(len * timestep_fraction)`` of them).
 
 Advantages, clipping and the KL term are Flow-GRPO's (DanceGRPO's own code uses per-group advantage
 normalisation and no KL; choose ``global_std=False``, ``beta=0`` with ``--set`` to follow it).
@@ -33,7 +36,7 @@ class DanceGRPOConfig(FlowGRPOConfig):
     eta: float = 0.3
     """Constant diffusion coefficient of the SDE."""
     timestep_fraction: float = 0.6
-    """Fraction of the T transitions trained each iteration (at least one), drawn at random."""
+    """Fraction of the first T - 1 transitions each sample trains (at least one), drawn per sample."""
 
 
 class DanceGRPO(FlowGRPO):
@@ -49,7 +52,7 @@ class DanceGRPO(FlowGRPO):
             raise ValueError(f"eta must be > 0, not {self.config.eta}")
         if not 0.0 < self.config.timestep_fraction <= 1.0:
             raise ValueError(f"timestep_fraction must be in (0, 1], not {self.config.timestep_fraction}")
-        self._steps: torch.Tensor | None = None  # this iteration's trained transitions (set by plan)
+        self._steps: torch.Tensor | None = None  # [N, T] this iteration's trained transitions (set by plan)
 
     def sampler_settings(self, defaults: SamplerSettings) -> SamplerSettings:
         """The constant-noise SDE step with ``eta`` as its noise parameter (the trainer's ``noise_level``
@@ -59,14 +62,15 @@ class DanceGRPO(FlowGRPO):
     def plan(self, num_groups: int, group_size: int, num_steps: int, iteration: int,
              generator: torch.Generator, draw_prompts: Callable[[int], list[int]]) -> RolloutPlan:
         prompts = draw_prompts(num_groups)
-        k = max(1, round(self.config.timestep_fraction * num_steps))
-        chosen = torch.randperm(num_steps, generator=generator)[:k]
-        self._steps = torch.zeros(num_steps, dtype=torch.bool)
-        self._steps[chosen] = True
+        eligible = num_steps - 1  # the last transition is never trained
+        k = max(1, int(self.config.timestep_fraction * eligible))
+        self._steps = torch.zeros((num_groups * group_size, num_steps), dtype=torch.bool)
+        for row in self._steps:
+            row[torch.randperm(eligible, generator=generator)[:k]] = True
         return RolloutPlan(prompts, shared_noise=True)
 
     def trained_steps(self, num_steps: int) -> torch.Tensor:
-        """This iteration's random subset (drawn by :meth:`plan`, which precedes :meth:`prepare`)."""
-        if self._steps is None or len(self._steps) != num_steps:
+        """[N, T] each sample's random subset (drawn by :meth:`plan`, which precedes :meth:`prepare`)."""
+        if self._steps is None or self._steps.shape[1] != num_steps:
             return super().trained_steps(num_steps)
         return self._steps.clone()

@@ -62,7 +62,7 @@ class FlowGRPO(Algorithm):
     )
 
     def trained_steps(self, num_steps: int) -> torch.Tensor:
-        """[T] bool: which denoising steps are trained."""
+        """[T] bool (or [N, T] per sample): which denoising steps are trained."""
         mask = torch.zeros(num_steps, dtype=torch.bool)
         mask[: math.floor(self.config.train_fraction * num_steps)] = True
         return mask

@@ -40,6 +40,9 @@ class Backbone(Protocol):
     """Shape of one sample's latents: [C, H, W] for images, [C, F, H, W] for videos."""
     dtype: torch.dtype
     """The base weights' dtype (network inputs are cast to it; LoRA adapters stay float32)."""
+    transformer: torch.nn.Module
+    """The denoising network that carries the LoRA adapters: the trainer enables its gradient
+    checkpointing, compiles it, shards its frozen weights under FSDP and exports its adapters."""
 
     @property
     def device(self) -> torch.device:

@@ -79,11 +79,18 @@ def kl_to_reference(
 
     Returns:
         [N] float32: the mean over non-batch dimensions of the per-element KL.
+
+    Raises:
+        ValueError: a transition variance that is not positive and finite (a deterministic step has no
+            KL to speak of; dividing by it would spread infinities or NaNs into the gradient).
     """
     diff = mean.float() - ref_mean.detach().float()
     variance = expand_like(std_dev_t, diff) ** 2
     if dt is not None:
         variance = variance * (-expand_like(dt, diff))
+    if not bool(torch.all(torch.isfinite(variance) & (variance > 0))):
+        raise ValueError("the KL to the reference needs a positive, finite transition variance; a step with "
+                         "s = 0 (or dt = 0) has none")
     kl = diff**2 / (2 * variance)
     if kl.ndim == 1:
         return kl

@@ -37,7 +37,9 @@ def test_groups_share_their_initial_noise_and_a_random_subset_of_steps_is_traine
     assert not torch.equal(x0[0], x0[4])  # groups differ
     assert not torch.equal(rollout.latents[0, -1], rollout.latents[1, -1])  # the SDE noise does
     batch = trainer.algorithm.prepare(rollout)
-    steps = batch.train_mask.any(0)
-    assert int(steps.sum()) == 6  # round(0.6 * 10)
-    assert torch.equal(batch.train_mask, steps[None, :].expand_as(batch.train_mask) & batch.train_mask.any(1)[:, None])
+    chosen = trainer.algorithm.trained_steps(10)  # [N, T]: each sample's own subset
+    assert chosen.shape == (8, 10) and all(int(row.sum()) == 5 for row in chosen)  # int(0.6 * 9)
+    assert not chosen[:, -1].any()  # the last transition (to sigma = 0) is never trained
+    assert len({tuple(row.tolist()) for row in chosen}) > 1  # drawn per sample, not per iteration
+    assert torch.equal(batch.train_mask, chosen & batch.train_mask.any(1)[:, None])
     trainer.scorer.close()

@@ -1,9 +1,11 @@
 """flow-grpo-cps: the coefficient-preserving step in the rollouts and in the ratios, reachable from the CLI."""
 
+import pytest
 import torch
 
 from opgrpo_bench.algorithms.base import SamplerSettings
 from opgrpo_bench.core.sde import cps_step_with_logprob
+from opgrpo_bench.errors import UserError
 from opgrpo_bench.registry import ALGORITHMS, TASKS
 from opgrpo_bench.results import read_records
 from opgrpo_bench.runner import run_one
@@ -38,3 +40,19 @@ def test_a_cps_run_starts_with_ratio_one(tmp_path):
     run_one("digits-v1", "flow-grpo-cps", 0, out=tmp_path, steps=2, sets=FAST)
     steps = [r for r in read_records(next(tmp_path.glob("*/metrics.jsonl"))) if r["type"] == "step"]
     assert steps[0]["ratio/min"] == 1.0 and steps[0]["ratio/max"] == 1.0  # same calls, same weights
+
+
+def test_the_preset_has_no_kl_term_and_a_kl_term_is_refused_in_one_line(tmp_path):
+    assert ALGORITHMS.get("flow-grpo-cps").build().config.beta == 0.0
+    with pytest.raises(UserError, match="beta=0.04.*vanishes"):
+        run_one("digits-v1", "flow-grpo-cps", 0, out=tmp_path, steps=2, sets=FAST + ["beta=0.04"])
+    assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
+def test_without_the_kl_term_the_policy_moves(tmp_path):
+    # with beta = 0.04 the last trained step's KL gradient swamped the policy gradient and no seed learned
+    run_one("digits-v1", "flow-grpo-cps", 0, out=tmp_path, steps=4, sets=FAST)
+    steps = [r for r in read_records(next(tmp_path.glob("*/metrics.jsonl"))) if r["type"] == "step"]
+    assert all(r["loss/kl"] == 0.0 for r in steps)
+    trained = [r for r in steps if r["train/trained_pairs"]]
+    assert trained and all(r["grad_norm"] > 0 for r in trained)

@@ -131,3 +131,12 @@ def test_approx_kl() -> None:
     out = approx_kl(torch.tensor([1.0, 2.0], requires_grad=True), torch.tensor([0.0, 0.0]))
     torch.testing.assert_close(out, torch.tensor(1.25))  # 0.5 * mean([1, 4])
     assert not out.requires_grad
+
+
+def test_kl_to_reference_refuses_a_vanishing_variance() -> None:
+    mean, ref = torch.ones(2, 3), torch.zeros(2, 3)
+    for std, dt in ((torch.tensor([1.0, 0.0]), None), (torch.tensor([1.0, 1.0]), torch.tensor([-0.1, 0.0])),
+                    (torch.tensor([1.0, float("nan")]), None)):
+        with pytest.raises(ValueError, match="positive, finite transition variance"):
+            kl_to_reference(mean, ref, std, dt)
+    assert torch.allclose(kl_to_reference(mean, ref, torch.tensor([1.0, 2.0])), torch.tensor([0.5, 0.125]))
