@@ -26,6 +26,7 @@ there with identical records; a checkpoint inside an iteration would have to hol
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -37,6 +38,7 @@ from opgrpo_bench.config import TrainConfig
 from opgrpo_bench.distributed import Distributed
 from opgrpo_bench.errors import RunInterrupted
 from opgrpo_bench.evaluation import Evaluator
+from opgrpo_bench.export import ADAPTER_DIRS, export_run_adapters
 from opgrpo_bench.results import PACKED_FILE, ResultsWriter, first_reaching, read_records, truncate_after_step
 from opgrpo_bench.tasks.spec import TaskSpec
 from opgrpo_bench.training.components import LATENT_DTYPES, build_components
@@ -183,9 +185,11 @@ class Trainer:
                 if self.dist.is_main:
                     truncate_after_step(self.writer.path, self.state.step, budget_steps=self.cfg.steps)
             else:
-                if self.dist.is_main:
+                if self.dist.is_main:  # a new run: nothing of an earlier one may stay beside its records
                     for stale in (self.writer.path, self.run_dir / PACKED_FILE, self.run_dir / CHECKPOINT):
                         stale.unlink(missing_ok=True)
+                    for folder in ADAPTER_DIRS.values():
+                        shutil.rmtree(self.run_dir / folder, ignore_errors=True)
                 self.writer.write("run_start", **self.run_start_record(run_id, config_hash))
                 self._log_eval()
                 self.save_checkpoint()
@@ -198,8 +202,6 @@ class Trainer:
                     self.save_checkpoint()
             self.save_checkpoint()  # kept, so that a larger budget can continue this run
             if self.dist.is_main:
-                from opgrpo_bench.export import export_run_adapters
-
                 export_run_adapters(self.backbone.transformer, self.run_dir, self.ema, self.params)
             return self.finish()
         except KeyboardInterrupt:

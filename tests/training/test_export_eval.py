@@ -92,3 +92,24 @@ def test_evaluation_in_slices_gives_the_same_score(monkeypatch):
     sliced = evaluation.Evaluator(task, backbone, reward, gold, 4, 1.0)()
     assert set(sliced) == set(whole)
     assert all(abs(sliced[k] - whole[k]) < 1e-5 for k in whole)
+
+
+def test_a_fresh_run_interrupted_early_leaves_no_adapters_of_the_run_it_replaced(tmp_path):
+    """``--fresh`` over a finished run, killed before its end: the old run's adapters must not remain beside
+    the new run's records (``eval`` would score them as the new run's)."""
+    import pytest
+
+    from opgrpo_bench.errors import RunInterrupted
+
+    run_one("digits-v1", "flow-grpo", 0, out=tmp_path, steps=2, sets=FAST)
+    run_dir = tmp_path / "digits-v1__flow-grpo__seed0"
+    assert (run_dir / "lora" / WEIGHT_NAME).exists() and (run_dir / "lora_ema" / WEIGHT_NAME).exists()
+
+    def interrupt(record):
+        if record["type"] == "step":
+            raise KeyboardInterrupt
+
+    with pytest.raises(RunInterrupted):
+        run_one("digits-v1", "flow-grpo", 0, out=tmp_path, steps=4, sets=FAST, resume=False, progress=interrupt)
+    assert not (run_dir / "lora").exists() and not (run_dir / "lora_ema").exists()
+    assert [r["type"] for r in read_records(run_dir / "metrics.jsonl")][-1] == "step"
