@@ -4,6 +4,7 @@ loopback only, idle and slow clients beside real ones, generic HTTP clients (url
 from __future__ import annotations
 
 import http.client
+import http.server
 import json
 import os
 import pickle
@@ -495,6 +496,56 @@ def test_client_timeouts_are_one_line() -> None:
         with pytest.raises(RewardServerError, match=r"POST /score .* no answer within 0.5 s"):
             remote(torch.rand(1, 3, 4, 4), ["a"])
         reward.release.set()
+
+
+class _Dropper(http.server.BaseHTTPRequestHandler):
+    """Knows the token and answers /health and /describe, then drops every /score without an answer."""
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        if self.path.startswith("/health"):
+            body = {"status": "ok", "protocol": PROTOCOL,
+                    "proof": server_proof(token().encode(), self.path.split("challenge=")[1])}
+        else:
+            body = {"name": "fake", "range": [0, 1], "higher_is_better": True, "modality": "image",
+                    "max_body_bytes": 1 << 20}
+        data = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_POST(self) -> None:  # noqa: N802
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.close_connection = True
+        self.connection.shutdown(socket.SHUT_RDWR)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_remote_reward_errors_in_the_cli_are_one_line(tmp_path: Path) -> None:
+    """`opgrpo-bench score --reward remote`: an out-of-range port, and a server that drops the connection
+    while scoring, each give one `error:` line and exit code 2."""
+    from PIL import Image
+
+    image = tmp_path / "x.png"
+    Image.new("RGB", (8, 8), (10, 20, 30)).save(image)
+    dropper = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Dropper)
+    threading.Thread(target=dropper.serve_forever, daemon=True).start()
+    try:
+        # (the other address errors are the same UserError: test_addresses_and_loopback_only)
+        cases = {"127.0.0.1:99999": "out of range", f"127.0.0.1:{dropper.server_address[1]}": "POST /score to"}
+        for address, needle in cases.items():
+            run = subprocess.run([sys.executable, "-m", "opgrpo_bench.cli", "score", "--reward", "remote", "--set",
+                                  f"address={address}", "--prompt", "p", str(image)],
+                                 capture_output=True, text=True, timeout=120, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+            assert run.returncode == 2, (address, run.stderr[-2000:])
+            assert run.stderr.startswith("error: ") and len(run.stderr.strip().splitlines()) == 1, run.stderr[-2000:]
+            assert needle in run.stderr, (address, run.stderr)
+        assert "dropped" in run.stderr
+    finally:
+        dropper.shutdown()
+        dropper.server_close()
 
 
 def test_remote_reward_without_server_is_a_clear_error() -> None:
