@@ -61,7 +61,7 @@ import struct
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 from urllib.parse import parse_qs, urlsplit
@@ -507,7 +507,6 @@ class ServerConfig:
     allow_remote: bool = False
     tls_cert: str | None = None
     tls_key: str | None = None
-    extra_headers: dict[str, str] = field(default_factory=dict)
 
 
 class RewardServer:
@@ -581,7 +580,17 @@ class RewardServer:
         return not is_loopback(self.host) and self.tls is None
 
     # -- lifecycle
+    @staticmethod
+    def _on_loop_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """Network errors of single clients (a failed TLS handshake, a reset) are theirs: no log, no traceback."""
+        exc = context.get("exception")
+        if isinstance(exc, (OSError, ssl.SSLError, asyncio.IncompleteReadError)):
+            return
+        print(f"reward server: {' '.join(str(context.get('message', '')).split())}: {exc!r}", file=sys.stderr,
+              flush=True)
+
     async def _start(self) -> None:
+        asyncio.get_running_loop().set_exception_handler(self._on_loop_error)
         self._stopped = asyncio.Event()
         self._inflight = asyncio.Semaphore(max(1, self.config.workers))
         self._server = await asyncio.start_server(
@@ -880,7 +889,7 @@ class RewardServer:
         lines = [f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}", "Content-Type: application/json",
                  f"Content-Length: {len(body)}", f"Connection: {'close' if close else 'keep-alive'}",
                  f"X-Reward-Protocol: {PROTOCOL}"]
-        lines += [f"{k}: {v}" for k, v in {**self.config.extra_headers, **(headers or {})}.items()]
+        lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
         writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
         await asyncio.wait_for(writer.drain(), self.config.read_timeout)
 

@@ -156,6 +156,8 @@ def server_process() -> Iterator[tuple[subprocess.Popen[str], int]]:
         proc.terminate()
         proc.wait(timeout=10)
     stderr = proc.stderr.read()  # type: ignore[union-attr]
+    proc.stdout.close()  # type: ignore[union-attr]
+    proc.stderr.close()  # type: ignore[union-attr]
     assert "Traceback" not in stderr, stderr  # no client, however hostile, made it fail anywhere
 
 
