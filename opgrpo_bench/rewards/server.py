@@ -121,6 +121,10 @@ class RewardServerError(RewardUnavailableError):
         self.status = status
 
 
+class _Dropped(RewardServerError):
+    """The connection failed or was dropped before a whole answer came (the client tries once more)."""
+
+
 # -- token -------------------------------------------------------------------------------------------
 def cache_root() -> Path:
     """``$OPGRPO_CACHE_DIR``, else ``$XDG_CACHE_HOME/opgrpo-bench``, else ``~/.cache/opgrpo-bench``."""
@@ -1012,6 +1016,33 @@ class RemoteReward(BaseReward):
             headers["Authorization"] = "Bearer " + self._token.decode("ascii")
         if body is not None:
             headers["Content-Type"] = "application/vnd.safetensors"
+        for attempt in range(2):
+            try:
+                status, raw = self._exchange(method, path, body, headers, limit, what)
+                break
+            except _Dropped:
+                # the server closes connections that wait (idle, or crowded out by clients without a token);
+                # every request here is idempotent, so one fresh try is safe
+                if attempt:
+                    raise
+        try:
+            answer = decode_json(raw, "the answer") if raw else {}
+        except ProtocolError as exc:
+            answer = {"error": f"malformed answer ({exc})"} if status == 200 else {"error": raw[:200].decode("latin-1")}
+        if not isinstance(answer, dict):
+            answer = {"error": "the answer is not a JSON object"} if status == 200 else {}
+        if status != 200 or "error" in answer:
+            message = " ".join(str(answer.get("error") or raw[:200].decode("latin-1")).split())[:2000]
+            hint = ""
+            if status == 401:
+                hint = (f"; run the server and the client as the same user, or with the same ${SECRET_ENV} (this "
+                        f"client uses {self._token_source})")
+            raise RewardServerError(f"{what}: HTTP {status}: {message}{hint}", status=status)
+        return answer
+
+    def _exchange(self, method: str, path: str, body: bytes | None, headers: dict[str, str], limit: float,
+                  what: str) -> tuple[int, bytes]:
+        """(status, body) of one request on a fresh connection, all of it within ``limit`` seconds."""
         conn = self._connection(limit)
         expired = threading.Event()
 
@@ -1040,27 +1071,14 @@ class RemoteReward(BaseReward):
                 if expired.is_set() or isinstance(exc, TimeoutError):
                     raise RewardServerError(f"{what}: no answer within {limit:g} s (raise timeout= if batches are "
                                             f"slow)") from None
-                raise RewardServerError(f"{what}: the connection failed or was dropped ({type(exc).__name__}: "
-                                        f"{' '.join(str(exc).split())[:200]})") from None
+                raise _Dropped(f"{what}: the connection failed or was dropped ({type(exc).__name__}: "
+                               f"{' '.join(str(exc).split())[:200]})") from None
             finally:
                 timer.cancel()
                 conn.close()
         if expired.is_set():  # a cut-off answer can still parse as a short, complete one
             raise RewardServerError(f"{what}: no answer within {limit:g} s (raise timeout= if batches are slow)")
-        try:
-            answer = decode_json(raw, "the answer") if raw else {}
-        except ProtocolError as exc:
-            answer = {"error": f"malformed answer ({exc})"} if status == 200 else {"error": raw[:200].decode("latin-1")}
-        if not isinstance(answer, dict):
-            answer = {"error": "the answer is not a JSON object"} if status == 200 else {}
-        if status != 200 or "error" in answer:
-            message = " ".join(str(answer.get("error") or raw[:200].decode("latin-1")).split())[:2000]
-            hint = ""
-            if status == 401:
-                hint = (f"; run the server and the client as the same user, or with the same ${SECRET_ENV} (this "
-                        f"client uses {self._token_source})")
-            raise RewardServerError(f"{what}: HTTP {status}: {message}{hint}", status=status)
-        return answer
+        return status, raw
 
     def _chunk_size(self, images: torch.Tensor, prompts: list[str], metadata: list[dict[str, Any]] | None) -> int:
         itemsize = 1 if images.dtype == torch.uint8 else 4

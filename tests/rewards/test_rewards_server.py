@@ -482,15 +482,22 @@ def test_client_timeouts_are_one_line() -> None:
         stop.set()
 
     with socket.create_server(("127.0.0.1", 0)) as dropper:
-        def drop() -> None:
-            conn, _ = dropper.accept()
-            conn.recv(1024)
-            conn.close()
+        dropped: list[int] = []
 
-        threading.Thread(target=drop, daemon=True).start()
+        def drop() -> None:
+            for _ in range(2):
+                conn, _ = dropper.accept()
+                conn.recv(1024)
+                conn.close()
+                dropped.append(1)
+
+        thread = threading.Thread(target=drop, daemon=True)
+        thread.start()
         with pytest.raises(RewardServerError, match="dropped") as err:
             RemoteReward(address=f"127.0.0.1:{dropper.getsockname()[1]}", connect_timeout=BOUND)
         assert "\n" not in str(err.value) and isinstance(err.value, UserError)
+        thread.join(BOUND)
+        assert len(dropped) == 2  # the client tried once more on a fresh connection, then gave up
 
     reward = Blocking()
     with RewardServer(reward, port=0) as server:
