@@ -538,8 +538,9 @@ class RewardServer:
         """
         self.config = ServerConfig(**{**(config.__dict__ if config else {}), **limits})
         check_port(port)
-        if not self.config.allow_remote:
-            loopback_addresses(host, port)
+        # a loopback name is bound at one address (IPv4 first): "localhost" on port 0 would otherwise get
+        # a different free port for each of its addresses
+        self._bind_host = host if self.config.allow_remote else loopback_addresses(host, port)[0][1][0]
         self.reward, self.host, self.requested_port = reward, host, port
         self.token = _check_token(token, "the token") if token is not None else reward_secret()
         self.tls = self._tls_context()
@@ -598,7 +599,7 @@ class RewardServer:
         self._stopped = asyncio.Event()
         self._inflight = asyncio.Semaphore(max(1, self.config.workers))
         self._server = await asyncio.start_server(
-            self._on_connection, self.host, self.requested_port, limit=MAX_HEAD_BYTES, backlog=128,
+            self._on_connection, self._bind_host, self.requested_port, limit=MAX_HEAD_BYTES, backlog=128,
             ssl=self.tls, ssl_handshake_timeout=self.config.read_timeout if self.tls else None,
             reuse_address=True)
         self.port = self._server.sockets[0].getsockname()[1]
