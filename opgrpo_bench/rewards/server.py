@@ -39,7 +39,7 @@ limit is reached, so idle or slow clients cannot lock real ones out. Every read 
 must arrive at 1 MiB/s or faster. Authenticated requests are decoded and scored by a bounded thread pool;
 the reward itself runs one batch at a time, in arrival order. The server binds loopback addresses only,
 unless ``allow_remote`` (``--allow-remote``) is given explicitly; it then serves TLS when given a
-certificate, and warns that the token and images travel in clear otherwise.
+certificate; otherwise the command line warns that the token and images travel in clear.
 """
 
 from __future__ import annotations
