@@ -1,4 +1,4 @@
-"""Out-of-process reward scoring over loopback, for rewards whose dependencies conflict with training.
+"""Out-of-process reward scoring over HTTP, for rewards whose dependencies conflict with training.
 
 Start a server in the environment that has the reward's dependencies (it needs this package and the
 reward's own packages, nothing of the training stack)::
@@ -9,52 +9,62 @@ and score from the trainer with the ``remote`` reward::
 
     REWARDS.get("remote")(address="127.0.0.1:18085")
 
-Security model. The server binds loopback addresses only (127.0.0.0/8, ``::1``, ``localhost`` when it
-resolves to loopback) and refuses anything else. Nothing received is ever unpickled or executed: the wire
-format is JSON only (protocol ``opgrpo-reward/1``):
+or from anything that speaks HTTP (protocol ``opgrpo-reward/2``; docs/REWARDS.md has a 10-line client)::
 
-- a frame is a 4-byte big-endian unsigned length followed by that many bytes of UTF-8 JSON, one object;
-  a frame longer than the limit (``--max-message-mb``, default 256 MiB; 4 KiB before authentication) is
-  refused without being read;
-- arrays travel as ``{"dtype": "float32" | "uint8", "shape": [...], "data": base64}`` where ``data`` holds
-  the raw little-endian bytes in C order; dtype, shape and byte count are checked before anything is built;
-- both sides prove knowledge of a per-user secret by HMAC-SHA256 challenge-response (:func:`reward_secret`:
-  ``$OPGRPO_REWARD_SECRET``, else a 0600 key file ``reward-server.key`` in the user cache folder, created
-  on first use), so other users of the machine can neither score nor pose as the server.
+    curl -H "Authorization: Bearer $OPGRPO_REWARD_SECRET" --data-binary @batch.safetensors \\
+         http://127.0.0.1:18085/score
 
-Handshake: the server sends ``{"type": "challenge", "protocol", "nonce", "max_message_bytes"}``; the client
-answers ``{"type": "auth", "mac": HMAC(secret, "opgrpo-reward/1 client " + nonce), "nonce": client_nonce}``;
-the server answers ``{"type": "welcome", "ok": true, "mac": HMAC(secret, "opgrpo-reward/1 server " +
-client_nonce + nonce)}`` (the client checks it) or an error, and closes. Requests are then ``{"op":
-"describe"}``, ``{"op": "score", "images": ARRAY, "prompts": [str], "metadata": [object] | null}`` and
-``{"op": "close"}``; every answer has ``"ok"`` and, when false, a one-line ``"error"``.
+Endpoints:
 
-A malformed message never stops the server: a request that is valid JSON but wrong (unknown op, bad dtype,
-shape, sizes, types) gets an error answer and the client may go on; a frame that is not a JSON object or is
-too large gets an error answer and that client is dropped. Each client has its own thread (at most
-``max_clients`` at once); batches are scored one at a time, in arrival order.
+- ``GET /health`` (no token): ``{"status": "ok", "protocol": ...}``; with ``?challenge=HEX`` (16-128 hex
+  digits) it adds ``"proof": HMAC-SHA256(token, "opgrpo-reward/2 server " + HEX)`` so that a client can
+  check that the server knows the token before it sends the token (a process squatting on the port
+  learns nothing);
+- ``GET /describe`` (token): ``{"name", "range", "higher_is_better", "modality", "max_body_bytes", ...}``;
+- ``POST /score`` (token): the body is a safetensors file holding one tensor ``images`` (uint8 or float32,
+  ``[B, C, H, W]`` or ``[B, F, C, H, W]``) and, in its ``__metadata__``, ``prompts`` (a JSON list of B
+  strings) and optionally ``metadata`` (a JSON list of B objects, or ``null``); the answer is JSON
+  ``{"scores": [B], "components": {name: [B]}, "info": {...}}``, where a non-finite number is the string
+  ``"nan"``, ``"inf"`` or ``"-inf"``.
+
+Every error is a JSON ``{"error": "one line"}`` with a 4xx/5xx status: 400 malformed request or body,
+401 missing or wrong token, 404/405 unknown path or method, 408 a client too slow to send its request,
+411/413 no or too large Content-Length, 500 the reward raised, 501 chunked bodies, 503 server full.
+
+Safety: nothing received is unpickled or executed (the body's safetensors header is parsed as strict JSON
+and checked: one tensor, dtype, shape, exact byte count, before any array is built). The token is
+compared in constant time, before any body is read. Connections are served by an asyncio loop: a
+connection that has not yet presented a token costs no thread and is closed first when the connection
+limit is reached, so idle or slow clients cannot lock real ones out. Every read has a timeout; bodies
+must arrive at 1 MiB/s or faster. Authenticated requests are decoded and scored by a bounded thread pool;
+the reward itself runs one batch at a time, in arrival order. The server binds loopback addresses only,
+unless ``allow_remote`` (``--allow-remote``) is given explicitly; it then serves TLS when given a
+certificate; otherwise the command line warns that the token and images travel in clear.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
-import binascii
+import asyncio
 import hashlib
 import hmac
+import http.client
 import ipaddress
 import json
 import math
 import os
 import secrets
 import socket
+import ssl
 import stat
 import struct
 import sys
 import threading
-import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
+from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 import torch
@@ -62,34 +72,60 @@ import torch
 from opgrpo_bench.rewards.base import BaseReward, RewardOutput, RewardUnavailableError
 
 DEFAULT_PORT = 18085
-PROTOCOL = "opgrpo-reward/1"
+PROTOCOL = "opgrpo-reward/2"
 SECRET_ENV = "OPGRPO_REWARD_SECRET"
 KEY_FILE_NAME = "reward-server.key"
 MIN_SECRET_CHARS = 16
-DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
-HANDSHAKE_MAX_BYTES = 4096
-HANDSHAKE_TIMEOUT_S = 10.0
-MAX_CLIENTS = 8
+DEFAULT_MAX_BODY_BYTES = 256 * 1024 * 1024
+MIN_BODY_BYTES = 64 * 1024
+MAX_BODY_BYTES_LIMIT = 1 << 40  # 1 TiB: a sanity bound for --max-body-mb, far above any batch
+DEFAULT_READ_TIMEOUT_S = 30.0
+DEFAULT_IDLE_TIMEOUT_S = 60.0
+DEFAULT_CLIENT_TIMEOUT_S = 600.0
+DEFAULT_CONNECT_TIMEOUT_S = 10.0
+MAX_CONNECTIONS = 64
+WORKERS = 2
+MIN_BODY_RATE = 1 << 20  # bytes/s a client must at least send its body at
+MAX_HEAD_BYTES = 64 * 1024
+MAX_HEADERS = 64
 MAX_DIM = 1 << 20
 MAX_PROMPT_CHARS = 100_000
-DTYPES = {"float32": np.dtype("<f4"), "uint8": np.dtype("u1")}
-_HEADER = struct.Struct(">I")
-_NONCE_HEX = 64  # 32 random bytes
+MAX_SAFETENSORS_HEADER = 64 * 1024 * 1024
+DTYPES = {"U8": np.dtype("u1"), "F32": np.dtype("<f4")}
+SCORE_CHUNK_OVERHEAD = 4096  # safetensors header framing, JSON punctuation and alignment, with room
+
+REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
+           408: "Request Timeout", 411: "Length Required", 413: "Content Too Large", 431: "Request Header Fields Too Large",
+           500: "Internal Server Error", 501: "Not Implemented", 503: "Service Unavailable", 505: "HTTP Version Not Supported"}
 
 
 class ProtocolError(ValueError):
-    """A message that breaks the wire protocol (not JSON, too large, wrong types, shapes or sizes)."""
-
-
-class FrameError(ProtocolError):
-    """A frame that cannot be read as one JSON object (the connection is dropped after answering)."""
+    """A request that breaks the wire format (bad header, body, dtype, shape, sizes or types)."""
 
 
 class RewardSecretError(RewardUnavailableError):
-    """The shared secret is missing, too short or its key file is unsafe; the message is one line."""
+    """The token is missing, too short, not printable ASCII, or its key file is unsafe; the message is one line."""
 
 
-# -- secret ------------------------------------------------------------------------------------------
+class RemoteAddressError(RewardUnavailableError, ValueError):
+    """A malformed reward-server address, a bad port, or a non-loopback host without ``allow_remote``."""
+
+
+class RewardServerError(RewardUnavailableError):
+    """The reward server could not be reached, did not answer in time, dropped the connection or reported
+    an error; the message is one line (the CLI prints it as ``error: ...`` and exits with code 2).
+    ``status`` is the HTTP status of an error answer (None when there was no answer)."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
+
+class _Dropped(RewardServerError):
+    """The connection failed or was dropped before a whole answer came (the client tries once more)."""
+
+
+# -- token -------------------------------------------------------------------------------------------
 def cache_root() -> Path:
     """``$OPGRPO_CACHE_DIR``, else ``$XDG_CACHE_HOME/opgrpo-bench``, else ``~/.cache/opgrpo-bench``."""
     if os.environ.get("OPGRPO_CACHE_DIR"):
@@ -103,28 +139,41 @@ def secret_path() -> Path:
     return cache_root() / KEY_FILE_NAME
 
 
-def secret_source() -> str:
-    """A short description of where :func:`reward_secret` takes the secret from (for messages)."""
+def secret_source(token_file: str | os.PathLike[str] | None = None) -> str:
+    """A short description of where :func:`reward_secret` takes the token from (for messages)."""
+    if token_file is not None:
+        return f"token file {token_file}"
     return f"${SECRET_ENV}" if os.environ.get(SECRET_ENV) else f"key file {secret_path()}"
 
 
-def reward_secret() -> bytes:
-    """The secret shared by the reward server and its clients.
+def _check_token(token: bytes, where: str) -> bytes:
+    if len(token) < MIN_SECRET_CHARS:
+        raise RewardSecretError(f"{where} holds {len(token)} characters; use at least {MIN_SECRET_CHARS} (e.g. "
+                                f"`python -c 'import secrets; print(secrets.token_hex(32))'`)")
+    if not all(0x21 <= b <= 0x7E for b in token):  # it travels in an HTTP header
+        raise RewardSecretError(f"{where} must be printable ASCII without spaces (it is sent as a bearer token)")
+    return token
 
-    ``$OPGRPO_REWARD_SECRET`` when set (at least 16 characters), else the content of the key file
-    (:func:`secret_path`), which is created with 32 random bytes (hex) and mode 0600 on first use. A key
-    file that is not a regular file owned by this user, or that others can read or write, is refused.
+
+def reward_secret(token_file: str | os.PathLike[str] | None = None) -> bytes:
+    """The bearer token shared by the reward server and its clients.
+
+    ``token_file`` when given (a 0600 file of this user), else ``$OPGRPO_REWARD_SECRET`` when set, else
+    the content of the key file (:func:`secret_path`), which is created with 32 random bytes (hex) and
+    mode 0600 on first use. A key file that is not a regular file owned by this user, or that others can
+    read or write, is refused. The token is at least 16 printable ASCII characters without spaces.
 
     Raises:
         RewardSecretError: one line saying what is wrong and how to fix it.
     """
+    if token_file is not None:
+        try:
+            return _read_key_file(Path(token_file))
+        except FileNotFoundError:
+            raise RewardSecretError(f"the token file {token_file} does not exist") from None
     env = os.environ.get(SECRET_ENV)
     if env:
-        if len(env) < MIN_SECRET_CHARS:
-            raise RewardSecretError(f"${SECRET_ENV} is {len(env)} characters; use at least {MIN_SECRET_CHARS} "
-                                    f"(e.g. `export {SECRET_ENV}=$(python -c 'import secrets; "
-                                    f"print(secrets.token_hex(32))')`)")
-        return env.encode("utf-8")
+        return _check_token(env.encode("utf-8"), f"${SECRET_ENV}")
     path = secret_path()
     try:
         return _read_key_file(path)
@@ -156,7 +205,7 @@ def _read_key_file(path: Path) -> bytes:
     if len(data) < MIN_SECRET_CHARS:
         raise RewardSecretError(f"the reward-server key file {path} is empty or shorter than {MIN_SECRET_CHARS} "
                                 f"characters; delete it to have a new one made")
-    return data
+    return _check_token(data, f"the reward-server key file {path}")
 
 
 def _create_key_file(path: Path) -> bytes:
@@ -181,160 +230,89 @@ def _create_key_file(path: Path) -> bytes:
     return _read_key_file(path)
 
 
-def _mac(secret: bytes, label: str, *parts: str) -> str:
-    message = " ".join((PROTOCOL, label, *parts)).encode("ascii")
-    return hmac.new(secret, message, hashlib.sha256).hexdigest()
+def server_proof(token: bytes, challenge: str) -> str:
+    """What ``GET /health?challenge=HEX`` answers: HMAC-SHA256(token, "opgrpo-reward/2 server " + HEX), hex."""
+    return hmac.new(token, f"{PROTOCOL} server {challenge}".encode("ascii"), hashlib.sha256).hexdigest()
 
 
 # -- addresses ---------------------------------------------------------------------------------------
-def check_loopback(host: str) -> None:
-    """Raise ValueError unless ``host`` is a loopback address (or ``localhost``)."""
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address or ``localhost``."""
     if host == "localhost":
-        return
+        return True
     try:
-        if ipaddress.ip_address(host).is_loopback:
-            return
+        return ipaddress.ip_address(host).is_loopback
     except ValueError:
-        pass
-    raise ValueError(f"the reward server listens on loopback only (127.0.0.1, localhost, ::1), not '{host}'")
+        return False
+
+
+def check_loopback(host: str) -> None:
+    """Raise :class:`RemoteAddressError` (a ValueError) unless ``host`` is a loopback address or ``localhost``."""
+    if not is_loopback(host):
+        raise RemoteAddressError(f"the reward server is reached on loopback only (127.0.0.1, localhost, ::1), not "
+                                 f"'{host}'; pass allow_remote=True (server: --allow-remote) to use another host")
 
 
 def loopback_addresses(host: str, port: int) -> list[tuple[int, tuple[Any, ...]]]:
-    """(family, sockaddr) of ``host:port``, IPv4 first; ValueError unless every one is a loopback address."""
+    """(family, sockaddr) of ``host:port``, IPv4 first; :class:`RemoteAddressError` unless all are loopback."""
     check_loopback(host)
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        raise ValueError(f"cannot resolve '{host}' ({exc.strerror})") from None
+    except (socket.gaierror, UnicodeError) as exc:
+        raise RemoteAddressError(f"cannot resolve '{host}' ({getattr(exc, 'strerror', None) or exc})") from None
     out: list[tuple[int, tuple[Any, ...]]] = []
     for family, _, _, _, sockaddr in infos:
         if not ipaddress.ip_address(sockaddr[0]).is_loopback:
-            raise ValueError(f"'{host}' resolves to {sockaddr[0]}, which is not a loopback address")
+            raise RemoteAddressError(f"'{host}' resolves to {sockaddr[0]}, which is not a loopback address")
         if (family, sockaddr) not in out:
             out.append((family, sockaddr))
     out.sort(key=lambda item: item[0] != socket.AF_INET)
     if not out:
-        raise ValueError(f"'{host}' resolves to no address")
+        raise RemoteAddressError(f"'{host}' resolves to no address")
     return out
+
+
+def check_port(port: Any, what: str = "port") -> int:
+    """``port`` as an int in [0, 65535]; :class:`RemoteAddressError` otherwise."""
+    if type(port) is not int or not 0 <= port <= 65535:
+        raise RemoteAddressError(f"{what} must be an integer between 0 and 65535, got {str(port)[:40]}")
+    return port
 
 
 def parse_address(address: str) -> tuple[str, int]:
     """``host:port`` (``[::1]:port`` or ``::1:port`` for IPv6; an empty host is 127.0.0.1) -> (host, port)."""
-    host, _, port = address.rpartition(":")
-    try:
-        number = int(port)
-    except ValueError:
-        raise ValueError(f"expected host:port, got '{address}'") from None
-    if not 0 <= number <= 65535:
-        raise ValueError(f"port {number} is out of range in '{address}'")
-    return (host.strip("[]") or "127.0.0.1"), number
+    return parse_url(address)[1:]
+
+
+def parse_url(address: str) -> tuple[str, str, int]:
+    """``[http://|https://]host:port[/]`` -> (scheme, host, port); :class:`RemoteAddressError` when malformed."""
+    if not isinstance(address, str) or not address or any(c.isspace() for c in address):
+        raise RemoteAddressError(f"expected host:port or http(s)://host:port, got {str(address)[:80]!r}")
+    scheme, rest = "http", address
+    if "://" in address:
+        scheme, rest = address.split("://", 1)
+        scheme = scheme.lower()
+        if scheme not in ("http", "https"):
+            raise RemoteAddressError(f"the reward server speaks http or https, not '{scheme}' ('{address}')")
+        rest = rest.rstrip("/")
+        if "/" in rest or "?" in rest or "@" in rest:
+            raise RemoteAddressError(f"expected http(s)://host:port with no path, got '{address}'")
+    host, sep, port = rest.rpartition(":")
+    if not sep or not port.isdigit() or not port.isascii() or len(port) > 6:
+        raise RemoteAddressError(f"expected host:port (e.g. 127.0.0.1:{DEFAULT_PORT}), got '{address}'")
+    number = int(port)
+    if not 1 <= number <= 65535:
+        raise RemoteAddressError(f"port {number} is out of range (1-65535) in '{address}'")
+    if host.startswith("[") != host.endswith("]"):
+        raise RemoteAddressError(f"unbalanced brackets in '{address}'")
+    return scheme, (host.strip("[]") or "127.0.0.1"), number
 
 
 def _show(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-# -- framing and values ------------------------------------------------------------------------------
-def _reject_constant(name: str) -> Any:
-    raise ProtocolError(f"non-standard JSON constant {name}")
-
-
-def decode_json(payload: bytes) -> dict[str, Any]:
-    """One JSON object from a frame's bytes (strict JSON: no NaN/Infinity); :class:`FrameError` otherwise."""
-    try:
-        obj = json.loads(payload.decode("utf-8"), parse_constant=_reject_constant)
-    except ProtocolError as exc:
-        raise FrameError(f"malformed message: {exc}") from None
-    except UnicodeDecodeError:
-        raise FrameError("malformed message: not UTF-8 JSON (pickle and other binary payloads are refused)") from None
-    except json.JSONDecodeError as exc:
-        raise FrameError(f"malformed message: not JSON ({exc.msg} at char {exc.pos})") from None
-    except RecursionError:
-        raise FrameError("malformed message: nested too deeply") from None
-    except ValueError as exc:  # e.g. an integer with more digits than Python converts
-        raise FrameError(f"malformed message: {' '.join(str(exc).split())[:200]}") from None
-    if not isinstance(obj, dict):
-        raise FrameError(f"malformed message: expected a JSON object, got {type(obj).__name__}")
-    return obj
-
-
-def encode_json(obj: dict[str, Any]) -> bytes:
-    """A frame's bytes for ``obj`` (strict JSON; ValueError for NaN/inf, TypeError for non-JSON values)."""
-    return json.dumps(obj, allow_nan=False, separators=(",", ":"), ensure_ascii=True).encode("ascii")
-
-
-def send_message(sock: socket.socket, obj: dict[str, Any]) -> None:
-    """Send one frame: 4-byte big-endian length + JSON."""
-    payload = encode_json(obj)
-    if len(payload) > 0xFFFFFFFF:
-        raise ValueError(f"message of {len(payload)} bytes is too large for one frame")
-    sock.sendall(_HEADER.pack(len(payload)))
-    sock.sendall(payload)
-
-
-def _recv_exact(sock: socket.socket, n: int, at_start: bool = False) -> bytes:
-    buf = bytearray(n)
-    view = memoryview(buf)
-    got = 0
-    while got < n:
-        k = sock.recv_into(view[got:], min(n - got, 1 << 20))
-        if k == 0:
-            if at_start and got == 0:
-                raise EOFError("connection closed")
-            raise FrameError(f"truncated message ({got} of {n} bytes)")
-        got += k
-    return bytes(buf)
-
-
-def recv_message(sock: socket.socket, max_bytes: int) -> dict[str, Any]:
-    """Receive one frame and decode it (EOFError on a clean close; FrameError when malformed or too large)."""
-    (n,) = _HEADER.unpack(_recv_exact(sock, _HEADER.size, at_start=True))
-    if n > max_bytes:
-        raise FrameError(f"message of {n} bytes exceeds the limit of {max_bytes} bytes")
-    return decode_json(_recv_exact(sock, n))
-
-
-def encode_array(array: np.ndarray | torch.Tensor) -> dict[str, Any]:
-    """``{"dtype", "shape", "data"}`` of a float32 or uint8 array (raw little-endian bytes, base64)."""
-    if isinstance(array, torch.Tensor):
-        array = array.detach().cpu().numpy()
-    name = "uint8" if array.dtype == np.uint8 else "float32"
-    arr = np.ascontiguousarray(array, dtype=DTYPES[name])
-    return {"dtype": name, "shape": list(arr.shape), "data": base64.b64encode(arr.tobytes()).decode("ascii")}
-
-
-def decode_array(obj: Any, what: str, ndims: Sequence[int], dtypes: Sequence[str] = ("float32", "uint8")) -> np.ndarray:
-    """Validate and decode :func:`encode_array`'s format; :class:`ProtocolError` names what is wrong.
-
-    Checks: a JSON object with exactly ``dtype``, ``shape``, ``data``; dtype in ``dtypes``; shape a list of
-    ``ndims`` positive integers (each at most 2^20); ``data`` strict base64 of exactly prod(shape) x itemsize
-    bytes. Returns a writable native-endian array.
-    """
-    if not isinstance(obj, dict) or set(obj) != {"dtype", "shape", "data"}:
-        raise ProtocolError(f"'{what}' must be an object with exactly the keys dtype, shape, data")
-    dtype, shape, data = obj["dtype"], obj["shape"], obj["data"]
-    if not isinstance(dtype, str) or dtype not in dtypes:
-        raise ProtocolError(f"'{what}' dtype must be one of {', '.join(dtypes)}, got {str(dtype)[:40]!r}")
-    if (not isinstance(shape, list) or len(shape) not in ndims
-            or not all(type(d) is int and 1 <= d <= MAX_DIM for d in shape)):
-        raise ProtocolError(f"'{what}' shape must be a list of {' or '.join(map(str, ndims))} integers in "
-                            f"[1, {MAX_DIM}], got {str(shape)[:80]}")
-    if not isinstance(data, str):
-        raise ProtocolError(f"'{what}' data must be a base64 string")
-    expected = math.prod(shape) * DTYPES[dtype].itemsize
-    chars = 4 * -(-expected // 3)  # base64 length of `expected` bytes, exact integer arithmetic
-    if len(data) != chars:
-        raise ProtocolError(f"'{what}' data has {len(data)} base64 characters; shape {shape} {dtype} needs {chars}")
-    try:
-        raw = base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError):
-        raise ProtocolError(f"'{what}' data is not valid base64") from None
-    if len(raw) != expected:
-        raise ProtocolError(f"'{what}' data has {len(raw)} bytes; shape {shape} {dtype} needs {expected}")
-    array = np.frombuffer(bytearray(raw), dtype=DTYPES[dtype]).reshape(shape)
-    return array.astype(DTYPES[dtype].newbyteorder("="), copy=False)
-
-
+# -- values ------------------------------------------------------------------------------------------
 def float_to_json(x: float) -> float | str:
     """A float for strict JSON: finite as is, else ``"inf"``, ``"-inf"`` or ``"nan"``."""
     x = float(x)
@@ -367,360 +345,777 @@ def to_json_value(obj: Any, depth: int = 0) -> Any:
     return str(obj)
 
 
-# -- server ------------------------------------------------------------------------------------------
-def _validate_score_request(request: dict[str, Any]) -> tuple[torch.Tensor, list[str], list[dict[str, Any]] | None]:
-    extra = set(request) - {"op", "images", "prompts", "metadata"}
-    if extra:
-        raise ProtocolError(f"unknown keys in a score request: {', '.join(sorted(map(str, extra)))[:200]}")
-    if "images" not in request or "prompts" not in request:
-        raise ProtocolError("a score request needs 'images' and 'prompts'")
-    array = decode_array(request["images"], "images", ndims=(4, 5))
-    batch = array.shape[0]
-    prompts = request["prompts"]
+def _reject_constant(name: str) -> Any:
+    raise ProtocolError(f"non-standard JSON constant {name}")
+
+
+def decode_json(data: bytes | str, what: str) -> Any:
+    """Strict JSON (no NaN/Infinity); :class:`ProtocolError` naming ``what`` otherwise."""
+    try:
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+        return json.loads(text, parse_constant=_reject_constant)
+    except ProtocolError as exc:
+        raise ProtocolError(f"{what}: {exc}") from None
+    except UnicodeDecodeError:
+        raise ProtocolError(f"{what} is not UTF-8 JSON") from None
+    except json.JSONDecodeError as exc:
+        raise ProtocolError(f"{what} is not JSON ({exc.msg} at char {exc.pos})") from None
+    except RecursionError:
+        raise ProtocolError(f"{what} is nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer with more digits than Python converts
+        raise ProtocolError(f"{what}: {' '.join(str(exc).split())[:200]}") from None
+
+
+def encode_json(obj: Any) -> bytes:
+    """Strict, compact JSON bytes (ValueError for NaN/inf, TypeError for non-JSON values)."""
+    return json.dumps(obj, allow_nan=False, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+
+
+# -- the body: safetensors ---------------------------------------------------------------------------
+def encode_batch(images: np.ndarray | torch.Tensor, prompts: Sequence[str],
+                 metadata: Sequence[dict[str, Any]] | None = None) -> bytes:
+    """A ``POST /score`` body: a safetensors file with ``images`` (uint8 kept, anything else as float32) and
+    ``prompts`` / ``metadata`` as JSON strings in its ``__metadata__``."""
+    from safetensors.numpy import save
+
+    if isinstance(images, torch.Tensor):
+        images = images.detach().cpu()
+        images = (images if images.dtype == torch.uint8 else images.to(torch.float32)).numpy()
+    array = np.ascontiguousarray(images, dtype=np.uint8 if images.dtype == np.uint8 else np.float32)
+    meta = {"prompts": encode_json(list(prompts)).decode("ascii")}
+    if metadata is not None:
+        meta["metadata"] = encode_json(list(metadata)).decode("ascii")
+    return save({"images": array}, metadata=meta)
+
+
+def decode_batch(body: bytes) -> tuple[np.ndarray, list[str], list[dict[str, Any]] | None]:
+    """Validate and decode :func:`encode_batch`'s format; :class:`ProtocolError` names what is wrong.
+
+    Checks: an 8-byte little-endian header length within the body; a strict-JSON header object with
+    exactly one tensor, ``images``, of dtype U8 or F32, a shape of 4 or 5 integers in [1, 2^20] and data
+    offsets ``[0, nbytes]`` that end exactly at the end of the body; ``prompts`` a JSON list of B strings
+    (each at most 100,000 characters); ``metadata`` absent, ``null`` or a JSON list of B objects.
+    Returns a writable native-endian array.
+    """
+    if len(body) < 8:
+        raise ProtocolError("the body is not a safetensors file (shorter than 8 bytes)")
+    (n,) = struct.unpack("<Q", body[:8])
+    if n > min(len(body) - 8, MAX_SAFETENSORS_HEADER):
+        raise ProtocolError("the body is not a safetensors file (its header length runs past the body)")
+    header = decode_json(body[8 : 8 + n], "the safetensors header")
+    if not isinstance(header, dict):
+        raise ProtocolError("the safetensors header must be a JSON object")
+    meta = header.pop("__metadata__", None) or {}
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise ProtocolError("__metadata__ must map names to strings")
+    if set(header) != {"images"}:
+        raise ProtocolError(f"the body must hold exactly one tensor, 'images', got {sorted(header)[:5]}")
+    spec = header["images"]
+    if not isinstance(spec, dict) or set(spec) != {"dtype", "shape", "data_offsets"}:
+        raise ProtocolError("'images' must have exactly dtype, shape and data_offsets")
+    dtype, shape, offsets = spec["dtype"], spec["shape"], spec["data_offsets"]
+    if dtype not in DTYPES:
+        raise ProtocolError(f"'images' dtype must be U8 or F32, got {str(dtype)[:40]!r}")
+    if (not isinstance(shape, list) or len(shape) not in (4, 5)
+            or not all(type(d) is int and 1 <= d <= MAX_DIM for d in shape)):
+        raise ProtocolError(f"'images' shape must be a list of 4 or 5 integers in [1, {MAX_DIM}], got {str(shape)[:80]}")
+    nbytes = math.prod(shape) * DTYPES[dtype].itemsize
+    data = memoryview(body)[8 + n :]
+    if offsets != [0, nbytes] or len(data) != nbytes:
+        raise ProtocolError(f"'images' of shape {shape} {dtype} needs {nbytes} bytes at data_offsets [0, {nbytes}]; "
+                            f"the body has {len(data)} after the header and says {str(offsets)[:60]}")
+    batch = shape[0]
+    if "prompts" not in meta:
+        raise ProtocolError("__metadata__ needs 'prompts' (a JSON list of strings)")
+    prompts = decode_json(meta["prompts"], "'prompts'")
     if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
-        raise ProtocolError("'prompts' must be a list of strings")
+        raise ProtocolError("'prompts' must be a JSON list of strings")
     if len(prompts) != batch:
         raise ProtocolError(f"{batch} images but {len(prompts)} prompts")
     if any(len(p) > MAX_PROMPT_CHARS for p in prompts):
         raise ProtocolError(f"a prompt is longer than {MAX_PROMPT_CHARS} characters")
-    metadata = request.get("metadata")
+    unknown = set(meta) - {"prompts", "metadata"}
+    if unknown:
+        raise ProtocolError(f"unknown __metadata__ keys: {', '.join(sorted(unknown))[:200]}")
+    metadata = decode_json(meta["metadata"], "'metadata'") if "metadata" in meta else None
     if metadata is not None:
         if not isinstance(metadata, list) or not all(isinstance(m, dict) for m in metadata):
-            raise ProtocolError("'metadata' must be null or a list of objects")
+            raise ProtocolError("'metadata' must be null or a JSON list of objects")
         if len(metadata) != batch:
             raise ProtocolError(f"{batch} images but {len(metadata)} metadata objects")
+    array = np.frombuffer(bytearray(data), dtype=DTYPES[dtype]).reshape(shape)
+    return array.astype(DTYPES[dtype].newbyteorder("="), copy=False), prompts, metadata
+
+
+# -- scoring (runs on the worker pool) -------------------------------------------------------------
+def describe(reward: Any, max_body_bytes: int) -> dict[str, Any]:
+    """The ``GET /describe`` answer."""
+    low, high = getattr(reward, "range", (-math.inf, math.inf))
+    return {"protocol": PROTOCOL, "name": str(getattr(reward, "name", "")),
+            "range": [float_to_json(low), float_to_json(high)],
+            "higher_is_better": bool(getattr(reward, "higher_is_better", True)),
+            "modality": str(getattr(reward, "modality", "image")), "max_body_bytes": max_body_bytes}
+
+
+def score_body(reward: Any, body: bytes, lock: threading.Lock) -> tuple[int, dict[str, Any]]:
+    """(status, JSON answer) for a ``POST /score`` body: 200, 400 (malformed body) or 500 (the reward raised)."""
+    try:
+        array, prompts, metadata = decode_batch(body)
+    except ProtocolError as exc:
+        return 400, {"error": str(exc)}
     images = torch.from_numpy(array)
     if images.dtype == torch.float32:
         images = torch.nan_to_num(images, nan=0.0, posinf=1.0, neginf=0.0)
-    return images, prompts, metadata
-
-
-def handle(reward: Any, request: dict[str, Any], lock: threading.Lock | None = None) -> dict[str, Any]:
-    """Answer one decoded request (``describe`` or ``score``).
-
-    Raises:
-        ProtocolError: the request is malformed (the caller answers with the error).
-        Exception: whatever the reward raises (the caller answers with the error).
-    """
-    op = request.get("op")
-    if op == "describe":
-        if set(request) != {"op"}:
-            raise ProtocolError("a describe request has no other keys")
-        low, high = getattr(reward, "range", (-math.inf, math.inf))
-        return {
-            "ok": True, "name": str(getattr(reward, "name", "")), "range": [float_to_json(low), float_to_json(high)],
-            "higher_is_better": bool(getattr(reward, "higher_is_better", True)),
-            "modality": str(getattr(reward, "modality", "image")),
-        }
-    if op == "score":
-        images, prompts, metadata = _validate_score_request(request)
-        with lock or threading.Lock():
+    try:
+        with lock:
             out = reward(images, prompts, metadata)
         scores = torch.as_tensor(out.scores).detach().to("cpu", torch.float32).reshape(-1)
-        return {
-            "ok": True, "scores": encode_array(scores),
-            "components": {str(k): encode_array(torch.as_tensor(v).detach().to("cpu", torch.float32).reshape(-1))
-                           for k, v in out.components.items()},
+        answer = {
+            "scores": [float_to_json(x) for x in scores.tolist()],
+            "components": {str(k): [float_to_json(x) for x in torch.as_tensor(v).detach().to("cpu", torch.float32)
+                                    .reshape(-1).tolist()] for k, v in out.components.items()},
             "info": to_json_value(out.info),
         }
-    raise ProtocolError(f"unknown op {str(op)[:40]!r} (expected describe, score or close)")
+        encode_json(answer)  # fails here, on the worker, rather than while answering
+    except Exception as exc:  # the reward failed: report to the client, keep serving
+        return 500, {"error": f"{type(exc).__name__}: {exc}"}
+    return 200, answer
 
 
-def _error(message: str) -> dict[str, Any]:
-    return {"ok": False, "error": " ".join(str(message).split())[:2000]}
+# -- server ------------------------------------------------------------------------------------------
+@dataclass(eq=False)
+class _Connection:
+    writer: asyncio.StreamWriter
+    since: float
+    task: asyncio.Task[Any] | None = None
+    trusted: bool = False  # presented the token for the request in progress: never evicted
 
 
-def _try_send(sock: socket.socket, obj: dict[str, Any]) -> None:
-    try:
-        send_message(sock, obj)
-    except (OSError, ValueError, TypeError):
-        pass
+class _HttpError(Exception):
+    def __init__(self, status: int, message: str, unread: int = 0, close: bool = True,
+                 headers: dict[str, str] | None = None):
+        super().__init__(message)
+        # a refused body left unread cannot be skipped reliably: such a connection always closes
+        self.status, self.unread, self.close, self.headers = status, unread, close or unread > 0, headers or {}
 
 
-def _drop(sock: socket.socket, message: str, linger_s: float = 1.0, max_drain: int = 1 << 26) -> None:
-    """Answer an error, then close gently: unread input is drained for up to ``linger_s`` seconds so that
-    the close does not reset the connection before the client has read the answer."""
-    _try_send(sock, _error(message))
-    try:
-        sock.shutdown(socket.SHUT_WR)
-        sock.settimeout(linger_s)
-        deadline, drained = time.monotonic() + linger_s, 0
-        while drained < max_drain and time.monotonic() < deadline:
-            chunk = sock.recv(1 << 16)
-            if not chunk:
-                break
-            drained += len(chunk)
-    except OSError:
-        pass
+@dataclass
+class ServerConfig:
+    """Limits and options of a :class:`RewardServer` (the command line's flags)."""
+
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    read_timeout: float = DEFAULT_READ_TIMEOUT_S
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT_S
+    max_connections: int = MAX_CONNECTIONS
+    workers: int = WORKERS
+    allow_remote: bool = False
+    tls_cert: str | None = None
+    tls_key: str | None = None
 
 
-def _server_handshake(sock: socket.socket, secret: bytes, max_bytes: int) -> bool:
-    nonce = secrets.token_hex(_NONCE_HEX // 2)
-    send_message(sock, {"type": "challenge", "protocol": PROTOCOL, "nonce": nonce, "max_message_bytes": max_bytes})
-    try:
-        msg = recv_message(sock, HANDSHAKE_MAX_BYTES)
-    except FrameError as exc:
-        _drop(sock, f"authentication failed: {exc}")
-        return False
-    mac, client_nonce = msg.get("mac"), msg.get("nonce")
-    if (msg.get("type") != "auth" or not isinstance(mac, str) or not isinstance(client_nonce, str)
-            or len(client_nonce) != _NONCE_HEX or not all(c in "0123456789abcdef" for c in client_nonce)):
-        _drop(sock, "authentication failed: expected {type: auth, mac, nonce}")
-        return False
-    if not hmac.compare_digest(mac.encode("ascii", "replace"), _mac(secret, "client", nonce).encode("ascii")):
-        _drop(sock, "authentication failed: wrong secret")
-        return False
-    send_message(sock, {"type": "welcome", "ok": True, "mac": _mac(secret, "server", client_nonce, nonce)})
-    return True
+class RewardServer:
+    """Serves one reward over HTTP (see the module docstring) on an asyncio loop in a background thread.
 
+    Example::
 
-def _serve_connection(reward: Any, sock: socket.socket, secret: bytes, max_bytes: int, lock: threading.Lock,
-                      handshake_timeout: float | None, on_auth: Any) -> None:
-    try:
-        sock.settimeout(handshake_timeout)
-        if not _server_handshake(sock, secret, max_bytes):
-            return
-        on_auth()
-        sock.settimeout(None)  # the trainer may be idle for minutes between batches
-        while True:
-            try:
-                request = recv_message(sock, max_bytes)
-            except EOFError:
-                return
-            except FrameError as exc:  # framing cannot be trusted any more: answer, then drop this client
-                _drop(sock, str(exc))
-                return
-            if request.get("op") == "close":
-                return
-            try:
-                response = handle(reward, request, lock)
-            except ProtocolError as exc:  # a well-framed but wrong request: answer, keep this client
-                response = _error(str(exc))
-            except Exception as exc:  # the reward failed: report to the client, keep serving
-                response = _error(f"{type(exc).__name__}: {exc}")
-            try:
-                send_message(sock, response)  # encodes before sending anything
-            except (ValueError, TypeError) as exc:  # an answer that cannot be encoded as strict JSON
-                send_message(sock, _error(f"cannot encode the reward's answer: {exc}"))
-    except (OSError, EOFError, FrameError):  # timeouts, resets, broken pipes: drop this client only
-        return
-    except Exception as exc:  # a bug must cost one client, never the server  # pragma: no cover
-        _try_send(sock, _error(f"internal error: {type(exc).__name__}: {exc}"))
-    finally:
+        with RewardServer(reward, port=0) as server:
+            RemoteReward(address=server.address)(images, prompts)
+    """
+
+    def __init__(self, reward: Any, host: str = "127.0.0.1", port: int = DEFAULT_PORT, *,
+                 token: bytes | None = None, config: ServerConfig | None = None, **limits: Any):
+        """Check the address and the token (nothing is bound yet).
+
+        Args:
+            reward: any object with the reward protocol.
+            host, port: address to bind (port 0 picks a free one); loopback only unless ``allow_remote``.
+            token: the bearer token (default :func:`reward_secret`).
+            config: limits; keyword arguments (``max_body_bytes=...``) override its fields.
+
+        Raises:
+            RemoteAddressError: a bad port, or a non-loopback host without ``allow_remote``.
+            RewardSecretError: no usable token.
+        """
+        self.config = ServerConfig(**{**(config.__dict__ if config else {}), **limits})
+        check_port(port)
+        # a loopback name is bound at one address (IPv4 first): "localhost" on port 0 would otherwise get
+        # a different free port for each of its addresses
+        self._bind_host = host if self.config.allow_remote else loopback_addresses(host, port)[0][1][0]
+        self.reward, self.host, self.requested_port = reward, host, port
+        self.token = _check_token(token, "the token") if token is not None else reward_secret()
+        self.tls = self._tls_context()
+        self.port = port
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=max(1, self.config.workers), thread_name_prefix="reward-score")
+        self._conns: set[_Connection] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._thread: threading.Thread | None = None
+        self._stopped: asyncio.Event | None = None
+        self._inflight: asyncio.Semaphore | None = None
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        cert, key = self.config.tls_cert, self.config.tls_key
+        if cert is None and key is None:
+            return None
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
         try:
-            sock.close()
-        except OSError:
+            if cert is None:
+                raise ValueError("--tls-key needs --tls-cert")
+            context.load_cert_chain(cert, key)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            raise RemoteAddressError(f"cannot load the TLS certificate/key ({cert}, {key}): "
+                                     f"{getattr(exc, 'strerror', None) or exc}") from None
+        return context
+
+    @property
+    def scheme(self) -> str:
+        """``https`` when serving TLS, else ``http``."""
+        return "https" if self.tls else "http"
+
+    @property
+    def address(self) -> str:
+        """The URL clients use, e.g. ``http://127.0.0.1:18085`` (valid once started)."""
+        return f"{self.scheme}://{_show(self.host, self.port)}"
+
+    @property
+    def plaintext_remote(self) -> bool:
+        """Whether the token and images would cross a network in clear (non-loopback, no TLS)."""
+        return not is_loopback(self.host) and self.tls is None
+
+    # -- lifecycle
+    @staticmethod
+    def _on_loop_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """Network errors of single clients (a failed TLS handshake, a reset) are theirs: no log, no traceback."""
+        exc = context.get("exception")
+        if isinstance(exc, (OSError, ssl.SSLError, asyncio.IncompleteReadError)):
+            return
+        print(f"reward server: {' '.join(str(context.get('message', '')).split())}: {exc!r}", file=sys.stderr,
+              flush=True)
+
+    async def _start(self) -> None:
+        asyncio.get_running_loop().set_exception_handler(self._on_loop_error)
+        self._stopped = asyncio.Event()
+        self._inflight = asyncio.Semaphore(max(1, self.config.workers))
+        self._server = await asyncio.start_server(
+            self._on_connection, self._bind_host, self.requested_port, limit=MAX_HEAD_BYTES, backlog=128,
+            ssl=self.tls, ssl_handshake_timeout=self.config.read_timeout if self.tls else None,
+            reuse_address=True)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _run(self, ready: threading.Event | None = None) -> None:
+        await self._start()
+        if ready is not None:
+            ready.set()
+        assert self._stopped is not None
+        try:
+            await self._stopped.wait()
+        finally:
+            await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        tasks = [c.task for c in self._conns if c.task is not None]
+        for conn in list(self._conns):
+            conn.writer.transport.abort()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._server is not None:
+            try:
+                await asyncio.wait_for(self._server.wait_closed(), 5)
+            except (TimeoutError, asyncio.CancelledError):
+                pass
+
+    def start(self) -> "RewardServer":
+        """Listen and serve on a background thread; returns once listening (``self.port`` is then bound).
+
+        Raises:
+            OSError: the address cannot be bound.
+        """
+        ready, failure = threading.Event(), []
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            try:
+                loop.run_until_complete(self._run(ready))
+            except BaseException as exc:  # noqa: BLE001 - reported to start()'s caller
+                failure.append(exc)
+                ready.set()
+            finally:
+                loop.close()
+
+        self._thread = threading.Thread(target=run, daemon=True, name="reward-server")
+        self._thread.start()
+        ready.wait()
+        if failure:
+            raise failure[0]
+        return self
+
+    def serve_forever(self, on_listening: Any = None) -> None:
+        """Listen and serve on this thread until :meth:`stop` or Ctrl-C (``on_listening()`` once bound)."""
+
+        async def main() -> None:
+            self._loop = asyncio.get_running_loop()
+            await self._start()
+            if on_listening is not None:
+                on_listening()
+            assert self._stopped is not None
+            try:
+                await self._stopped.wait()
+            finally:
+                await self._shutdown()
+
+        asyncio.run(main())
+
+    def stop(self) -> None:
+        """Stop serving (idempotent); open connections are closed."""
+        loop, stopped = self._loop, self._stopped
+        if loop is not None and stopped is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(stopped.set)
+            except RuntimeError:  # the loop closed meanwhile
+                pass
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(10)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def __enter__(self) -> "RewardServer":
+        return self.start() if self._thread is None else self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    # -- connections
+    def _admit(self, conn: _Connection) -> bool:
+        """Room for one more connection: evicts the longest-waiting one that has not shown a token, if needed."""
+        if len(self._conns) >= self.config.max_connections:
+            untrusted = [c for c in self._conns if not c.trusted]
+            if not untrusted:
+                return False
+            victim = min(untrusted, key=lambda c: c.since)
+            victim.writer.transport.abort()
+            if victim.task is not None:
+                victim.task.cancel()
+            self._conns.discard(victim)
+        self._conns.add(conn)
+        return True
+
+    async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        loop = asyncio.get_running_loop()
+        conn = _Connection(writer=writer, since=loop.time(), task=asyncio.current_task())
+        try:
+            if not self._admit(conn):
+                await self._respond(writer, 503, {"error": f"server busy: {self.config.max_connections} requests in "
+                                                  f"progress; try again"}, close=True)
+                return
+            first = True
+            while True:
+                conn.trusted, conn.since = False, loop.time()
+                keep = await self._one_request(reader, writer, conn, first)
+                first = False
+                if not keep:
+                    return
+        except (ConnectionError, asyncio.IncompleteReadError, TimeoutError, OSError, ssl.SSLError):
+            return
+        except asyncio.CancelledError:  # evicted or shutting down
+            return
+        except Exception as exc:  # a bug must cost one client, never the server  # pragma: no cover
+            try:
+                await self._respond(writer, 500, {"error": f"internal error: {type(exc).__name__}: {exc}"}, close=True)
+            except Exception:  # noqa: BLE001
+                pass
+        finally:
+            self._conns.discard(conn)
+            writer.close()
+
+    async def _read_head(self, reader: asyncio.StreamReader, first: bool) -> bytes | None:
+        """The request head up to the blank line; None when the client went away or stayed idle."""
+        wait = self.config.read_timeout if first else self.config.idle_timeout
+        try:
+            start = await asyncio.wait_for(reader.readexactly(1), wait)
+        except (asyncio.IncompleteReadError, TimeoutError):
+            return None
+        try:
+            rest = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.config.read_timeout)
+        except TimeoutError:
+            raise _HttpError(408, f"the request head did not arrive within {self.config.read_timeout:g} s") from None
+        except asyncio.LimitOverrunError:
+            raise _HttpError(431, f"the request head is longer than {MAX_HEAD_BYTES} bytes") from None
+        except asyncio.IncompleteReadError:
+            return None
+        return start + rest
+
+    async def _one_request(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn: _Connection,
+                           first: bool) -> bool:
+        """Read, answer one request; whether the connection stays open."""
+        try:
+            head = await self._read_head(reader, first)
+            if head is None:
+                return False
+            method, path, query, headers, keep = self._parse_head(head)
+            status, answer, keep = await self._route(reader, writer, conn, method, path, query, headers, keep)
+        except _HttpError as err:
+            extra = dict(err.headers)
+            await self._respond(writer, err.status, {"error": " ".join(str(err).split())[:2000]},
+                                close=err.close, headers=extra)
+            if err.unread:
+                await self._drain(reader, err.unread)
+            return not err.close
+        await self._respond(writer, status, answer, close=not keep)
+        return keep
+
+    def _parse_head(self, head: bytes) -> tuple[str, str, dict[str, list[str]], dict[str, str], bool]:
+        lines = head.lstrip(b"\r\n")[:-4].split(b"\r\n")
+        if len(lines) > MAX_HEADERS + 1:
+            raise _HttpError(431, f"more than {MAX_HEADERS} header lines")
+        parts = lines[0].decode("latin-1").split(" ")
+        if len(parts) != 3 or not parts[0].isalpha():
+            raise _HttpError(400, "malformed request line (expected METHOD /path HTTP/1.1)")
+        method, target, version = parts
+        if version not in ("HTTP/1.1", "HTTP/1.0"):
+            raise _HttpError(505, f"HTTP/1.0 or HTTP/1.1 expected, got {version[:20]!r}")
+        headers: dict[str, str] = {}
+        for line in lines[1:]:
+            name, sep, value = line.partition(b":")
+            if not sep or not name or name.strip() != name or b" " in name or b"\t" in name:
+                raise _HttpError(400, "malformed header line")
+            key, text = name.decode("latin-1").lower(), value.strip().decode("latin-1")
+            if key in headers and key in ("content-length", "authorization", "host", "transfer-encoding"):
+                raise _HttpError(400, f"duplicate {key} header")
+            headers[key] = text
+        connection = headers.get("connection", "").lower()
+        keep = "close" not in connection if version == "HTTP/1.1" else "keep-alive" in connection
+        parsed = urlsplit(target)
+        try:
+            query = parse_qs(parsed.query, max_num_fields=8)
+        except ValueError:
+            raise _HttpError(400, "too many query fields") from None
+        return method, parsed.path, query, headers, keep
+
+    def _authorized(self, headers: dict[str, str]) -> bool:
+        scheme, _, value = headers.get("authorization", "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode("latin-1"), self.token)
+
+    async def _route(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn: _Connection,
+                     method: str, path: str, query: dict[str, list[str]], headers: dict[str, str], keep: bool
+                     ) -> tuple[int, dict[str, Any], bool]:
+        allowed = {"/health": "GET", "/describe": "GET", "/score": "POST"}
+        if path not in allowed:
+            raise _HttpError(404, f"no such endpoint '{path[:80]}' (GET /health, GET /describe, POST /score)",
+                             unread=self._length(headers, allow_missing=True), close=not keep)
+        if method != allowed[path]:
+            raise _HttpError(405, f"{path} takes {allowed[path]}, not {method[:10]}", headers={"Allow": allowed[path]},
+                             unread=self._length(headers, allow_missing=True), close=not keep)
+        if "transfer-encoding" in headers:
+            raise _HttpError(501, "chunked bodies are not supported; send a Content-Length")
+        if path == "/health":
+            answer: dict[str, Any] = {"status": "ok", "protocol": PROTOCOL}
+            challenge = (query.get("challenge") or [""])[0]
+            if challenge:
+                if not (16 <= len(challenge) <= 128 and all(c in "0123456789abcdef" for c in challenge)):
+                    raise _HttpError(400, "challenge must be 16-128 lowercase hex digits", close=not keep)
+                answer["proof"] = server_proof(self.token, challenge)
+            return 200, answer, keep and not self._length(headers, allow_missing=True)
+        # a client that asked for 100-continue has not sent the body it would have sent: nothing to drain
+        waiting = headers.get("expect", "").lower() == "100-continue"
+        if not self._authorized(headers):
+            raise _HttpError(401, "missing or wrong bearer token (send 'Authorization: Bearer TOKEN'; the server "
+                             f"uses ${SECRET_ENV} or its key file)", headers={"WWW-Authenticate": 'Bearer realm="reward"'},
+                             unread=0 if waiting else self._length(headers, allow_missing=True), close=waiting)
+        conn.trusted = True
+        if path == "/describe":
+            return 200, describe(self.reward, self.config.max_body_bytes), keep
+        length = self._length(headers)
+        if length > self.config.max_body_bytes:
+            raise _HttpError(413, f"a body of {length} bytes exceeds the server's limit of {self.config.max_body_bytes} "
+                             f"bytes; send smaller batches (GET /describe gives max_body_bytes)", unread=0 if waiting else length)
+        assert self._inflight is not None
+        async with self._inflight:
+            if waiting:
+                writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                await asyncio.wait_for(writer.drain(), self.config.read_timeout)
+            body = await self._read_body(reader, length)
+            loop = asyncio.get_running_loop()
+            status, answer = await loop.run_in_executor(self._pool, score_body, self.reward, body, self._lock)
+        return status, answer, keep
+
+    @staticmethod
+    def _length(headers: dict[str, str], allow_missing: bool = False) -> int:
+        value = headers.get("content-length")
+        if value is None:
+            if allow_missing:
+                return 0
+            raise _HttpError(411, "POST /score needs a Content-Length header")
+        if not value.isdigit() or not value.isascii() or len(value) > 15:
+            raise _HttpError(400, f"bad Content-Length {value[:20]!r}")
+        return int(value)
+
+    async def _read_body(self, reader: asyncio.StreamReader, length: int) -> bytes:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.read_timeout + length / MIN_BODY_RATE
+        buf = bytearray()
+        while len(buf) < length:
+            remaining = min(deadline - loop.time(), self.config.read_timeout)
+            if remaining <= 0:
+                raise _HttpError(408, f"the body did not arrive in time ({len(buf)} of {length} bytes)")
+            try:
+                chunk = await asyncio.wait_for(reader.read(min(length - len(buf), 1 << 20)), remaining)
+            except TimeoutError:
+                raise _HttpError(408, f"no body bytes for {remaining:.3g} s ({len(buf)} of {length} bytes)") from None
+            if not chunk:
+                raise asyncio.IncompleteReadError(bytes(buf), length)
+            buf += chunk
+        return bytes(buf)
+
+    async def _drain(self, reader: asyncio.StreamReader, unread: int, linger_s: float = 2.0) -> None:
+        """Discard (part of) a body we refused, so that closing does not reset the connection before the
+        client has read the answer."""
+        loop = asyncio.get_running_loop()
+        deadline, left = loop.time() + linger_s, min(unread, 4 * self.config.max_body_bytes, 1 << 28)
+        try:
+            while left > 0 and loop.time() < deadline:
+                chunk = await asyncio.wait_for(reader.read(min(left, 1 << 20)), deadline - loop.time())
+                if not chunk:
+                    return
+                left -= len(chunk)
+        except (TimeoutError, ConnectionError, OSError):
             pass
+
+    async def _respond(self, writer: asyncio.StreamWriter, status: int, answer: dict[str, Any], close: bool,
+                       headers: dict[str, str] | None = None) -> None:
+        try:
+            body = encode_json(answer)
+        except (TypeError, ValueError) as exc:
+            status, body = 500, encode_json({"error": f"cannot encode the reward's answer: {exc}"})
+        lines = [f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}", "Content-Type: application/json",
+                 f"Content-Length: {len(body)}", f"Connection: {'close' if close else 'keep-alive'}",
+                 f"X-Reward-Protocol: {PROTOCOL}"]
+        lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
+        await asyncio.wait_for(writer.drain(), self.config.read_timeout)
 
 
 def serve(reward: Any, host: str = "127.0.0.1", port: int = DEFAULT_PORT, ready: threading.Event | None = None,
-          max_connections: int | None = None, *, secret: bytes | None = None,
-          max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, max_clients: int = MAX_CLIENTS,
-          handshake_timeout: float | None = HANDSHAKE_TIMEOUT_S) -> None:
-    """Serve ``reward`` on ``host:port`` (loopback only) until interrupted.
-
-    Args:
-        reward: any object with the reward protocol.
-        host, port: loopback address to bind (port 0 picks a free one).
-        ready: set once listening, with the bound port as ``ready.port``.
-        max_connections: return after this many clients have authenticated and left (tests).
-        secret: the shared secret (default :func:`reward_secret`).
-        max_message_bytes: the largest request frame accepted after authentication.
-        max_clients: clients served at once; more are answered "busy" and closed.
-        handshake_timeout: seconds a new client has to authenticate.
+          *, token: bytes | None = None, **limits: Any) -> None:
+    """Serve ``reward`` on ``host:port`` on this thread until interrupted (``ready.port`` and ``ready.set()``
+    once listening). Keyword arguments are :class:`ServerConfig` fields.
 
     Raises:
-        ValueError: ``host`` is not a loopback address.
+        RemoteAddressError: a bad port, or a non-loopback host without ``allow_remote``.
         OSError: the address cannot be bound.
-        RewardSecretError: no usable secret.
+        RewardSecretError: no usable token.
     """
-    family, sockaddr = loopback_addresses(host, port)[0]
-    source = "the caller" if secret is not None else secret_source()
-    secret = reward_secret() if secret is None else secret
-    lock = threading.Lock()
-    state = {"authenticated": 0}
-    state_lock = threading.Lock()
-    threads: list[threading.Thread] = []
+    server = RewardServer(reward, host, port, token=token, **limits)
 
-    def on_auth() -> None:
-        """Count one more authenticated client."""
-        with state_lock:
-            state["authenticated"] += 1
-
-    with socket.socket(family, socket.SOCK_STREAM) as server:
-        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        server.bind(sockaddr)
-        server.listen(16)
-        server.settimeout(0.2)
-        bound_host, bound_port = server.getsockname()[:2]
+    def listening() -> None:
         if ready is not None:
-            ready.port = bound_port  # type: ignore[attr-defined]
+            ready.port = server.port  # type: ignore[attr-defined]
+            ready.server = server  # type: ignore[attr-defined]
             ready.set()
-        print(f"reward server '{getattr(reward, 'name', '')}' listening on {_show(bound_host, bound_port)}", flush=True)
-        print(f"protocol {PROTOCOL}; secret from {source}", flush=True)
-        while True:
-            threads = [t for t in threads if t.is_alive()]
-            with state_lock:
-                done = max_connections is not None and state["authenticated"] >= max_connections
-            if done:
-                break
-            try:
-                conn, _ = server.accept()
-            except (socket.timeout, BlockingIOError, InterruptedError):
-                continue
-            except OSError:  # e.g. too many open files: keep serving
-                continue
-            if len(threads) >= max_clients:
-                conn.settimeout(1.0)
-                _try_send(conn, _error(f"server busy: {max_clients} clients connected"))
-                conn.close()
-                continue
-            thread = threading.Thread(target=_serve_connection, daemon=True, name="reward-client", args=(
-                reward, conn, secret, max_message_bytes, lock, handshake_timeout, on_auth))
-            try:
-                thread.start()
-            except RuntimeError:  # cannot start a thread now: refuse this client, keep serving
-                conn.close()
-                continue
-            threads.append(thread)
-    for thread in threads:
-        thread.join()
+
+    server.serve_forever(listening)
 
 
 # -- client ------------------------------------------------------------------------------------------
 class RemoteReward(BaseReward):
-    """A reward scored by a reward server on this machine (see ``python -m opgrpo_bench.rewards.server``)."""
+    """A reward scored by a reward server (see ``python -m opgrpo_bench.rewards.server``), over HTTP."""
 
     name = "remote"
     modality = "any"
     needs = "a reward server on 127.0.0.1 (python -m opgrpo_bench.rewards.server --reward NAME)"
 
-    def __init__(self, address: str = f"127.0.0.1:{DEFAULT_PORT}", timeout: float | None = None,
-                 connect_timeout: float = HANDSHAKE_TIMEOUT_S):
-        """Connect and authenticate.
+    def __init__(self, address: str = f"127.0.0.1:{DEFAULT_PORT}", timeout: float = DEFAULT_CLIENT_TIMEOUT_S,
+                 connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_S, allow_remote: bool = False,
+                 token_file: str | None = None, ca_file: str | None = None):
+        """Check the address, that the server knows the token (before sending it), and ask what it scores.
 
         Args:
-            address: ``host:port`` of the server; the host must be a loopback address (``[::1]:port`` for IPv6).
-            timeout: seconds to wait for one answer (None: no limit; a large batch may take long).
-            connect_timeout: seconds to connect and authenticate.
+            address: ``host:port`` or ``http(s)://host:port``; the host must be a loopback address unless
+                ``allow_remote`` (``[::1]:port`` for IPv6).
+            timeout: seconds one request may take in all, answer included (a large batch may take long).
+            connect_timeout: seconds to connect and to get the server's first answers.
+            allow_remote: allow a non-loopback host (use https there: the token travels with every request).
+            token_file: read the token from this 0600 file instead of ``$OPGRPO_REWARD_SECRET`` / the key file.
+            ca_file: CA bundle to check an https server's certificate with (default: the system's).
 
         Raises:
-            ValueError: the address is malformed or not loopback.
-            RewardUnavailableError: no server there, not a reward server, or it refused this client's secret.
+            RemoteAddressError: the address is malformed, the port bad, or the host not loopback (a ValueError).
+            RewardServerError: no server there, not a reward server, or it does not know the token.
         """
-        host, port = parse_address(address)
-        targets = loopback_addresses(host, port)
-        secret = reward_secret()
-        self.address = _show(host, port)
-        self.timeout = timeout
-        start = f"start one with `python -m opgrpo_bench.rewards.server --reward NAME --port {port}`"
-        sock, last = None, None
-        for family, sockaddr in targets:
-            candidate = socket.socket(family, socket.SOCK_STREAM)
-            candidate.settimeout(connect_timeout)
-            try:
-                candidate.connect(sockaddr)
-                sock = candidate
-                break
-            except OSError as exc:
-                candidate.close()
-                last = exc
-        if sock is None:
-            raise RewardUnavailableError(f"reward 'remote': no reward server at {self.address} "
-                                         f"({type(last).__name__}); {start}") from None
-        self.sock = sock
-        try:
-            self.max_message_bytes = self._handshake(secret)
-        except (OSError, EOFError, ProtocolError) as exc:
-            sock.close()
-            raise RewardUnavailableError(f"reward 'remote': the server at {self.address} did not complete the "
-                                         f"{PROTOCOL} handshake ({type(exc).__name__}: {exc}); is it an opgrpo-bench "
-                                         f"reward server of this version?") from None
-        except RewardUnavailableError:
-            sock.close()
-            raise
-        sock.settimeout(timeout)
+        for value, what in ((timeout, "timeout"), (connect_timeout, "connect_timeout")):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e7:
+                raise RemoteAddressError(f"reward 'remote': {what} must be a positive number of seconds, got {value!r}")
+        self.scheme, self.host, self.port = parse_url(address)
+        if self.scheme == "https" or allow_remote:
+            self._connect_host = self.host
+            if not allow_remote:
+                loopback_addresses(self.host, self.port)
+        else:
+            _, sockaddr = loopback_addresses(self.host, self.port)[0]
+            self._connect_host = sockaddr[0]  # connect where we checked, not where a second lookup says
+        self.address = f"{self.scheme}://{_show(self.host, self.port)}"
+        self.timeout, self.connect_timeout = float(timeout), float(connect_timeout)
+        self.tls = ssl.create_default_context(cafile=ca_file) if self.scheme == "https" else None
+        self._token = reward_secret(token_file)
+        self._token_source = secret_source(token_file)
         self._lock = threading.Lock()
-        desc = self._request({"op": "describe"})
+        self._verify_server()
+        desc = self._request("GET", "/describe", timeout=self.connect_timeout)
         try:
             self.remote_name = str(desc["name"])
             low, high = (float_from_json(x, "range") for x in desc["range"])
             self.range = (low, high)  # type: ignore[misc]
             self.higher_is_better = bool(desc["higher_is_better"])  # type: ignore[misc]
+            self.max_body_bytes = int(desc["max_body_bytes"])
+            if self.max_body_bytes < MIN_BODY_BYTES:
+                raise ValueError(f"max_body_bytes {self.max_body_bytes} is below {MIN_BODY_BYTES}")
         except (KeyError, TypeError, ValueError) as exc:
-            self.close()
-            raise RewardUnavailableError(
-                f"reward 'remote': malformed describe answer from {self.address} ({exc})") from None
+            raise RewardServerError(f"reward 'remote': malformed describe answer from {self.address} "
+                                    f"({' '.join(str(exc).split())[:200]})") from None
 
-    def _handshake(self, secret: bytes) -> int:
-        challenge = recv_message(self.sock, HANDSHAKE_MAX_BYTES)
-        if challenge.get("ok") is False:
-            raise RewardUnavailableError(f"reward 'remote': the server at {self.address} refused the connection: "
-                                         f"{str(challenge.get('error'))[:300]}")
-        nonce, limit = challenge.get("nonce"), challenge.get("max_message_bytes")
-        if (challenge.get("type") != "challenge" or challenge.get("protocol") != PROTOCOL or not isinstance(nonce, str)
-                or len(nonce) != _NONCE_HEX or type(limit) is not int or limit < HANDSHAKE_MAX_BYTES):
-            raise ProtocolError(f"expected a {PROTOCOL} challenge")
-        client_nonce = secrets.token_hex(_NONCE_HEX // 2)
-        send_message(self.sock, {"type": "auth", "mac": _mac(secret, "client", nonce), "nonce": client_nonce})
-        reply = recv_message(self.sock, HANDSHAKE_MAX_BYTES)
-        if reply.get("ok") is not True:
-            raise RewardUnavailableError(
-                f"reward 'remote': the server at {self.address} refused this client ({str(reply.get('error'))[:200]}); "
-                f"run the server and the client as the same user, or with the same ${SECRET_ENV} (this client "
-                f"uses {secret_source()})")
-        mac = reply.get("mac")
-        if not isinstance(mac, str) or not hmac.compare_digest(
-                mac.encode("ascii", "replace"), _mac(secret, "server", client_nonce, nonce).encode("ascii")):
-            raise RewardUnavailableError(f"reward 'remote': the server at {self.address} could not prove that it "
-                                         f"knows the secret ({secret_source()}); not connecting to it")
-        return limit
+    def _start_hint(self) -> str:
+        return f"start one with `python -m opgrpo_bench.rewards.server --reward NAME --port {self.port}`"
 
-    def _request(self, message: dict[str, Any]) -> dict[str, Any]:
-        with self._lock:
+    def _verify_server(self) -> None:
+        challenge = secrets.token_hex(32)
+        try:
+            answer = self._request("GET", f"/health?challenge={challenge}", timeout=self.connect_timeout, auth=False)
+        except RewardServerError as err:
+            if err.status is None:
+                raise
+            answer = {}  # an HTTP server, but not ours
+        proof = answer.get("proof")
+        if answer.get("protocol") != PROTOCOL or not isinstance(proof, str):
+            raise RewardServerError(f"reward 'remote': the server at {self.address} does not speak {PROTOCOL}; is it "
+                                    f"an opgrpo-bench reward server of this version?")
+        if not hmac.compare_digest(proof.encode("ascii", "replace"), server_proof(self._token, challenge).encode()):
+            raise RewardServerError(
+                f"reward 'remote': the server at {self.address} does not know this client's token "
+                f"({self._token_source}); not sending it. Run the server and the client as the same user, or with the "
+                f"same ${SECRET_ENV}")
+
+    def _connection(self, timeout: float) -> http.client.HTTPConnection:
+        if self.tls is not None:
+            return http.client.HTTPSConnection(self._connect_host, self.port, timeout=timeout, context=self.tls)
+        return http.client.HTTPConnection(self._connect_host, self.port, timeout=timeout)
+
+    def _request(self, method: str, path: str, body: bytes | None = None, timeout: float | None = None,
+                 auth: bool = True) -> dict[str, Any]:
+        """One request on a fresh connection, bounded by ``timeout`` in all; the JSON answer of a 200.
+
+        Raises:
+            RewardServerError: one line for every failure (connection, timeout, HTTP error, malformed answer).
+        """
+        limit = self.timeout if timeout is None else timeout
+        what = f"reward 'remote': {method} {path.split('?')[0]} to {self.address}"
+        headers = {"Host": _show(self.host, self.port), "Accept": "application/json"}
+        if auth:
+            headers["Authorization"] = "Bearer " + self._token.decode("ascii")
+        if body is not None:
+            headers["Content-Type"] = "application/vnd.safetensors"
+        for attempt in range(2):
             try:
-                send_message(self.sock, message)
-                response = recv_message(self.sock, max(self.max_message_bytes, DEFAULT_MAX_MESSAGE_BYTES))
-            except (OSError, EOFError) as exc:
-                raise RuntimeError(
-                    f"reward server at {self.address}: connection lost ({type(exc).__name__}: {exc})") from None
-        if response.get("ok") is not True:
-            raise RuntimeError(f"reward server error: {str(response.get('error'))[:2000]}")
-        return response
+                status, raw = self._exchange(method, path, body, headers, limit, what)
+                break
+            except _Dropped:
+                # the server closes connections that wait (idle, or crowded out by clients without a token);
+                # every request here is idempotent, so one fresh try is safe
+                if attempt:
+                    raise
+        try:
+            answer = decode_json(raw, "the answer") if raw else {}
+        except ProtocolError as exc:
+            answer = {"error": f"malformed answer ({exc})"} if status == 200 else {"error": raw[:200].decode("latin-1")}
+        if not isinstance(answer, dict):
+            answer = {"error": "the answer is not a JSON object"} if status == 200 else {}
+        if status != 200 or "error" in answer:
+            message = " ".join(str(answer.get("error") or raw[:200].decode("latin-1")).split())[:2000]
+            hint = ""
+            if status == 401:
+                hint = (f"; run the server and the client as the same user, or with the same ${SECRET_ENV} (this "
+                        f"client uses {self._token_source})")
+            raise RewardServerError(f"{what}: HTTP {status}: {message}{hint}", status=status)
+        return answer
+
+    def _exchange(self, method: str, path: str, body: bytes | None, headers: dict[str, str], limit: float,
+                  what: str) -> tuple[int, bytes]:
+        """(status, body) of one request on a fresh connection, all of it within ``limit`` seconds."""
+        conn = self._connection(limit)
+        expired = threading.Event()
+
+        def expire() -> None:  # bounds the whole exchange, not only each read: a server that trickles is cut off
+            expired.set()
+            sock = conn.sock
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+        timer = threading.Timer(limit, expire)
+        timer.daemon = True
+        with self._lock:
+            timer.start()
+            try:
+                conn.request(method, path, body=body, headers=headers)
+                response = conn.getresponse()
+                raw = response.read(1 << 28)
+                status = response.status
+            except ConnectionRefusedError:
+                raise RewardServerError(f"{what}: no reward server there (connection refused); "
+                                        f"{self._start_hint()}") from None
+            except (OSError, http.client.HTTPException) as exc:
+                if expired.is_set() or isinstance(exc, TimeoutError):
+                    raise RewardServerError(f"{what}: no answer within {limit:g} s (raise timeout= if batches are "
+                                            f"slow)") from None
+                raise _Dropped(f"{what}: the connection failed or was dropped ({type(exc).__name__}: "
+                               f"{' '.join(str(exc).split())[:200]})") from None
+            finally:
+                timer.cancel()
+                conn.close()
+        if expired.is_set():  # a cut-off answer can still parse as a short, complete one
+            raise RewardServerError(f"{what}: no answer within {limit:g} s (raise timeout= if batches are slow)")
+        return status, raw
+
+    def _chunk_size(self, images: torch.Tensor, prompts: list[str], metadata: list[dict[str, Any]] | None) -> int:
+        itemsize = 1 if images.dtype == torch.uint8 else 4
+        per_image = images[0].numel() * itemsize
+        texts = [len(encode_json([p])) + (len(encode_json([m])) if metadata is not None else 0)
+                 for p, m in zip(prompts, metadata or [None] * len(prompts))]
+        per_sample = per_image + 2 * max(texts)  # JSON inside JSON: quotes may be escaped once more
+        budget = self.max_body_bytes - SCORE_CHUNK_OVERHEAD
+        if per_sample > budget:
+            raise RewardServerError(f"reward 'remote': one sample needs about {per_sample} bytes, more than the "
+                                    f"server's limit of {self.max_body_bytes}; restart the server with a larger "
+                                    f"--max-body-mb")
+        return max(1, budget // per_sample)
 
     def _score_chunk(self, images: torch.Tensor, prompts: list[str], metadata: list[dict[str, Any]] | None
                      ) -> RewardOutput:
-        response = self._request({"op": "score", "images": encode_array(images), "prompts": prompts,
-                                  "metadata": metadata})
+        answer = self._request("POST", "/score", body=encode_batch(images, prompts, metadata))
         n = images.shape[0]
         try:
-            scores = decode_array(response["scores"], "scores", ndims=(1,), dtypes=("float32",))
-            components_raw = response.get("components", {})
+            scores = torch.tensor([float_from_json(x, "scores") for x in answer["scores"]], dtype=torch.float32)
+            components_raw = answer.get("components", {})
             if not isinstance(components_raw, dict):
                 raise ProtocolError("'components' must be an object")
-            components = {str(k): torch.from_numpy(decode_array(v, f"components.{k}", ndims=(1,), dtypes=("float32",)))
+            components = {str(k): torch.tensor([float_from_json(x, f"components.{k}") for x in v], dtype=torch.float32)
                           for k, v in components_raw.items()}
-            info = response.get("info", {})
+            info = answer.get("info", {})
             if not isinstance(info, dict):
                 raise ProtocolError("'info' must be an object")
-        except (KeyError, ProtocolError) as exc:
-            raise RuntimeError(f"reward server at {self.address}: malformed answer ({exc})") from None
+        except (KeyError, TypeError, ProtocolError) as exc:
+            raise RewardServerError(f"reward 'remote': malformed answer from {self.address} ({exc})") from None
         if scores.shape != (n,) or any(v.shape != (n,) for v in components.values()):
-            raise RuntimeError(f"reward server at {self.address}: answer shapes do not match a batch of {n}")
-        return RewardOutput(torch.from_numpy(scores), components, info)
-
-    def _chunk_size(self, images: torch.Tensor, prompts: list[str], metadata: list[dict[str, Any]] | None) -> int:
-        per_image = 4 * math.ceil(images[0].numel() * 4 / 3)
-        texts = [len(encode_json({"p": p, "m": m})) for p, m in zip(prompts, metadata or [None] * len(prompts))]
-        per_sample = per_image + max(texts) + 64
-        budget = self.max_message_bytes - 4096
-        if per_sample > budget:
-            raise ValueError(f"reward 'remote': one sample needs about {per_sample} bytes, more than the server's "
-                             f"limit of {self.max_message_bytes}; restart the server with a larger --max-message-mb")
-        return max(1, budget // per_sample)
+            raise RewardServerError(f"reward 'remote': the answer from {self.address} does not match a batch of {n}")
+        return RewardOutput(scores, components, info)
 
     def score(self, images: torch.Tensor, prompts: list[str], metadata: list[dict[str, Any]]) -> RewardOutput:
-        """Send the batch (split into frames under the server's size limit) and collect the answer."""
+        """Send the batch (split into bodies under the server's size limit) and collect the answer."""
         try:
             meta: list[dict[str, Any]] | None = json.loads(encode_json({"m": metadata}))["m"]
         except (TypeError, ValueError) as exc:
@@ -748,17 +1143,7 @@ class RemoteReward(BaseReward):
         return out
 
     def close(self) -> None:
-        """Say goodbye and close the connection (idempotent)."""
-        lock = getattr(self, "_lock", None) or threading.Lock()
-        with lock:
-            try:
-                send_message(self.sock, {"op": "close"})
-            except (OSError, ValueError):
-                pass
-            try:
-                self.sock.close()
-            except OSError:
-                pass
+        """Nothing to release: every request uses its own connection (kept for callers that close rewards)."""
 
 
 # -- command line ------------------------------------------------------------------------------------
@@ -776,31 +1161,73 @@ def parse_sets(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one ``error:`` line and exit code 2."""
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        print(f"error: {' '.join(message.split())} (see --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _positive(value: float, flag: str, low: float, high: float) -> float:
+    if not math.isfinite(value) or not low <= value <= high:
+        raise ValueError(f"{flag} must be a number between {low:g} and {high:g}, got {value:g}")
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m opgrpo_bench.rewards.server``: serve a registered reward; returns the exit code (2: user error)."""
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser = _Parser(prog="python -m opgrpo_bench.rewards.server", description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--reward", required=True, help="registered reward name")
-    parser.add_argument("--host", default="127.0.0.1", help="loopback address to bind (127.0.0.1, ::1, localhost)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to bind: loopback (127.0.0.1, ::1, localhost) unless --allow-remote")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="0 picks a free port")
     parser.add_argument("--set", dest="sets", action="append", default=[], help="reward kwarg key=value")
-    parser.add_argument("--max-message-mb", type=float, default=DEFAULT_MAX_MESSAGE_BYTES / 2**20,
-                        help="largest request accepted, in MiB (clients split larger batches)")
-    parser.add_argument("--max-clients", type=int, default=MAX_CLIENTS, help="clients served at once")
+    parser.add_argument("--max-body-mb", type=float, default=DEFAULT_MAX_BODY_BYTES / 2**20,
+                        help="largest request body accepted, in MiB (clients split larger batches)")
+    parser.add_argument("--read-timeout", type=float, default=DEFAULT_READ_TIMEOUT_S,
+                        help="seconds a client has to send a request head, and between body chunks")
+    parser.add_argument("--idle-timeout", type=float, default=DEFAULT_IDLE_TIMEOUT_S,
+                        help="seconds an open connection may wait between requests")
+    parser.add_argument("--max-connections", type=int, default=MAX_CONNECTIONS,
+                        help="connections at once (those without a token are closed first when full)")
+    parser.add_argument("--workers", type=int, default=WORKERS, help="threads that decode and score requests")
+    parser.add_argument("--token-file", default=None, help=f"read the token from this 0600 file (default: "
+                        f"${SECRET_ENV}, else the key file {KEY_FILE_NAME} in the user cache folder)")
+    parser.add_argument("--allow-remote", action="store_true",
+                        help="allow a non-loopback --host (use --tls-cert/--tls-key there)")
+    parser.add_argument("--tls-cert", default=None, help="PEM certificate (chain) to serve https")
+    parser.add_argument("--tls-key", default=None, help="PEM private key of --tls-cert")
     args = parser.parse_args(argv)
     from opgrpo_bench.registry import REWARDS, UnknownNameError
 
     try:
-        max_bytes = int(args.max_message_mb * 2**20)
-        if not HANDSHAKE_MAX_BYTES <= max_bytes <= 0xFFFFFFFF:
-            raise ValueError(f"--max-message-mb must be between 0.004 and 4095, got {args.max_message_mb}")
-        loopback_addresses(args.host, args.port)
-        reward_secret()  # fail early, with one line, before loading a model
+        max_body = _positive(args.max_body_mb, "--max-body-mb", MIN_BODY_BYTES / 2**20, MAX_BODY_BYTES_LIMIT / 2**20)
+        config = ServerConfig(
+            max_body_bytes=int(max_body * 2**20),
+            read_timeout=_positive(args.read_timeout, "--read-timeout", 0.01, 86400),
+            idle_timeout=_positive(args.idle_timeout, "--idle-timeout", 0.01, 86400),
+            max_connections=int(_positive(args.max_connections, "--max-connections", 1, 10_000)),
+            workers=int(_positive(args.workers, "--workers", 1, 256)), allow_remote=args.allow_remote,
+            tls_cert=args.tls_cert, tls_key=args.tls_key)
+        token = reward_secret(args.token_file)  # fail early, with one line, before loading a model
+        server = RewardServer(None, args.host, args.port, token=token, config=config)
         reward = REWARDS.get(args.reward)(**parse_sets(args.sets))
     except (UnknownNameError, RewardUnavailableError, ValueError, TypeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
+    server.reward = reward
+    source = secret_source(args.token_file)
+
+    def listening() -> None:
+        print(f"reward server '{getattr(reward, 'name', '')}' listening on {server.address}", flush=True)
+        print(f"protocol {PROTOCOL}; token from {source}; body limit {config.max_body_bytes} bytes", flush=True)
+        if server.plaintext_remote:
+            print(f"warning: serving plain HTTP on {args.host}, beyond loopback: the bearer token and the images "
+                  f"cross the network unencrypted; pass --tls-cert and --tls-key", file=sys.stderr, flush=True)
+
     try:
-        serve(reward, args.host, args.port, max_message_bytes=max_bytes, max_clients=args.max_clients)
+        server.serve_forever(listening)
     except OSError as exc:
         print(f"error: cannot listen on {_show(args.host, args.port)} ({exc.strerror or exc})", file=sys.stderr)
         return 2

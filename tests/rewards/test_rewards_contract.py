@@ -8,7 +8,6 @@ Rewards that need real weights run here on random-init stand-ins of their archit
 from __future__ import annotations
 
 import importlib.util
-import threading
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -91,14 +90,11 @@ def _fx(request: pytest.FixtureRequest, name: str) -> Any:
 
 def _remote(request: pytest.FixtureRequest) -> Any:
     from opgrpo_bench.rewards.jpeg import JpegIncompressibility
-    from opgrpo_bench.rewards.server import serve
+    from opgrpo_bench.rewards.server import RewardServer
 
-    ready = threading.Event()
-    threading.Thread(target=serve, args=(JpegIncompressibility(), "127.0.0.1", 0, ready, 1), daemon=True).start()
-    assert ready.wait(10)
-    reward = REWARDS.get("remote")(address=f"127.0.0.1:{ready.port}")  # type: ignore[attr-defined]
-    request.addfinalizer(reward.close)
-    return reward
+    server = RewardServer(JpegIncompressibility(), "127.0.0.1", 0).start()
+    request.addfinalizer(server.stop)
+    return REWARDS.get("remote")(address=f"127.0.0.1:{server.port}")
 
 
 def _digits(request: pytest.FixtureRequest) -> Any:
