@@ -14,6 +14,8 @@ Three steps are provided:
   together with the Gaussian log-density of the transition (what the policy-gradient ratios use).
 * :func:`cps_step_with_logprob` -- the optional coefficient-preserving variant, whose "log-prob" is an
   unnormalised surrogate on another scale.
+* :func:`constant_noise_sde_step_with_logprob` and :func:`wan_sde_step_with_logprob` -- the same flow SDE
+  step with DanceGRPO's constant diffusion coefficient and with Flow-GRPO's Wan2.1 coefficient.
 
 Everything here is pure torch: no scheduler object, sigmas are passed explicitly per sample so that a
 batch may mix timesteps (e.g. when training on shuffled transitions).
@@ -33,6 +35,7 @@ __all__ = [
     "sde_step_with_logprob",
     "cps_step_with_logprob",
     "constant_noise_sde_step_with_logprob",
+    "wan_sde_step_with_logprob",
     "transition_function",
 ]
 
@@ -275,6 +278,35 @@ def constant_noise_sde_step_with_logprob(
                           logprob_reduction)
 
 
+def wan_sde_step_with_logprob(
+    model_output: torch.Tensor,
+    sigma: torch.Tensor | float,
+    sigma_next: torch.Tensor | float,
+    sample: torch.Tensor,
+    noise_level: float = 0.7,
+    prev_sample: torch.Tensor | None = None,
+    generator: GeneratorLike = None,
+    sigma_max: torch.Tensor | float | None = None,
+    logprob_reduction: LogprobReduction = "mean",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The flow SDE step with Flow-GRPO's Wan2.1 diffusion coefficient ``s = sigma_max * sigma``.
+
+    Flow-GRPO's Wan pipeline (``flow_grpo/diffusers_patch/wan_pipeline_with_logprob.py``,
+    ``sde_step_with_logprob``) uses ``s = sigma_min + (sigmas[1] - sigma_min) * sigma`` with ``sigma_min``
+    the schedule's last sigma, which is 0 on the UniPC grid of a Wan2.1 folder (``final_sigmas_type
+    "zero"``), and has no noise-level setting: ``noise_level`` is accepted for a common signature and
+    ignored. ``sigma_max`` (the schedule's ``sigmas[1]``) is required. The mean, the noise
+    ``s * sqrt(-dt) * eps`` and the log-density are those of :func:`sde_step_with_logprob` with this ``s``.
+    """
+    del noise_level
+    if sigma_max is None:
+        raise ValueError("the Wan SDE step needs sigma_max, the schedule's sigmas[1]")
+    x = sample.float()
+    std_dev_t = expand_like(sigma_max, x).float() * expand_like(sigma, x).float()
+    return _flow_sde_step(model_output, sigma, sigma_next, sample, std_dev_t, prev_sample, generator,
+                          logprob_reduction)
+
+
 def _flow_sde_step(model_output: torch.Tensor, sigma: torch.Tensor | float, sigma_next: torch.Tensor | float,
                    sample: torch.Tensor, std_dev_t: torch.Tensor, prev_sample: torch.Tensor | None,
                    generator: GeneratorLike, logprob_reduction: LogprobReduction):
@@ -350,13 +382,14 @@ def cps_step_with_logprob(
 
 
 TRANSITIONS = {"sde": sde_step_with_logprob, "cps": cps_step_with_logprob,
-               "sde-constant": constant_noise_sde_step_with_logprob}
+               "sde-constant": constant_noise_sde_step_with_logprob, "sde-wan": wan_sde_step_with_logprob}
 """The stochastic transitions an algorithm may sample with (same signature and returns)."""
 
 
 def transition_function(name: str):
     """:func:`sde_step_with_logprob` for ``"sde"``, :func:`cps_step_with_logprob` for ``"cps"``,
-    :func:`constant_noise_sde_step_with_logprob` for ``"sde-constant"``."""
+    :func:`constant_noise_sde_step_with_logprob` for ``"sde-constant"``, :func:`wan_sde_step_with_logprob`
+    for ``"sde-wan"``."""
     try:
         return TRANSITIONS[name]
     except KeyError:

@@ -272,3 +272,34 @@ def test_cps_with_vanishing_noise_is_euler() -> None:
     v, x, sigma, sigma_next = _inputs(13)
     _, _, mean, _ = cps_step_with_logprob(v, sigma, sigma_next, x, noise_level=1e-6)
     torch.testing.assert_close(mean, ode_step(v, sigma, sigma_next, x), rtol=1e-5, atol=1e-5)
+
+
+def _flow_grpo_wan_step(v, x, sigmas, i, prev_sample):
+    """Flow-GRPO's Wan2.1 transition, written here from the formula of its public pipeline
+    (``wan_pipeline_with_logprob.py: sde_step_with_logprob``) for 5-D latents, independently of core/sde.py."""
+    sigma, sigma_prev = sigmas[i], sigmas[i + 1]
+    sigma_max, sigma_min = sigmas[1].item(), sigmas[-1].item()
+    dt = sigma_prev - sigma
+    std = sigma_min + (sigma_max - sigma_min) * sigma
+    mean = x * (1 + std**2 / (2 * sigma) * dt) + v * (1 + std**2 * (1 - sigma) / (2 * sigma)) * dt
+    logp = (-((prev_sample - mean) ** 2) / (2 * (std * torch.sqrt(-1 * dt)) ** 2)
+            - torch.log(std * torch.sqrt(-1 * dt)) - torch.log(torch.sqrt(2 * torch.as_tensor(math.pi))))
+    return logp.mean(dim=tuple(range(1, logp.ndim))), mean
+
+
+def test_the_wan_step_is_flow_grpos_wan_formula():
+    from opgrpo_bench.core.sde import wan_sde_step_with_logprob
+
+    g = torch.Generator().manual_seed(3)
+    sigmas = torch.tensor([1.0, 0.95, 0.8, 0.55, 0.3, 0.1, 0.0])  # a shifted grid ending at 0, like UniPC's
+    x = torch.randn((2, 4, 3, 4, 4), generator=g)
+    for i in range(len(sigmas) - 2):  # every step but the last (sigma' = 0 is never scored on its own)
+        v = torch.randn(x.shape, generator=g)
+        x_next, logp, mean, _ = wan_sde_step_with_logprob(v, sigmas[i].expand(2), sigmas[i + 1].expand(2), x,
+                                                          generator=g, sigma_max=sigmas[1])
+        want_logp, want_mean = _flow_grpo_wan_step(v, x, sigmas, i, x_next)
+        assert torch.allclose(mean, want_mean, atol=1e-6)
+        assert torch.allclose(logp, want_logp, atol=1e-5, rtol=0)
+        x = x_next
+    with pytest.raises(ValueError, match="sigma_max"):
+        wan_sde_step_with_logprob(v, sigmas[0].expand(2), sigmas[1].expand(2), x)
