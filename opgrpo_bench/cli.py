@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # read at import time by huggingface_hub
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -300,6 +300,53 @@ def list_(
 
 INTERRUPTED = "interrupted; finished runs are kept and unfinished ones resume from their last checkpoint"
 
+EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143
+"""Exit codes after Ctrl-C (128 + SIGINT) and after SIGTERM (128 + SIGTERM: Slurm preemption, ``docker stop``,
+Kubernetes), the shells' convention."""
+
+
+class _Termination:
+    """SIGTERM handled like Ctrl-C: the run stops at the next Python instruction with its last good
+    checkpoint kept (checkpoints and records are written atomically), prints the resume line and exits
+    143. A second SIGTERM while stopping is ignored, so the clean-up is not cut short."""
+
+    received = False
+
+    @classmethod
+    def install(cls) -> Any:
+        """Handle SIGTERM (main thread only); returns the previous handler, for :meth:`restore`."""
+        import signal
+        import threading
+
+        cls.received = False
+        if threading.current_thread() is not threading.main_thread():
+            return None
+        return signal.signal(signal.SIGTERM, cls._handle)
+
+    @staticmethod
+    def restore(previous: Any) -> None:
+        import signal
+
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+    @classmethod
+    def _handle(cls, signum: int, frame: object) -> None:
+        import signal
+
+        cls.received = True
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+
+def _interrupted(message: str) -> None:
+    """Print ``message`` (terminated or interrupted) and exit with the matching code."""
+    if _Termination.received:
+        typer.echo(message.replace("interrupted", "terminated (SIGTERM)", 1), err=True)
+        sys.exit(EXIT_TERMINATED)
+    typer.echo(message, err=True)
+    sys.exit(EXIT_INTERRUPTED)
+
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
@@ -316,7 +363,16 @@ def _click_kind(err: BaseException) -> str | None:
 
 def main() -> None:
     """Console-script entry point: runs the app; a user error is one ``error: ...`` line and exit code 2
-    (click's usage errors too), Ctrl-C one line and exit code 130."""
+    (click's usage errors too), Ctrl-C one line and exit code 130, SIGTERM one line and exit code 143."""
+    previous = _Termination.install()
+    try:
+        _run_app()
+    finally:
+        _Termination.restore(previous)
+
+
+def _run_app() -> None:
+    """:func:`main` without the SIGTERM handler's installation."""
     from opgrpo_bench.errors import RunInterrupted, UserError
     from opgrpo_bench.registry import UnknownNameError
 
@@ -326,11 +382,9 @@ def main() -> None:
         typer.echo(f"error: {_one_line(str(err))}", err=True)
         sys.exit(2)
     except RunInterrupted as err:  # also GridInterrupted (several runs)
-        typer.echo(str(err), err=True)
-        sys.exit(130)
+        _interrupted(str(err))
     except KeyboardInterrupt:
-        typer.echo(INTERRUPTED, err=True)
-        sys.exit(130)
+        _interrupted(INTERRUPTED)
     except OSError as err:
         import errno
 
@@ -355,8 +409,8 @@ def main() -> None:
             message += f" (see '{ctx.command_path} --help')"
         typer.echo(f"error: {message}", err=True)
         sys.exit(getattr(err, "exit_code", 2))
-    if code == 130:  # typer turns a KeyboardInterrupt into exit code 130
-        typer.echo(INTERRUPTED, err=True)
+    if code == EXIT_INTERRUPTED:  # typer turns a KeyboardInterrupt into exit code 130
+        _interrupted(INTERRUPTED)
     if isinstance(code, int) and code:
         sys.exit(code)
 
