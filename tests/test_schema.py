@@ -86,7 +86,8 @@ def test_the_writer_refuses_an_invalid_record(tmp_path, type_, fields, problem):
 def test_valid_records_are_written_as_given(tmp_path):
     writer = ResultsWriter(tmp_path)
     start = writer.write("run_start", **START)
-    step = writer.write("step", step=1, iteration=0, samples=8, nfe=80, wall_s=0.5, **{"op/logratio_by_step": [0.1, None]})
+    step = writer.write("step", step=1, iteration=0, samples=8, nfe=80, wall_s=0.5,
+                        **{"op/logratio_by_step": [0.1, None]})
     end = writer.write("run_end", status="completed", **run_outcome(evals(0.1, 0.6), 0.5, True), steps=1, wall_s=1.0)
     assert read_records(writer.path) == [start, step, end]
     assert start["schema"] == SCHEMA and start["config"]["train"]["adam_betas"] == [0.9, 0.999]

@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from opgrpo_bench.leaderboard.load import Run
-from opgrpo_bench.leaderboard.outcomes import Comparison, Outcome, mean_or_none, median_or_none, resolve, runs_by_label
+from opgrpo_bench.leaderboard.outcomes import Comparison, Outcome, median_or_none, resolve, runs_by_label
 from opgrpo_bench.schema import finite_or_none as _finite
 
 DIAG_CLIP_ON, DIAG_CLIP_OFF = "clipfrac/on_policy", "clipfrac/off_policy"
@@ -56,7 +56,7 @@ def _late(run: Run) -> Callable[[dict[str, Any]], bool]:
     return lambda rec: rec["step"] > run.last_step / 2
 
 
-SUMMARIES: dict[str, Callable[[list[float]], float]] = {
+SUMMARIES: dict[str, Callable[[list[float]], float]] = {  # over a run's finite values (at least one)
     "mean": lambda v: float(np.mean(v)),
     "median": lambda v: float(np.median(v)),
     "late_median": lambda v: float(np.median(v)),
@@ -68,8 +68,6 @@ def run_summary(run: Run, diag: Any) -> float | None:
     """One run's summary of a declared diagnostic over its step records (None when it logs none)."""
     keep = _late(run) if diag.summary == "late_median" else (lambda rec: True)
     values = [v for v in (_record_value(rec, diag) for rec in run.steps if keep(rec)) if v is not None]
-    if diag.summary == "mean":  # the mean of the finite values, as the leaderboard always summarised
-        return mean_or_none(values)
     return SUMMARIES[diag.summary](values) if values else None
 
 

@@ -134,12 +134,6 @@ def median_or_none(values: Iterable[float | None]) -> float | None:
     return float(np.median(vals)) if vals else None
 
 
-def mean_or_none(values: Iterable[float | None]) -> float | None:
-    """The mean of the non-null values, None when there is none."""
-    vals = [v for v in values if v is not None]
-    return float(np.mean(vals)) if vals else None
-
-
 def version_sort_key(version: str) -> tuple[int, float, str]:
     """Numeric versions numerically ("2" before "10"), then the rest as strings."""
     digits = version.lstrip("v")

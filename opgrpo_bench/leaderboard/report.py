@@ -79,6 +79,8 @@ def build_leaderboard(runs_dir: str | os.PathLike[str], out_dir: str | os.PathLi
     if not loaded.runs:
         raise LeaderboardError(f"no usable runs under '{loaded.runs_dir}': all {len(loaded.files)} results "
                                "file(s) were skipped (see the warnings above)")
+    if reference not in {r.algorithm for r in loaded.runs}:
+        warn(f"no runs of the reference algorithm '{reference}': every ratio against it is n/a")
     if not any(r.finished for r in loaded.runs):
         warn("no finished runs yet: the report lists only the incomplete ones")
     elif not any(usable(r) for r in loaded.runs):

@@ -49,6 +49,26 @@ def test_reference_option_names_the_reference_everywhere(suite: Path, tmp_path: 
     assert "Paper protocol: steps to reach op-grpo's final score" in md
 
 
+def test_reference_option_on_the_command_line(suite: Path, tmp_path: Path) -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    from opgrpo_bench.leaderboard.cli import leaderboard
+
+    app = typer.Typer()
+    app.command("leaderboard")(leaderboard)
+    app.command("other")(lambda: None)  # sub-command mode, as in the real CLI
+    run = CliRunner().invoke(app, ["leaderboard", str(suite), "--out", str(tmp_path / "a"),
+                                   "--reference", "op-grpo"])
+    assert run.exit_code == 0, run.output
+    doc = json.loads((tmp_path / "a" / "leaderboard.json").read_text())
+    assert doc["statistics"]["reference_algorithm"] == "op-grpo" and "op-grpo" in run.stdout
+    missing = CliRunner().invoke(app, ["leaderboard", str(suite), "--out", str(tmp_path / "b"), "--reference", "x"])
+    assert missing.exit_code == 0 and "no runs of the reference algorithm 'x'" in missing.stderr
+    empty = CliRunner().invoke(app, ["leaderboard", str(suite), "--out", str(tmp_path / "c"), "--reference", " "])
+    assert empty.exit_code == 2 and empty.stderr.strip() == "error: --reference must name an algorithm"
+
+
 @pytest.fixture
 def replay_algorithm(monkeypatch: pytest.MonkeyPatch) -> str:
     """A new replay algorithm, registered for the test only, that declares a diagnostic of its own."""
