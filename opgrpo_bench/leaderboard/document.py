@@ -9,6 +9,7 @@ from opgrpo_bench import SCHEMA
 from opgrpo_bench.leaderboard.aggregate import compute_aggregate
 from opgrpo_bench.leaderboard.analyses import Analysis, default_analyses, insert_after
 from opgrpo_bench.leaderboard.diagnostics import logratio_profiles
+from opgrpo_bench.leaderboard.legends import DEFINITIONS, see
 from opgrpo_bench.leaderboard.load import Run
 from opgrpo_bench.leaderboard.normalised import sample_efficiency
 from opgrpo_bench.leaderboard.outcomes import Comparison, exclusion_reason, resolve, task_label, usable
@@ -63,38 +64,22 @@ def build_document(runs_dir: str, files: list[str], runs: list[Run], warnings: l
         "runs_used": sum(usable(r) for r in runs),
         "statistics": {
             "reference_algorithm": cmp.reference,
-            "ratio": f"to_target(algorithm) / to_target({cmp.reference}); lower is better",
-            "center": "median over seeds (of paired per-seed ratios when seeds are shared)",
-            "interval": "95% percentile bootstrap over seeds",
+            "definitions": DEFINITIONS,
             "bootstrap_resamples": BOOTSTRAP_RESAMPLES,
             "bootstrap_seed": BOOTSTRAP_SEED,
-            "censored": "runs that never reached the target count as budget_steps (steps) or as what they "
-                        "spent (samples, NFE, wall-clock) and are flagged",
-            "incomplete": "runs without run_end are excluded from all statistics and listed",
-            "excluded": "finished runs with no eval record, or with an eval score that is null or not a "
-                        "finite number, are excluded from all statistics and listed in excluded_runs "
-                        "with the reason",
+            "power_alpha": POWER_ALPHA,
+            "power_target": POWER_TARGET,
             "conventions": "rliable (Agarwal et al. 2021), see docs/STATISTICS.md",
-            "speedup_interval": "paired per-seed ratios resampled within each task version (stratified "
-                                "bootstrap; one task version per row, so the paired bootstrap over seeds)",
-            "prob_improvement": f"P(steps(X) < steps({cmp.reference})) over all pairs of runs, ties 1/2, "
-                                "censored runs by Gehan's rule (a censored run is slower than a run that "
-                                "reached by its budget, otherwise 1/2); bootstrap resamples both groups "
-                                "independently",
-            "auc": "trapezoid area under the normalised eval-score curve ((score - step-0 score) / (target - "
-                   "step-0 score), clipped to [0, 1]) over [0, budget_steps], divided by budget_steps; "
-                   "IQM over seeds (scipy.stats.trim_mean(x, 0.25))",
-            "power": "tasks[].power: pooled sd of per-seed log steps ratios; seeds per algorithm for a "
-                     f"two-sided paired test at alpha {POWER_ALPHA:g} with power {POWER_TARGET:g}, "
-                     "n = ceil(((z_(1-alpha/2) + z_power) * sd / |log r|)^2), at least 2",
-            "aggregate": "aggregate[]: per algorithm, pooled over the task versions it shares with "
-                         f"{cmp.reference}, stratified bootstrap",
-            "gold": "rows[].final_gold: median over seeds of the gold score (a held-out reader) at each run's "
-                    "last eval; final_gold_gap: median over seeds of final score - final gold; "
-                    "gold_gap_change: median over seeds of (final gap - gap at the first eval); null when "
-                    "the runs record no gold",
-            "logratio_profiles": "logratio_profiles[task][algorithm]: mean over step records and seeds of "
-                                 "op/logratio_by_step per denoising step (mean), values per step (n)",
+            "runs": see("Which runs count"),
+            "rows": see("Per run", "Per row (task version × algorithm)"),
+            "speedup": see("Steps ratio against the reference"),
+            "prob_improvement": see("Probability of improvement"),
+            "auc": see("Normalised AUC", "IQM"),
+            "gold": see("Gold metric"),
+            "power": see("Power analysis"),
+            "aggregate": see("Across task versions"),
+            "sample_efficiency": see("Figures"),
+            "logratio_profiles": see("Per-step log-ratio profile"),
         },
         "rows": rows,
         "tasks": compute_tasks(runs, cmp),

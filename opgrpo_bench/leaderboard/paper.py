@@ -22,6 +22,7 @@ import numpy as np
 
 from opgrpo_bench.leaderboard.analyses import Analysis
 from opgrpo_bench.leaderboard.format import Table, fmt, fmt_median_iqr, fmt_pct, fmt_ratio, ratio_text
+from opgrpo_bench.leaderboard.legends import see
 from opgrpo_bench.leaderboard.load import Run
 from opgrpo_bench.leaderboard.outcomes import Comparison, Outcome, outcome, summarize, task_label
 from opgrpo_bench.leaderboard.speedup import Speedup, row_speedup
@@ -200,17 +201,12 @@ class PaperProtocol(Analysis):
     document_after = "aggregate"
 
     def legend(self, cmp: Comparison) -> str:
-        ref = cmp.reference
-        return ("Paper protocol (the comparison arXiv 2604.04142 reports, shown as a second table per task): the "
-                f"target is not the task's but {ref}'s final score, the median over finished "
-                f"{ref} seeds of each run's last eval score. Every algorithm, {ref} "
-                "included, is timed to first reach it, with the same censoring, markers, pairing and bootstrap as "
-                "above.")
+        return ("Paper protocol (the comparison arXiv 2604.04142 reports, a second table per task): every "
+                f"algorithm, {cmp.reference} included, is timed to first reach {cmp.reference}'s median final "
+                f"score instead of the task's target. {see('Paper protocol')}.")
 
     def statistics(self, cmp: Comparison) -> dict[str, str]:
-        return {"paper_protocol": f"paper_* keys: the same statistics with the target replaced by paper_target, "
-                                  f"the median over finished {cmp.reference} runs of each run's final "
-                                  f"eval score (null when there is none)"}
+        return {"paper_protocol": see("Paper protocol")}
 
     def row_fields(self, cmp: Comparison, algorithm: str, outs: list[Outcome],
                    ref: list[Outcome]) -> dict[str, Any]:

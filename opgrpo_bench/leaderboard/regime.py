@@ -53,6 +53,7 @@ import numpy as np
 
 from opgrpo_bench.leaderboard.analyses import Analysis
 from opgrpo_bench.leaderboard.format import Table, fmt, fmt_interval, fmt_sci, ratio_text
+from opgrpo_bench.leaderboard.legends import see
 from opgrpo_bench.leaderboard.load import Run
 from opgrpo_bench.leaderboard.outcomes import Comparison, resolve, task_label, usable, version_sort_key
 from opgrpo_bench.schema import finite_or_none as _finite
@@ -228,7 +229,6 @@ class RegimeMap(Analysis):
 
     section = ("regime", "Regime map: when does replay pay off?")
     document_after = "rows"
-    statistics_after = "gold"
     figure_kind = "regime"
 
     def __init__(self, algorithm: str = DEFAULT_ALGORITHM):
@@ -237,26 +237,13 @@ class RegimeMap(Analysis):
 
     def legend_text(self, cmp: Comparison) -> str:
         """What the section's table shows."""
-        return (
-            "When does replay pay off? Tasks whose ids differ only by a “-poolN” part are one task at several "
-            "training-pool sizes (the id without it is the full pool); the size is run_start's "
-            f"num_train_prompts. Per pool size, {self.algorithm} against {cmp.reference}: the steps ratio and "
-            "P(fewer steps) of the task's table (same intervals); replay age: median over runs of each run's "
-            "median op/replay_age_mean (iterations since the replayed prefixes were stored), and the same over "
-            "the second half of each run (once the buffer, empty at the start, has filled); log w spread: "
-            "median over step records (seeds pooled) of op/logw_max − op/logw_min; |log w|: median over the "
-            "same records of |op/logw_median|. Definitions in docs/STATISTICS.md."
-        )
+        return ("When does replay pay off? One task at several training-pool sizes (task ids that differ only "
+                f"by a “-poolN” part), {self.algorithm} against {cmp.reference}: the steps ratio and P(fewer "
+                "steps) of the task's table, beside how old the replayed prefixes are and how far their log "
+                f"importance weights spread. {see('Regime map')}.")
 
     def statistics(self, cmp: Comparison) -> dict[str, str]:
-        return {"regime_map": "regime_map[]: task ids that differ only by a -poolN part form a family; per "
-                              f"pool size (run_start num_train_prompts) the {self.algorithm} row's steps ratio "
-                              "and prob_improvement with their intervals, replay_age_median (median over runs "
-                              "of the per-run median op/replay_age_mean), replay_age_late_median (the same "
-                              "over each run's step records past half its last step), logw_spread_median "
-                              "(median over step records of op/logw_max - op/logw_min), logw_median_abs "
-                              "(median over step records of |op/logw_median|); families with at least two "
-                              "pool sizes"}
+        return {"regime_map": see("Regime map")}
 
     def document(self, cmp: Comparison, runs: list[Run], rows: list[dict[str, Any]]) -> dict[str, Any]:
         return {"regime_map": regime_map(runs, rows, self.algorithm, cmp)}

@@ -20,6 +20,7 @@ from opgrpo_bench.leaderboard.format import (
     fmt_interval,
     ratio_text,
 )
+from opgrpo_bench.leaderboard.legends import see
 from opgrpo_bench.leaderboard.outcomes import Comparison, resolve, task_label
 from opgrpo_bench.leaderboard.robust import POWER_ALPHA, POWER_RATIOS, POWER_TARGET
 
@@ -136,9 +137,9 @@ def excluded_table(runs: list[dict[str, Any]]) -> Table | None:
     return Table(["File", "Task", "Algorithm", "Seed", "Why excluded"], body, numeric={3})
 
 
-EXCLUDED_NOTE = ("Finished runs whose eval scores cannot be used (no eval record, or a score that is null or "
-                 "not a finite number at some eval) are left out of every statistic, curve and ratio: their "
-                 "steps to target are unknown.")
+EXCLUDED_NOTE = ("Finished runs whose eval scores cannot be used (no eval record, or a null or non-finite "
+                 "score at some eval) are left out of every statistic, curve and ratio: "
+                 f"{see('Which runs count')}.")
 
 
 def ratio_notes(rows: list[dict[str, Any]], cmp: Comparison, analyses: Sequence[Analysis]) -> list[str]:
