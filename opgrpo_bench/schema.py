@@ -89,9 +89,12 @@ Check = tuple[Callable[[Any], bool], str]
 
 _NON_EMPTY: Check = (lambda v: isinstance(v, str) and bool(v), "a non-empty string")
 _COUNT: Check = (lambda v: is_int(v) and v >= 0, "a non-negative integer")
-_OPTIONAL_COUNT: Check = (lambda v: v is None or (is_int(v) and v >= 0), "a non-negative integer or null")
-_OPTIONAL_SECONDS: Check = (lambda v: v is None or (is_finite(v) and v >= 0), "a non-negative finite number "
-                                                                              "or null")
+# samples and NFE are whole numbers as the trainer counts them; a float is accepted so that a writer's
+# rounding never stops a run, a negative or non-finite value is not
+_OPTIONAL_AMOUNT: Check = (lambda v: v is None or (is_finite(v) and v >= 0), "a non-negative number or null")
+_OPTIONAL_INDEX: Check = (lambda v: v is None or (is_int(v) and v >= 0), "a non-negative integer or null")
+_OPTIONAL_FINITE: Check = (lambda v: v is None or is_finite(v), "a finite number")
+_OPTIONAL_POSITIVE: Check = (lambda v: v is None or (is_int(v) and v > 0), "a positive integer or null")
 _OPTIONAL_SCORE: Check = (lambda v: v is None or is_number(v), "a number or null")
 _OPTIONAL_TEXT: Check = (lambda v: v is None or isinstance(v, str), "a string or null")
 
@@ -111,36 +114,32 @@ START_OPTIONAL: dict[str, Check] = {
     "config": (lambda v: isinstance(v, dict), "an object"),
     "config_hash": _OPTIONAL_TEXT,
     "prompt_hash": _OPTIONAL_TEXT,
-    "num_train_prompts": (lambda v: v is None or (is_int(v) and v > 0), "a positive integer or null"),
-    "num_eval_prompts": (lambda v: v is None or (is_int(v) and v > 0), "a positive integer or null"),
+    "num_train_prompts": _OPTIONAL_POSITIVE,
+    "num_eval_prompts": _OPTIONAL_POSITIVE,
     "world_size": (lambda v: is_int(v) and v > 0, "a positive integer"),
     "fsdp": (lambda v: isinstance(v, bool), "true or false"),
 }
 
-PROGRESS_FIELDS: dict[str, Check] = {
-    "samples": (lambda v: v is None or is_finite(v), "a finite number"),
-    "nfe": (lambda v: v is None or is_finite(v), "a finite number"),
-    "wall_s": (lambda v: v is None or is_finite(v), "a finite number"),
-}
+PROGRESS_FIELDS: dict[str, Check] = {"samples": _OPTIONAL_FINITE, "nfe": _OPTIONAL_FINITE, "wall_s": _OPTIONAL_FINITE}
 """Counters of ``step`` and ``eval`` records (besides ``step``): null or finite (what the leaderboard has
 always accepted; the writer also asks for them to be non-negative, :data:`WRITER_BOUNDS`)."""
 
 WRITER_BOUNDS: dict[str, Check] = {
-    "samples": _OPTIONAL_COUNT, "nfe": _OPTIONAL_COUNT, "wall_s": _OPTIONAL_SECONDS,
-    "iteration": _OPTIONAL_COUNT,
+    "samples": _OPTIONAL_AMOUNT, "nfe": _OPTIONAL_AMOUNT, "wall_s": _OPTIONAL_AMOUNT,
+    "iteration": _OPTIONAL_INDEX,
 }
 
 END_FIELDS: dict[str, Check] = {
     "status": _NON_EMPTY,
-    "steps_to_target": _OPTIONAL_COUNT,
-    "samples_to_target": _OPTIONAL_COUNT,
-    "nfe_to_target": _OPTIONAL_COUNT,
-    "wall_s_to_target": _OPTIONAL_SECONDS,
+    "steps_to_target": _OPTIONAL_INDEX,
+    "samples_to_target": _OPTIONAL_AMOUNT,
+    "nfe_to_target": _OPTIONAL_AMOUNT,
+    "wall_s_to_target": _OPTIONAL_AMOUNT,
     "censored": (lambda v: isinstance(v, bool), "true or false"),
     "final_score": _OPTIONAL_SCORE,
     "best_score": _OPTIONAL_SCORE,
     "steps": _COUNT,
-    "wall_s": _OPTIONAL_SECONDS,
+    "wall_s": _OPTIONAL_AMOUNT,
 }
 
 
