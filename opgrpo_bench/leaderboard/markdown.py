@@ -7,7 +7,7 @@ from typing import Any, Sequence
 from opgrpo_bench.leaderboard.analyses import Analysis
 from opgrpo_bench.leaderboard.diagnostics import declared_columns
 from opgrpo_bench.leaderboard.document import excluded_text, power_by_label
-from opgrpo_bench.leaderboard.legends import LOGRATIO_LEGEND, aggregate_legend, legend, robust_legend
+from opgrpo_bench.leaderboard.legends import LOGRATIO_LEGEND, aggregate_legend, legend, robust_legend, see
 from opgrpo_bench.leaderboard.outcomes import Comparison
 from opgrpo_bench.leaderboard.tables import (
     EXCLUDED_NOTE,
@@ -24,8 +24,10 @@ from opgrpo_bench.leaderboard.tables import (
 )
 
 NOTHING_RANKED = "No finished runs with valid eval scores: there is nothing to rank yet."
-DIAGNOSTICS_TITLE = "OP-GRPO diagnostics"
-NO_DIAGNOSTICS = "No run logs OP-GRPO diagnostics."
+DIAGNOSTICS_TITLE = "Training diagnostics"
+NO_DIAGNOSTICS = "No run logs a diagnostic that its algorithm declares."
+DIAGNOSTICS_LEGEND = ("Each algorithm declares the step-record keys it logs and how one run summarises them; a "
+                      "column per declared key: " + see("Per row (task version × algorithm)") + ".")
 
 
 def intro_legends(cmp: Comparison, analyses: Sequence[Analysis]) -> list[str]:
@@ -62,7 +64,7 @@ def render_markdown(doc: dict[str, Any], cmp: Comparison, analyses: Sequence[Ana
     for analysis in analyses:
         lines += analysis.section_markdown(cmp, doc)
     diag = diagnostics_table(rows, declared_columns((r["algorithm"] for r in rows), cmp))
-    lines += [f"## {DIAGNOSTICS_TITLE} (medians over seeds of per-run means)", ""]
+    lines += [f"## {DIAGNOSTICS_TITLE} (medians over seeds of per-run summaries)", "", DIAGNOSTICS_LEGEND, ""]
     lines += [diag.markdown() if diag else f"*{NO_DIAGNOSTICS}*", ""]
     lr = logratio_table(doc.get("logratio_profiles", {}), cmp)
     if lr:

@@ -13,7 +13,13 @@ from opgrpo_bench.leaderboard.analyses import Analysis
 from opgrpo_bench.leaderboard.diagnostics import declared_columns
 from opgrpo_bench.leaderboard.document import excluded_text, power_by_label
 from opgrpo_bench.leaderboard.legends import EFFICIENCY_LEGEND, aggregate_legend
-from opgrpo_bench.leaderboard.markdown import DIAGNOSTICS_TITLE, NO_DIAGNOSTICS, NOTHING_RANKED, intro_legends
+from opgrpo_bench.leaderboard.markdown import (
+    DIAGNOSTICS_LEGEND,
+    DIAGNOSTICS_TITLE,
+    NO_DIAGNOSTICS,
+    NOTHING_RANKED,
+    intro_legends,
+)
 from opgrpo_bench.leaderboard.outcomes import Comparison
 from opgrpo_bench.leaderboard.plots import Plot
 from opgrpo_bench.leaderboard.tables import (
@@ -134,6 +140,7 @@ def render_html(doc: dict[str, Any], plots: list[Plot], cmp: Comparison, analyse
     parts.append("</section>")
 
     parts.append(f'<section id="diagnostics"><h2>{esc(DIAGNOSTICS_TITLE)}</h2>')
+    parts.append(f'<p class="legend">{esc(DIAGNOSTICS_LEGEND)}</p>')
     diag = diagnostics_table(rows, declared_columns((r["algorithm"] for r in rows), cmp))
     parts.append(diag.html("diagnostics") if diag else f"<p><em>{esc(NO_DIAGNOSTICS)}</em></p>")
     parts += [figure_html(p) for p in plots if p.kind in DIAGNOSTIC_KINDS]
