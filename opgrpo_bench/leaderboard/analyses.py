@@ -32,6 +32,8 @@ class Analysis:
     """Algorithms this analysis compares with the reference (listed right after it in the tables)."""
     section: tuple[str, str] | None = None
     """``(html id, title)`` of the analysis's own report section (its entry in the page's contents)."""
+    figure_kind: str | None = None
+    """The kind of figure (:class:`~opgrpo_bench.leaderboard.plots.Plot`) its section shows, if any."""
     document_after: str | None = None
     statistics_after: str | None = None
 
@@ -72,8 +74,6 @@ class Analysis:
         """The analysis's own HTML section; ``figures`` maps a figure's task label to its ``<figure>``
         for the figures of kind :attr:`figure_kind`."""
         return []
-
-    figure_kind: str | None = None
 
 
 def default_analyses() -> tuple[Analysis, ...]:
