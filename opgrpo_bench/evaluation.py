@@ -99,12 +99,13 @@ def evaluate_saved_run(run_dir: str | Path, task_id: str | None = None, adapter:
     :class:`UserError`, raised before any model loads.
     """
     import dataclasses
-    import json
+    import zlib
 
     from opgrpo_bench.export import ADAPTER_DIRS, WEIGHT_NAME, load_adapter
     from opgrpo_bench.registry import REWARDS, TASKS
-    from opgrpo_bench.results import METRICS_FILE, read_records, results_file
     from opgrpo_bench.config import TrainConfig
+    from opgrpo_bench.results import METRICS_FILE, read_run, results_file
+    from opgrpo_bench.schema import record_problem, train_settings
 
     run_dir = Path(run_dir)
     metrics = results_file(run_dir)
@@ -113,10 +114,17 @@ def evaluate_saved_run(run_dir: str | Path, task_id: str | None = None, adapter:
     if adapter not in ADAPTER_DIRS:
         raise UserError(f"--adapter must be one of {', '.join(ADAPTER_DIRS)}, not '{adapter}'")
     try:
-        start = next(r for r in read_records(metrics) if r.get("type") == "run_start")
-    except (StopIteration, OSError, json.JSONDecodeError):
-        raise UserError(f"{metrics} has no readable run_start record") from None
-    run_task = start.get("task")
+        records = read_run(metrics)
+    except (OSError, EOFError, zlib.error):  # unreadable, or a damaged packed file
+        records = None
+    start = records.start if records is not None else None
+    if start is None:
+        raise UserError(f"{metrics} has no readable run_start record")
+    # every field eval reads back (config.train included) is checked before it is used
+    problem = record_problem(start)
+    if problem:
+        raise UserError(f"{metrics} has an unusable run_start record ({problem})")
+    run_task = start["task"]
     task = TASKS.get(task_id or run_task)  # an unknown name: one line with suggestions
     weights = run_dir / ADAPTER_DIRS[adapter] / WEIGHT_NAME
     if not weights.is_file():
@@ -124,8 +132,7 @@ def evaluate_saved_run(run_dir: str | Path, task_id: str | None = None, adapter:
                         "did not finish" + (", or kept no EMA; try --adapter final)" if adapter == "ema" else ")"))
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     if task.id == run_task:
-        saved = (start.get("config") or {}).get("train") or {}
-        settings = {k: v for k, v in saved.items() if k in fields}
+        settings = train_settings((start.get("config") or {}).get("train") or {})
     else:
         settings = {k: v for k, v in task.train_defaults.items() if k in fields}
     cfg = TrainConfig(**settings)

@@ -13,26 +13,20 @@ drops the repeat, neither changes the JSONL.
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Any, Sequence
 
 from opgrpo_bench.errors import UserError
+from opgrpo_bench.schema import is_progress, scalars
 
 MIRRORS = ("tensorboard", "wandb")
 
 
 def _scalars(record: dict[str, Any]) -> dict[str, float]:
     prefix = "eval" if record.get("type") == "eval" else "step"
-    out = {}
-    for key, value in record.items():
-        if key in ("step", "schema", "type") or isinstance(value, bool) or not isinstance(value, (int, float)):
-            continue
-        if math.isfinite(value):
-            name = key if key.startswith(("eval/", "gold/")) and prefix == "eval" else f"{prefix}/{key}"
-            out[name] = float(value)
-    return out
+    return {key if key.startswith(("eval/", "gold/")) and prefix == "eval" else f"{prefix}/{key}": value
+            for key, value in scalars(record).items()}
 
 
 class TensorBoardMirror:
@@ -44,7 +38,7 @@ class TensorBoardMirror:
         self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
 
     def write(self, record: dict[str, Any]) -> None:
-        if record.get("type") in ("step", "eval"):
+        if is_progress(record):
             for name, value in _scalars(record).items():
                 self.writer.add_scalar(name, value, global_step=int(record["step"]))
 
@@ -67,7 +61,7 @@ class WandbMirror:
         self.last_step = -1
 
     def write(self, record: dict[str, Any]) -> None:
-        if record.get("type") in ("step", "eval"):
+        if is_progress(record):
             step = int(record["step"])
             if step < self.last_step:  # a resumed run replaying: wandb's steps only grow
                 return

@@ -1,18 +1,13 @@
 """Results files: one JSONL file per run, ``<out>/<run_id>/metrics.jsonl``, schema ``opgrpo-bench/v1``.
 
-Record types (each carries ``"schema"`` and ``"type"``):
+The record types, their fields, their validation and the migration of old records are defined in
+:mod:`opgrpo_bench.schema`; this module writes and reads the files. :class:`ResultsWriter` refuses a record
+the schema rejects; :func:`read_run` gives one file's records through the schema (migrated, validated,
+sorted by type), which is how ``run``'s finished-run check and ``eval`` read a run; the leaderboard reads
+with the same checks and reports what it skips.
 
-- ``run_start``: ``run_id``, ``task``, ``task_version``, ``algorithm``, ``config`` (resolved), ``seed``,
-  ``world_size``, ``fsdp`` (whether the frozen weights were sharded), ``precision``, ``versions``, ``git_sha``, ``device``, ``start_time``, ``target``,
-  ``higher_is_better``, ``budget_steps``.
-- ``step``: ``step`` (optimizer steps so far), ``samples`` (fresh samples generated so far), ``nfe``
-  (network evaluations so far), ``wall_s``, ``train/reward_mean``, ``train/reward_std``, ``loss/*``,
-  ``ratio/*``, ``clipfrac/*``, ``op/*`` diagnostics.
-- ``eval``: ``step``, ``samples``, ``nfe``, ``wall_s``, ``score`` (the task's main metric) and components.
-- ``run_end``: ``status``, ``steps_to_target``, ``samples_to_target``, ``wall_s_to_target``, ``censored``.
-
-Steps-to-target is always recomputable from the ``eval`` records (:func:`first_reaching`); the
-leaderboard reads only these files.
+Steps-to-target is always recomputable from the ``eval`` records (:func:`opgrpo_bench.schema.run_outcome`);
+the leaderboard reads only these files.
 
 A finished run may be *packed* (:func:`pack_run`, ``opgrpo-bench pack``): its ``metrics.jsonl`` is replaced
 by ``metrics.jsonl.gz`` holding the same bytes, about a sixth of the size. That is how the committed
@@ -27,10 +22,16 @@ import io
 import json
 import math
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from opgrpo_bench import SCHEMA
+from opgrpo_bench.schema import first_reaching, migrate, progress_problem, start_problem, validate
+
+__all__ = ["LOCK_FILE", "METRICS_FILE", "PACKED_FILE", "ResultsWriter", "RunLock", "RunRecords", "first_reaching",
+           "pack_bytes", "pack_run", "pack_tree", "read_bytes", "read_records", "read_run", "read_text",
+           "results_file", "truncate_after_step"]
 
 METRICS_FILE = "metrics.jsonl"
 PACKED_FILE = METRICS_FILE + ".gz"
@@ -54,7 +55,9 @@ class ResultsWriter:
     """Appends records to ``run_dir/metrics.jsonl``; each line is flushed and fsynced when written.
 
     A failed write (e.g. a full disk) truncates the file back to its last complete record before the
-    error propagates, so the file never ends in half a line.
+    error propagates, so the file never ends in half a line. A record the schema rejects
+    (:func:`opgrpo_bench.schema.validate`) raises :class:`~opgrpo_bench.schema.SchemaError` and is not
+    written.
     """
 
     def __init__(self, run_dir: str | os.PathLike[str]):
@@ -63,7 +66,7 @@ class ResultsWriter:
         self.path = self.run_dir / METRICS_FILE
 
     def write(self, type_: str, **fields: Any) -> dict[str, Any]:
-        record = {"schema": SCHEMA, "type": type_, **_clean(fields)}
+        record = validate({"schema": SCHEMA, "type": type_, **_clean(fields)})
         line = json.dumps(record, sort_keys=False) + "\n"
         with self.path.open("a", encoding="utf-8") as f:
             size = f.tell()
@@ -112,6 +115,54 @@ def read_records(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
             except json.JSONDecodeError:
                 continue
     return records
+
+
+@dataclass
+class RunRecords:
+    """One results file read through the schema (:func:`read_run`).
+
+    ``start``: the first ``run_start`` (None when there is none); ``start_problem``: why it cannot identify
+    the run (:func:`opgrpo_bench.schema.start_problem`), else None; ``steps`` / ``evals``: the valid
+    progress records in file order; ``end``: the first ``run_end``, its outcome fields completed when an
+    older writer left some out (:func:`opgrpo_bench.schema.migrate`); ``skipped``: the records left out
+    (unknown schema version, or invalid), one reason each.
+    """
+
+    start: dict[str, Any] | None = None
+    start_problem: str | None = None
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    evals: list[dict[str, Any]] = field(default_factory=list)
+    end: dict[str, Any] | None = None
+    skipped: list[str] = field(default_factory=list)
+
+
+def read_run(path: str | os.PathLike[str]) -> RunRecords:
+    """The records of one results file (plain or packed) through the schema; see :class:`RunRecords`."""
+    out = RunRecords()
+    ends = []
+    for raw in read_records(path):
+        if not isinstance(raw, dict):
+            out.skipped.append("not a JSON object")
+            continue
+        kind = raw.get("type")
+        rec = migrate(raw)
+        if rec is None:
+            out.skipped.append(f"{kind} record of unknown schema {raw.get('schema')!r}")
+            continue
+        if kind == "run_start":
+            if out.start is None:
+                out.start, out.start_problem = rec, start_problem(rec)
+        elif kind in ("step", "eval"):
+            problem = progress_problem(rec)
+            if problem:
+                out.skipped.append(f"{kind} record: {problem}")
+            else:
+                (out.steps if kind == "step" else out.evals).append(rec)
+        elif kind == "run_end":
+            ends.append(rec)
+    if ends:
+        out.end = migrate(ends[0], out.evals, out.start)
+    return out
 
 
 def truncate_after_step(path: str | os.PathLike[str], step: int, budget_steps: int | None = None) -> None:
@@ -246,16 +297,3 @@ class RunLock:
 
     def __exit__(self, *exc: Any) -> None:
         self.release()
-
-
-def first_reaching(
-    evals: Iterable[dict[str, Any]], target: float, higher_is_better: bool = True
-) -> dict[str, Any] | None:
-    """The first ``eval`` record (in step order) whose ``score`` reaches ``target``; None if none does."""
-    for rec in sorted(evals, key=lambda r: r["step"]):
-        score = rec.get("score")
-        if score is None:
-            continue
-        if (score >= target) if higher_is_better else (score <= target):
-            return rec
-    return None

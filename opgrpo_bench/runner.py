@@ -113,7 +113,7 @@ def plan_run(resolved: ResolvedRun, run_dir: Path, resume: bool = True) -> tuple
       "done" is possible; anything that would append to it is refused with the command that unpacks it.
     """
     from opgrpo_bench.checkpoint import CheckpointError, load_state
-    from opgrpo_bench.results import METRICS_FILE, PACKED_FILE, read_records, results_file
+    from opgrpo_bench.results import METRICS_FILE, PACKED_FILE, read_run, results_file
     from opgrpo_bench.trainer import CHECKPOINT
 
     ckpt = run_dir / CHECKPOINT
@@ -126,13 +126,14 @@ def plan_run(resolved: ResolvedRun, run_dir: Path, resume: bool = True) -> tuple
     metrics = results_file(run_dir)
     if metrics is None:
         return "fresh", None
-    records = read_records(metrics)
-    start = next((r for r in records if r.get("type") == "run_start"), None)
-    end = next((r for r in records if r.get("type") == "run_end"), None)
+    records = read_run(metrics)
+    start, end = records.start, records.end
     if start is None:
         if ckpt.exists() or end is not None:
             raise UserError(f"{metrics} has no run_start record; {hint}")
         return "fresh", None
+    if records.start_problem:
+        raise UserError(f"{metrics} has an unusable run_start record ({records.start_problem}); {hint}")
     recorded = start.get("config_hash")
     wanted = config_hash(resolved)
     if recorded != wanted:

@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 from opgrpo_bench.errors import RunInterrupted, UserError
 from opgrpo_bench.registry import UnknownNameError
+from opgrpo_bench.schema import is_progress
 
 DEFAULT_ALGORITHMS = ("flow-grpo", "op-grpo", "op-grpo-rho25")
 """The default suite's algorithms: the baseline, OP-GRPO, and its closest-to-a-speed-up ablation (the
@@ -152,7 +153,7 @@ def _worker(task: str, algorithm: str, seed: int, out: str, steps: int | None, s
     key = (task, algorithm, seed)
 
     def progress(record: dict[str, Any]) -> None:
-        if record.get("type") in ("step", "eval"):
+        if is_progress(record):
             updates.put((key, record))
 
     return interruptible(lambda: run_one(task, algorithm, seed, out=out, steps=steps, sets=sets, resume=resume,
@@ -351,7 +352,7 @@ class _Board:
         self.next_beat = self.t0 + self.heartbeat_s
 
     def update(self, key: tuple[str, str, int], record: dict[str, Any]) -> None:
-        if record.get("type") not in ("step", "eval"):
+        if not is_progress(record):
             return
         key = tuple(key)  # type: ignore[assignment]
         if key not in self.bars:

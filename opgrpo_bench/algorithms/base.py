@@ -95,22 +95,37 @@ class SamplerSettings:
 class Diagnostic:
     """A key an algorithm writes into its step records, and how the leaderboard summarises it.
 
-    The leaderboard knows no algorithm: it reads an algorithm's ``diagnostics`` and, per run, reduces the
-    values of ``key`` over the run's step records by ``summary`` (nulls skipped), then takes the median
-    over the runs of a row.
+    The leaderboard knows no algorithm: it reads the ``diagnostics`` of the algorithms it ranks and, per
+    run, reduces the values of ``key`` over the run's step records by ``summary`` (nulls and non-finite
+    values skipped), then takes the median over the runs of a row. Every row gets a column for each
+    diagnostic any ranked algorithm declares (one column per ``field``; empty where a run logs nothing).
 
     Attributes:
         key: the step-record key, e.g. ``"clipfrac/off_policy"``.
-        label: a short column title for tables.
+        label: the column title in the report's diagnostics table.
         summary: ``"mean"`` or ``"median"`` over the whole run, ``"late_median"`` over its second half
-            (quantities that need a warm-up, e.g. a replay buffer's age), ``"max"``.
+            (step records past half its last step: quantities that need a warm-up, e.g. a replay buffer's
+            age), ``"max"``.
         doc: one sentence for the report's definitions.
+        field: the row field (``leaderboard.json``) that holds the summary; default ``key`` with ``/``
+            replaced by ``_``.
+        minus: when set, the per-record value is ``key``'s minus this key's (both finite), e.g. the
+            spread ``op/logw_max - op/logw_min``.
+        percent: shown as a percentage (a fraction) rather than a plain number.
     """
 
     key: str
     label: str
     summary: Literal["mean", "median", "late_median", "max"] = "mean"
     doc: str = ""
+    field: str = ""
+    minus: str | None = None
+    percent: bool = False
+
+    @property
+    def name(self) -> str:
+        """The row field of this diagnostic (``field``, or ``key`` with ``/`` as ``_``)."""
+        return self.field or self.key.replace("/", "_")
 
 
 @dataclass

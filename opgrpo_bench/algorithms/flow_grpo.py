@@ -52,13 +52,12 @@ class FlowGRPO(Algorithm):
     config_cls = FlowGRPOConfig
     config: FlowGRPOConfig
     diagnostics = (
-        Diagnostic("clipfrac/on_policy", "clip frac on-policy", "mean",
-                   "fraction of fresh (sample, step) pairs whose ratio the trust region clipped or masked"),
-        Diagnostic("clipfrac/off_policy", "clip frac off-policy", "mean",
-                   "the same for pairs of samples that continue a replayed prefix"),
-        Diagnostic("approx_kl", "approx KL", "mean", "mean of (log p_theta - log p_old)^2 / 2 over trained pairs"),
-        Diagnostic("train/zero_std_group_frac", "dead groups", "mean",
-                   "fraction of groups whose rewards are all equal (no signal)"),
+        Diagnostic("clipfrac/on_policy", "Clip fraction on-policy", "mean",
+                   "fraction of fresh (sample, step) pairs whose ratio the trust region clipped or masked",
+                   field="clipfrac_on_policy", percent=True),
+        Diagnostic("clipfrac/off_policy", "Clip fraction off-policy", "mean",
+                   "the same for pairs of samples that continue a replayed prefix",
+                   field="clipfrac_off_policy", percent=True),
     )
 
     def trained_steps(self, num_steps: int) -> torch.Tensor:

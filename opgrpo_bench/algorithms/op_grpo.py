@@ -59,13 +59,9 @@ class OPGRPO(FlowGRPO):
     name = "op-grpo"
     config_cls = OPGRPOConfig
     diagnostics = FlowGRPO.diagnostics + (
-        Diagnostic("op/replay_age_mean", "replay age", "median",
-                   "iterations since the replayed prefixes were stored (median over step records)"),
-        Diagnostic("op/replay_age_mean", "replay age (2nd half)", "late_median",
-                   "the same over the second half of the run, once the buffer has filled"),
-        Diagnostic("op/logw_median", "median log w", "median",
-                   "the median sequence-level log importance weight of the replayed samples"),
-        Diagnostic("op/buffer_size", "buffer size", "max", "entries in the replay buffer"),
+        Diagnostic("op/logw_max", "log w range (max − min)", "mean",
+                   "spread of the sequence-level log importance weights of the replayed samples",
+                   field="logw_range", minus="op/logw_min"),
     )
     config: OPGRPOConfig
 

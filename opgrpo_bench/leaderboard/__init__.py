@@ -1,15 +1,18 @@
 """The leaderboard: statistics and report computed only from results files.
 
 - :mod:`.load`: find, read and validate ``metrics.jsonl`` files (warnings for bad lines and files).
-- :mod:`.stats`: per task x algorithm statistics and speed-ups against ``flow-grpo`` (definitions in its
-  docstring).
-- :mod:`.robust`: rliable-style statistics (IQM, stratified bootstrap, probability of improvement,
-  normalised AUC, power analysis); conventions in ``docs/STATISTICS.md``.
-- :mod:`.regime`: the regime map (one task at several training-pool sizes, ``-poolN`` task families).
-- :mod:`.report`: ``LEADERBOARD.md``, ``leaderboard.json`` and a self-contained ``index.html``.
+- :mod:`.outcomes`, :mod:`.speedup`, :mod:`.improvement`, :mod:`.normalised`, :mod:`.power`,
+  :mod:`.aggregate`, :mod:`.gold`, :mod:`.diagnostics`, :mod:`.rows`: the statistics, each in the file
+  named after it, against a reference algorithm (``flow-grpo`` unless ``--reference`` names another);
+  definitions in ``docs/STATISTICS.md``. :mod:`.robust` holds rliable's statistics as pure functions.
+- :mod:`.analyses`: the interface of the analyses that plug in, :mod:`.regime` (the regime map) and
+  :mod:`.paper` (the paper protocol and the paper's reported numbers).
+- :mod:`.document`, :mod:`.tables`, :mod:`.legends`, :mod:`.format`, :mod:`.markdown`, :mod:`.page`,
+  :mod:`.plots`, :mod:`.report`: ``leaderboard.json``, ``LEADERBOARD.md`` and a self-contained
+  ``index.html``.
 - :mod:`.cli`: the ``opgrpo-bench leaderboard`` command.
 
-Python API: ``build_leaderboard(runs_dir, out_dir) -> dict``.
+Python API: ``build_leaderboard(runs_dir, out_dir, reference="flow-grpo", analyses=None) -> dict``.
 """
 
 from opgrpo_bench.leaderboard.load import LeaderboardError, load_runs

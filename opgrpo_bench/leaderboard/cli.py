@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from opgrpo_bench.leaderboard.load import LeaderboardError
+from opgrpo_bench.leaderboard.outcomes import DEFAULT_REFERENCE
 from opgrpo_bench.leaderboard.report import HTML_FILE, JSON_FILE, MARKDOWN_FILE, build_leaderboard
 
 DEFAULT_OUT = "leaderboard-out"
@@ -20,11 +21,12 @@ def _print_summary(doc: dict, out: Path) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from opgrpo_bench.leaderboard.report import fmt_median_iqr, fmt_ratio, fmt_reached
-    from opgrpo_bench.leaderboard.stats import task_label
+    from opgrpo_bench.leaderboard.format import fmt_median_iqr, fmt_ratio, fmt_reached
+    from opgrpo_bench.leaderboard.outcomes import task_label
 
     table = Table(title="opgrpo-bench leaderboard", title_justify="left")
-    for name in ("task", "algorithm", "reached", "steps to target [IQR]", "vs flow-grpo [95% CI]"):
+    reference = doc["statistics"]["reference_algorithm"]
+    for name in ("task", "algorithm", "reached", "steps to target [IQR]", f"vs {reference} [95% CI]"):
         text = name in ("task", "algorithm")
         table.add_column(name, justify="left" if text else "right", no_wrap=text)
     for row in doc["rows"]:
@@ -43,6 +45,9 @@ def leaderboard(
     out: Annotated[Path, typer.Option("--out", help="Directory for LEADERBOARD.md, leaderboard.json, "
                                                     "index.html (the committed leaderboard/ is never the "
                                                     "default).")] = Path(DEFAULT_OUT),
+    reference: Annotated[str, typer.Option("--reference", help="The algorithm every ratio, probability of "
+                                                               "improvement and paper-protocol target is "
+                                                               "taken against.")] = DEFAULT_REFERENCE,
 ) -> None:
     """Rank algorithms by steps to target from results files; write Markdown, JSON and HTML reports."""
     from opgrpo_bench.errors import UserError
@@ -50,7 +55,9 @@ def leaderboard(
 
     try:
         check_output_dir(out, "--out")
-        doc = build_leaderboard(runs_dir, out)
+        if not reference.strip():
+            raise LeaderboardError("--reference must name an algorithm")
+        doc = build_leaderboard(runs_dir, out, reference=reference)
     except (LeaderboardError, UserError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None

@@ -1,7 +1,8 @@
 """Reading and validating results files for the leaderboard.
 
 The leaderboard is a pure function of the results files (``<runs>/**/metrics.jsonl``, or
-``metrics.jsonl.gz`` for a packed run; schema ``opgrpo-bench/v1``, see :mod:`opgrpo_bench.results`).
+``metrics.jsonl.gz`` for a packed run; schema ``opgrpo-bench/v1``, defined, validated and migrated by
+:mod:`opgrpo_bench.schema`).
 This module turns a runs directory into a list of validated :class:`Run` objects plus a list of
 :class:`Issue` warnings. It is deliberately forgiving about *content* and strict about *meaning*:
 
@@ -9,9 +10,10 @@ This module turns a runs directory into a list of validated :class:`Run` objects
   (:class:`LeaderboardError`, a one-line message).
 - A line that is not valid JSON is skipped with a warning naming the file and line. A broken *last* line
   without a trailing newline is reported as truncated (a run that was killed, or is still writing).
-- A file whose ``run_start`` carries an unknown schema version is skipped as a whole, with a warning that
-  names the version found and the one this reader knows; other files are unaffected. A single record of
-  another schema inside a v1 file is skipped on its own.
+- A file whose ``run_start`` carries an unknown schema version (one :func:`opgrpo_bench.schema.migrate`
+  cannot bring to the current one) is skipped as a whole, with a warning that names the version found and
+  the one this reader knows; other files are unaffected. A single record of an unknown schema inside a
+  readable file is skipped on its own. Records of an older schema are read migrated.
 - A file without a usable ``run_start`` is skipped (task, algorithm and seed are unknown without it).
 - Two results files for the same task x version x algorithm x seed: one is kept (finished before
   unfinished, then more eval records, then path order) and the other is named in a warning.
@@ -27,7 +29,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import math
 import os
 import zlib
 from collections import defaultdict
@@ -38,6 +39,7 @@ from typing import Any
 from opgrpo_bench import SCHEMA
 from opgrpo_bench.errors import UserError
 from opgrpo_bench.results import METRICS_FILE, PACKED_FILE, read_bytes
+from opgrpo_bench.schema import migrate, progress_problem, start_problem
 
 
 class LeaderboardError(UserError):
@@ -101,18 +103,6 @@ class LoadResult:
     skipped_files: list[str]
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _is_finite(value: Any) -> bool:
-    return _is_number(value) and math.isfinite(value)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def find_results_files(runs_dir: Path) -> list[Path]:
     """All ``metrics.jsonl`` and packed ``metrics.jsonl.gz`` files under ``runs_dir``, in sorted path order
     (symlinked dirs not followed). A directory holding both yields both: they are the same run, and the
@@ -157,40 +147,6 @@ def _read_lines(path: Path, shown: str, issues: list[Issue]) -> list[tuple[int, 
     return out
 
 
-_START_FIELDS: dict[str, tuple[Any, str]] = {
-    "task": (lambda v: isinstance(v, str) and bool(v), "a non-empty string"),
-    "task_version": (lambda v: (isinstance(v, str) and bool(v)) or _is_int(v), "a string or integer"),
-    "algorithm": (lambda v: isinstance(v, str) and bool(v), "a non-empty string"),
-    "seed": (_is_int, "an integer"),
-    "target": (_is_finite, "a finite number"),
-    "higher_is_better": (lambda v: isinstance(v, bool), "true or false"),
-    "budget_steps": (lambda v: _is_int(v) and v > 0, "a positive integer"),
-}
-
-
-def _validate_start(rec: dict[str, Any]) -> str | None:
-    """Why a ``run_start`` record is unusable, or None when it is fine."""
-    problems = []
-    for name, (check, expected) in _START_FIELDS.items():
-        if name not in rec:
-            problems.append(f"'{name}' missing")
-        elif not check(rec[name]):
-            problems.append(f"'{name}' is {rec[name]!r}, expected {expected}")
-    return "; ".join(problems) if problems else None
-
-
-def _validate_progress(rec: dict[str, Any]) -> str | None:
-    """Why a ``step`` / ``eval`` record is unusable, or None when it is fine."""
-    if not _is_int(rec.get("step")) or rec["step"] < 0:
-        return f"'step' is {rec.get('step')!r}, expected a non-negative integer"
-    for name in ("samples", "nfe", "wall_s"):
-        if rec.get(name) is not None and not _is_finite(rec[name]):
-            return f"'{name}' is {rec[name]!r}, expected a finite number"
-    if rec["type"] == "eval" and rec.get("score") is not None and not _is_number(rec["score"]):
-        return f"'score' is {rec['score']!r}, expected a number or null"
-    return None
-
-
 def read_run(path: Path, shown: str, issues: list[Issue]) -> Run | None:
     """One results file as a :class:`Run`, or None (with a warning) when it cannot be used."""
     if path.stat().st_size == 0:
@@ -202,12 +158,13 @@ def read_run(path: Path, shown: str, issues: list[Issue]) -> Run | None:
         issues.append(Issue(shown, "no run_start record (task, algorithm and seed unknown); file skipped"))
         return None
     start_line, start = starts[0]
-    if start.get("schema") != SCHEMA:
+    if migrate(start) is None:
         issues.append(Issue(shown, f"unknown schema version {start.get('schema')!r} (this reader knows "
                                    f"'{SCHEMA}'; a newer opgrpo-bench may read it); file skipped",
                             start_line))
         return None
-    problem = _validate_start(start)
+    start = migrate(start)
+    problem = start_problem(start)
     if problem:
         issues.append(Issue(shown, f"unusable run_start ({problem}); file skipped", start_line))
         return None
@@ -231,19 +188,22 @@ def read_run(path: Path, shown: str, issues: list[Issue]) -> Run | None:
             return None
 
     evals_by_step: dict[int, dict[str, Any]] = {}
+    end: dict[str, Any] | None = None
     duplicates = 0
     for lineno, rec in records:
         kind = rec["type"]
         if kind not in ("step", "eval", "run_end"):
             continue  # run_start handled above; unknown types are ignored (forward compatibility)
-        if rec.get("schema") != SCHEMA:
+        migrated = migrate(rec)
+        if migrated is None:
             issues.append(Issue(shown, f"{kind} record of unknown schema {rec.get('schema')!r} skipped",
                                 lineno))
             continue
+        rec = migrated
         if kind == "run_end":
-            run.end = rec
+            end = rec
             continue
-        problem = _validate_progress(rec)
+        problem = progress_problem(rec)
         if problem:
             issues.append(Issue(shown, f"{kind} record skipped ({problem})", lineno))
             continue
@@ -258,6 +218,8 @@ def read_run(path: Path, shown: str, issues: list[Issue]) -> Run | None:
                                    "written for each step is used"))
     run.evals = [evals_by_step[s] for s in sorted(evals_by_step)]
     run.steps.sort(key=lambda r: r["step"])
+    if end is not None:  # the last run_end written; an older writer's gets its missing outcome fields
+        run.end = migrate(end, run.evals, start)
     return run
 
 

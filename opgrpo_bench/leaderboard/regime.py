@@ -1,5 +1,6 @@
-"""The regime map: when does replay pay off? One task at several training-pool sizes, OP-GRPO against
-Flow-GRPO, beside how old the replayed prefixes are and how far their importance weights spread.
+"""The regime map, an analysis (:class:`RegimeMap`): when does replay pay off? One task at several
+training-pool sizes, a replay algorithm (default ``op-grpo``) against the reference, beside how old the
+replayed prefixes are and how far their importance weights spread.
 
 Task families
     Task ids that differ only by a ``-poolN`` part (``N`` a positive integer, the part followed by ``-``
@@ -15,10 +16,10 @@ Pool size of a member
     disagree, the ``N`` of the id (``"task id"``), else unknown (null; such a member is listed but not
     plotted). ``pool_size_note`` says when a fallback was used or the id disagrees with the runs.
 
-Per member (pool size), for ``op-grpo`` against ``flow-grpo``
+Per member (pool size), for the analysis's algorithm against the reference
     The steps ratio with its interval and the probability of improvement with its interval are copied from
-    the leaderboard rows (:func:`opgrpo_bench.leaderboard.stats.compute_rows`), so the map and the task
-    tables can never disagree. From the usable ``op-grpo`` runs' step records:
+    the leaderboard rows (:func:`opgrpo_bench.leaderboard.rows.compute_rows`), so the map and the task
+    tables can never disagree. From the algorithm's usable runs' step records:
 
     ``replay_age_median``
         Per run, the median over its step records of ``op/replay_age_mean`` (the mean age, in
@@ -43,27 +44,26 @@ Per member (pool size), for ``op-grpo`` against ``flow-grpo``
 
 from __future__ import annotations
 
-import math
+import html
 import re
 from collections import defaultdict
 from typing import Any, Iterable
 
 import numpy as np
 
+from opgrpo_bench.leaderboard.analyses import Analysis
+from opgrpo_bench.leaderboard.format import Table, fmt, fmt_interval, fmt_sci, ratio_text
+from opgrpo_bench.leaderboard.legends import see
 from opgrpo_bench.leaderboard.load import Run
-from opgrpo_bench.leaderboard.stats import (
-    REFERENCE_ALGORITHM,
-    task_label,
-    usable,
-    version_sort_key,
-)
+from opgrpo_bench.leaderboard.outcomes import Comparison, resolve, task_label, usable, version_sort_key
+from opgrpo_bench.schema import finite_or_none as _finite
 
-REGIME_ALGORITHM = "op-grpo"
+DEFAULT_ALGORITHM = "op-grpo"
 POOL_PART = re.compile(r"^(?P<head>.+?)-pool(?P<size>[1-9][0-9]*)(?P<tail>-.+)?$")
 REPLAY_AGE_KEY = "op/replay_age_mean"
 LOGW_MIN, LOGW_MEDIAN, LOGW_MAX = "op/logw_min", "op/logw_median", "op/logw_max"
 
-# The row fields the map copies, unchanged, from the op-grpo row of each member.
+# The row fields the map copies, unchanged, from the algorithm's row of each member.
 ROW_FIELDS = ("speedup_vs_flow_grpo", "speedup_ci_low", "speedup_ci_high", "speedup_method", "speedup_n",
               "speedup_censored", "speedup_note", "prob_improvement", "prob_improvement_ci_low",
               "prob_improvement_ci_high", "reached")
@@ -76,12 +76,6 @@ def pool_family(task: str) -> tuple[str, int | None]:
     if match is None or POOL_PART.match(match["head"] + (match["tail"] or "")) is not None:
         return task, None
     return match["head"] + (match["tail"] or ""), int(match["size"])
-
-
-def _finite(value: Any) -> float | None:
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
-    return None
 
 
 def _median(values: Iterable[float]) -> float | None:
@@ -133,11 +127,12 @@ def logw_stats(runs: list[Run]) -> tuple[float | None, float | None, int]:
     return _median(spreads), _median(sizes), len(spreads)
 
 
-def _member(task: str, version: str, rows: dict[str, dict[str, Any]], runs: list[Run]) -> dict[str, Any]:
-    """One pool size of a family: its size, the op-grpo row's statistics and the replay diagnostics."""
+def _member(task: str, version: str, rows: dict[str, dict[str, Any]], runs: list[Run], algorithm: str,
+            reference: str) -> dict[str, Any]:
+    """One pool size of a family: its size, the algorithm's row statistics and the replay diagnostics."""
     size, source, note = pool_size(runs, task)
-    op_row, ref_row = rows.get(REGIME_ALGORITHM), rows.get(REFERENCE_ALGORITHM)
-    op_runs = [r for r in runs if r.algorithm == REGIME_ALGORITHM]
+    op_row, ref_row = rows.get(algorithm), rows.get(reference)
+    op_runs = [r for r in runs if r.algorithm == algorithm]
     age, age_runs = replay_age(op_runs)
     late_age, _ = replay_age(op_runs, late=True)
     spread, size_abs, records = logw_stats(op_runs)
@@ -155,9 +150,12 @@ def _member(task: str, version: str, rows: dict[str, dict[str, Any]], runs: list
     return entry
 
 
-def regime_map(runs: list[Run], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def regime_map(runs: list[Run], rows: list[dict[str, Any]], algorithm: str = DEFAULT_ALGORITHM,
+               cmp: Comparison | None = None) -> list[dict[str, Any]]:
     """One entry per task family with at least two mapped pool sizes, in family order; its ``pools`` in
-    increasing pool size (unknown sizes last). ``rows`` are the leaderboard rows of the same runs."""
+    increasing pool size (unknown sizes last). ``rows`` are the leaderboard rows of the same runs;
+    ``algorithm`` is compared with ``cmp``'s reference."""
+    reference = resolve(cmp).reference
     by_task: dict[tuple[str, str], dict[str, dict[str, Any]]] = defaultdict(dict)
     for row in rows:
         if row["seeds"]:
@@ -174,9 +172,107 @@ def regime_map(runs: list[Run], rows: list[dict[str, Any]]) -> list[dict[str, An
         members = families[(family, version)]
         if len(members) < 2:
             continue
-        pools = [_member(t, v, by_task[(t, v)], runs_by_task[(t, v)]) for t, v in members]
+        pools = [_member(t, v, by_task[(t, v)], runs_by_task[(t, v)], algorithm, reference) for t, v in members]
         pools.sort(key=lambda p: (p["pool_size"] is None, p["pool_size"] or 0, p["task"]))
         out.append({"family": family, "task_version": version, "label": task_label(family, version),
-                    "algorithm": REGIME_ALGORITHM, "reference_algorithm": REFERENCE_ALGORITHM,
+                    "algorithm": algorithm, "reference_algorithm": reference,
                     "pools": pools})
     return out
+
+
+NO_REGIME = "No task family has finished runs at two or more training-pool sizes yet."
+
+
+def regime_heading(family: dict[str, Any]) -> str:
+    return (f"{family['label']}: {family['algorithm']} against {family['reference_algorithm']} by "
+            "training-pool size")
+
+
+def regime_table(family: dict[str, Any]) -> Table:
+    """One task family's regime map: a row per pool size."""
+    body = []
+    for p in family["pools"]:
+        size = "?" if p["pool_size"] is None else fmt(p["pool_size"])
+        if p["pool_size_source"] == "task id":
+            size += " (from the id)"
+        ratio = "—" if p["speedup_vs_flow_grpo"] is None else ratio_text(
+            p["speedup_vs_flow_grpo"], p["speedup_ci_low"], p["speedup_ci_high"], p["speedup_method"],
+            p["speedup_censored"])
+        prob = fmt_interval(p["prob_improvement"], p["prob_improvement_ci_low"], p["prob_improvement_ci_high"])
+        age = ("—" if p["replay_age_median"] is None
+               else f"{fmt(p['replay_age_median'])} ({p['replay_age_runs']} runs)")
+        late = "—" if p.get("replay_age_late_median") is None else fmt(p["replay_age_late_median"])
+        body.append([size, p["label"], f"{p['seeds']} / {p['reference_seeds']}", ratio, prob, age, late,
+                     fmt_sci(p["logw_spread_median"]), fmt_sci(p["logw_median_abs"])])
+    ref, alg = family["reference_algorithm"], family["algorithm"]
+    return Table(["Training prompts", "Task", f"Seeds ({alg} / {ref})", f"Steps vs {ref} [95% CI]",
+                  f"P(fewer steps than {ref}) [95% CI]", "Replay age, median (iterations)",
+                  "Replay age, second half of the runs", "log w spread (max − min), median",
+                  "|log w| (per-iteration median), median"],
+                 body, numeric={0, 2, 3, 4, 5, 6, 7, 8})
+
+
+def regime_notes(families: list[dict[str, Any]]) -> list[str]:
+    """Why a pool size is approximate or a ratio missing."""
+    notes = []
+    for family in families:
+        for p in family["pools"]:
+            if p["pool_size_note"]:
+                notes.append(f"{p['label']}: {p['pool_size_note']}")
+            if p["speedup_note"]:
+                notes.append(f"{family['algorithm']} on {p['label']}: {p['speedup_note']}")
+    return notes
+
+
+class RegimeMap(Analysis):
+    """The regime map of one replay algorithm against the reference (module docstring)."""
+
+    section = ("regime", "Regime map: when does replay pay off?")
+    document_after = "rows"
+    figure_kind = "regime"
+
+    def __init__(self, algorithm: str = DEFAULT_ALGORITHM):
+        self.algorithm = algorithm
+        self.algorithms = (algorithm,)
+
+    def legend_text(self, cmp: Comparison) -> str:
+        """What the section's table shows."""
+        return ("When does replay pay off? One task at several training-pool sizes (task ids that differ only "
+                f"by a “-poolN” part), {self.algorithm} against {cmp.reference}: the steps ratio and P(fewer "
+                "steps) of the task's table, beside how old the replayed prefixes are and how far their log "
+                f"importance weights spread. {see('Regime map')}.")
+
+    def statistics(self, cmp: Comparison) -> dict[str, str]:
+        return {"regime_map": see("Regime map")}
+
+    def document(self, cmp: Comparison, runs: list[Run], rows: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"regime_map": regime_map(runs, rows, self.algorithm, cmp)}
+
+    def section_markdown(self, cmp: Comparison, doc: dict[str, Any]) -> list[str]:
+        lines = [f"## {self.section[1]}", "", self.legend_text(cmp), ""]
+        families = doc.get("regime_map", [])
+        for family in families:
+            lines += [f"### {regime_heading(family)}", "", regime_table(family).markdown(), ""]
+        if not families:
+            lines += [f"*{NO_REGIME}*", ""]
+        notes = regime_notes(families)
+        lines += [f"- {note}" for note in notes]
+        return lines + ([""] if notes else [])
+
+    def section_html(self, cmp: Comparison, doc: dict[str, Any], figures: dict[str, str]) -> list[str]:
+        esc = html.escape
+        parts = [f'<section id="{self.section[0]}"><h2>{esc(self.section[1])}</h2>',
+                 f'<p class="legend">{esc(self.legend_text(cmp))}</p>']
+        families = doc.get("regime_map", [])
+        for family in families:
+            parts.append(f"<h3>{esc(regime_heading(family))}</h3>")
+            parts.append(regime_table(family).html("regime"))
+            if family["label"] in figures:
+                parts.append(figures[family["label"]])
+        if not families:
+            parts.append(f"<p><em>{esc(NO_REGIME)}</em></p>")
+        notes = regime_notes(families)
+        if notes:
+            parts.append('<ul class="note">' + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>")
+        parts.append("</section>")
+        return parts

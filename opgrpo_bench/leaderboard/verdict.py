@@ -1,4 +1,5 @@
-"""The verdict a suite ends with: per task and algorithm, is it faster than Flow-GRPO, slower, or undecided?
+"""The verdict a suite ends with: per task and algorithm, is it faster than the reference (Flow-GRPO), slower,
+or undecided?
 
 A row is "faster" when the whole 95% interval of its steps ratio lies below 1 *and* the interval of its
 probability of improvement lies above 0.5; "slower" when both lie on the other side; otherwise
@@ -11,7 +12,7 @@ from typing import Any
 
 __all__ = ["verdict", "verdict_rows"]
 
-REFERENCE = "flow-grpo"
+REFERENCE = "flow-grpo"  # for a document that does not name its reference
 
 
 def verdict(row: dict[str, Any]) -> str:
@@ -28,10 +29,12 @@ def verdict(row: dict[str, Any]) -> str:
 
 
 def verdict_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
-    """One verdict per non-reference row of a leaderboard document (``leaderboard.json``)."""
+    """One verdict per non-reference row of a leaderboard document (``leaderboard.json``; its reference is
+    the one its ``statistics`` name)."""
+    reference = doc.get("statistics", {}).get("reference_algorithm", REFERENCE)
     out = []
     for row in doc.get("rows", []):
-        if row.get("algorithm") == REFERENCE or row.get("speedup_vs_flow_grpo") is None:
+        if row.get("algorithm") == reference or row.get("speedup_vs_flow_grpo") is None:
             continue
         out.append({"task": row["task"], "algorithm": row["algorithm"], "seeds": row.get("seeds"),
                     "ratio": row["speedup_vs_flow_grpo"], "ci": (row.get("speedup_ci_low"), row.get("speedup_ci_high")),

@@ -11,7 +11,7 @@ import pytest
 from opgrpo_bench.leaderboard import LeaderboardError, build_leaderboard
 from opgrpo_bench.leaderboard.load import load_runs
 from opgrpo_bench.leaderboard.report import default_warn
-from opgrpo_bench.leaderboard.stats import compute_rows
+from opgrpo_bench.leaderboard.rows import compute_rows
 
 from lb_synth import write_run
 

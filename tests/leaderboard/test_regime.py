@@ -13,7 +13,7 @@ import pytest
 from opgrpo_bench.leaderboard import build_leaderboard
 from opgrpo_bench.leaderboard.load import load_runs
 from opgrpo_bench.leaderboard.regime import pool_family, regime_map
-from opgrpo_bench.leaderboard.stats import compute_rows
+from opgrpo_bench.leaderboard.rows import compute_rows
 
 from lb_synth import write_run
 

@@ -25,16 +25,11 @@ from opgrpo_bench.leaderboard.robust import (
     seeds_needed,
     stratified_bootstrap,
 )
-from opgrpo_bench.leaderboard.stats import (
-    BOOTSTRAP_RESAMPLES,
-    BOOTSTRAP_SEED,
-    compute_aggregate,
-    compute_rows,
-    compute_tasks,
-    sample_efficiency,
-    speedup,
-    stratified_speedup,
-)
+from opgrpo_bench.leaderboard.aggregate import compute_aggregate
+from opgrpo_bench.leaderboard.normalised import sample_efficiency
+from opgrpo_bench.leaderboard.power import compute_tasks
+from opgrpo_bench.leaderboard.rows import compute_rows
+from opgrpo_bench.leaderboard.speedup import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, speedup, stratified_speedup
 
 from lb_synth import write_run
 

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 from opgrpo_bench.leaderboard.load import load_runs
-from opgrpo_bench.leaderboard.stats import compute_rows, outcome, speedup, summarize
+from opgrpo_bench.leaderboard.outcomes import outcome, summarize
+from opgrpo_bench.leaderboard.rows import compute_rows
+from opgrpo_bench.leaderboard.speedup import speedup
 
 from lb_synth import BUDGET, write_run
 
