@@ -39,7 +39,8 @@ from opgrpo_bench.distributed import Distributed
 from opgrpo_bench.errors import RunInterrupted
 from opgrpo_bench.evaluation import Evaluator
 from opgrpo_bench.export import ADAPTER_DIRS, export_run_adapters
-from opgrpo_bench.results import PACKED_FILE, ResultsWriter, first_reaching, read_records, truncate_after_step
+from opgrpo_bench.results import PACKED_FILE, ResultsWriter, read_records, truncate_after_step
+from opgrpo_bench.schema import run_outcome
 from opgrpo_bench.tasks.spec import TaskSpec
 from opgrpo_bench.training.components import LATENT_DTYPES, build_components
 from opgrpo_bench.training.metadata import follower_end, run_start_fields
@@ -216,16 +217,9 @@ class Trainer:
         if not self.dist.is_main:  # the results are rank 0's
             return follower_end(self.dist.rank, self.state.step)
         evals = [r for r in read_records(self.writer.path) if r.get("type") == "eval"]
-        hit = first_reaching(evals, self.task.target, self.task.higher_is_better)
-        scores = [e["score"] for e in evals if e.get("score") is not None]
-        rec = self.writer.write(
-            "run_end", status="completed", steps_to_target=hit["step"] if hit else None,
-            samples_to_target=hit["samples"] if hit else None, nfe_to_target=hit["nfe"] if hit else None,
-            wall_s_to_target=hit["wall_s"] if hit else None, censored=hit is None,
-            final_score=evals[-1]["score"] if evals else None,
-            best_score=(max(scores) if self.task.higher_is_better else min(scores)) if scores else None,
-            steps=self.state.step, wall_s=round(self.state.wall_s, 3),
-        )
+        rec = self.writer.write("run_end", status="completed",
+                                **run_outcome(evals, self.task.target, self.task.higher_is_better),
+                                steps=self.state.step, wall_s=round(self.state.wall_s, 3))
         self.progress(rec)
         return rec
 
