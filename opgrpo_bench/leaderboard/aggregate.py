@@ -47,7 +47,7 @@ def compute_aggregate(runs: list[Run], cmp: Comparison | None = None) -> list[di
         aucs = [[a for a in (run_auc(x) for x in o) if a is not None] for o, _ in pairs]
         point, low, high = iqm_interval(aucs)
         entry.update({**sp.fields("speedup_"), "speedup_method": sp.method, "speedup_n": sp.n,
-                      "speedup_censored": sp.censored, "speedup_note": sp.note,
+                      "speedup_censored": sp.censored, "speedup_note": sp.note, "speedup_wilcoxon_p": sp.p_value,
                       "prob_improvement": prob[0], "prob_improvement_ci_low": prob[1],
                       "prob_improvement_ci_high": prob[2],
                       "auc": point, "auc_ci_low": low, "auc_ci_high": high})

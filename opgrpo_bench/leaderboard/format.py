@@ -54,6 +54,8 @@ def ratio_text(ratio: float | None, low: float | None, high: float | None, metho
         return "1 (reference)"
     marks = "*" if censored else ""
     marks += "†" if method == "ratio-of-medians" else ""
+    if low is None or high is None:  # fewer than 2 seeds: no interval
+        return f"{ratio:.2f}×{marks} [n/a]"
     return f"{ratio:.2f}×{marks} [{low:.2f}–{high:.2f}]"
 
 
@@ -63,12 +65,17 @@ def fmt_ratio(row: dict[str, Any], prefix: str) -> str:
                       row["speedup_method"], row["speedup_censored"])
 
 
+def fmt_p(value: float | None) -> str:
+    """A p-value, two significant digits (``—`` when there is none)."""
+    return "—" if value is None else f"{value:.2g}"
+
+
 def fmt_interval(value: float | None, low: float | None, high: float | None) -> str:
-    """``0.91 [0.63–1.00]``: a point estimate and its 95% interval, two decimals."""
+    """``0.91 [0.63–1.00]``: a point estimate and its 95% interval, two decimals (``[n/a]`` without one)."""
     if value is None:
         return "—"
     if low is None or high is None:
-        return f"{value:.2f}"
+        return f"{value:.2f} [n/a]"
     return f"{value:.2f} [{low:.2f}–{high:.2f}]"
 
 

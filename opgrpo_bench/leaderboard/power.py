@@ -26,8 +26,8 @@ def power_fields(groups: dict[str, list[Outcome]], cmp: Comparison | None = None
 
     ``sd_log_ratio`` is the pooled within-algorithm standard deviation of the per-seed log steps ratios
     against the reference over every other algorithm with at least two shared seeds (robust.pooled_sd);
-    ``seeds_for_ratio_R`` the seeds per algorithm a two-sided paired test at alpha 0.05 needs to detect a
-    true ratio R with 80% power (robust.seeds_needed).
+    ``seeds_for_ratio_R`` the seeds per algorithm a two-sided paired t-test at alpha 0.05 needs to detect
+    a true ratio R with 80% power (robust.seeds_needed, exact by the noncentral t distribution).
 
     An algorithm whose every per-seed ratio is exactly 1 (``op-grpo-no-replay``, which reproduces
     ``flow-grpo`` bit for bit) is left out: its zero spread is a property of the code, not of the seeds,
@@ -44,7 +44,7 @@ def power_fields(groups: dict[str, list[Outcome]], cmp: Comparison | None = None
     for ratio in POWER_RATIOS:
         fields[f"seeds_for_ratio_{ratio:g}"] = seeds_needed(sd, ratio)
     fields.update({"alpha": POWER_ALPHA, "power": POWER_TARGET,
-                   "test": "two-sided, paired, normal approximation"})
+                   "test": "two-sided paired t-test (exact power, noncentral t)"})
     if sd is None:
         fields["note"] = (f"no algorithm shares two or more seeds with {cmp.reference} on this task "
                           "version: the sd is unknown")

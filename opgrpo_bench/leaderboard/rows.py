@@ -81,7 +81,8 @@ def compute_rows(runs: list[Run], cmp: Comparison | None = None,
             row.update(sp.fields(prefix))
             if metric == "steps":
                 row.update({"speedup_method": sp.method, "speedup_n": sp.n,
-                            "speedup_censored": sp.censored, "speedup_note": sp.note})
+                            "speedup_censored": sp.censored, "speedup_note": sp.note,
+                            "speedup_wilcoxon_p": sp.p_value})
         row.update(row_prob_improvement(algorithm, outs, ref, cmp))
         row.update(row_auc(outs))
         row.update(diagnostics_summary(outs, columns))

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from opgrpo_bench.leaderboard.outcomes import DEFAULT_REFERENCE, Comparison, Outcome, per_seed
-from opgrpo_bench.leaderboard.robust import percentile_interval, stratified_bootstrap
+from opgrpo_bench.leaderboard.robust import percentile_interval, stratified_bootstrap, wilcoxon_p
 
 BOOTSTRAP_RESAMPLES = 10_000
 BOOTSTRAP_SEED = 2604_04142  # fixed: the interval is part of the output and must be reproducible
@@ -27,6 +27,7 @@ class Speedup:
     n: int  # pairs (paired) or the smaller group size (ratio-of-medians)
     censored: bool
     note: str = ""
+    p_value: float | None = None  # exact Wilcoxon signed-rank test of the paired log ratios (paired only)
 
     def fields(self, prefix: str) -> dict[str, float | None]:
         """The ratio and its interval as row fields (``{prefix}vs_flow_grpo``, ``{prefix}ci_low``, ...)."""
@@ -69,6 +70,8 @@ def speedup(x: PerSeed, ref: PerSeed, resamples: int = BOOTSTRAP_RESAMPLES, rng_
     boot_num = np.median(num[rng.integers(0, len(num), size=(resamples, len(num)))], axis=1)
     boot_den = np.median(den[rng.integers(0, len(den), size=(resamples, len(den)))], axis=1)
     low, high = percentile_interval(boot_num / boot_den)
+    if min(len(num), len(den)) < 2:  # a resample of one value is that value: no interval
+        low = high = None
     return Speedup(float(np.median(num) / np.median(den)), low, high, "ratio-of-medians",
                    min(len(num), len(den)), censored, "no shared seeds with the reference")
 
@@ -104,8 +107,12 @@ def stratified_speedup(strata: list[tuple[PerSeed, PerSeed]], resamples: int = B
         return Speedup(None, None, None, "none", 0, False, "; ".join(skipped) or "no values to compare")
     boot = stratified_bootstrap(ratios, _median_rows, resamples, np.random.default_rng(rng_seed))
     low, high = percentile_interval(boot)
+    if n < 2:  # a resample of one pair is that pair: no interval
+        low = high = None
     note = ("left out: " + "; ".join(skipped)) if skipped else ""
-    return Speedup(float(np.median(np.concatenate(ratios))), low, high, "paired", n, censored, note)
+    all_ratios = np.concatenate(ratios)
+    return Speedup(float(np.median(all_ratios)), low, high, "paired", n, censored, note,
+                   wilcoxon_p([float(v) for v in np.log(all_ratios)]))
 
 
 def row_speedup(algorithm: str, outs: list[Outcome], ref: list[Outcome], metric: str,

@@ -18,6 +18,7 @@ from opgrpo_bench.leaderboard.format import (
     fmt_reached,
     fmt_sci,
     fmt_interval,
+    fmt_p,
     ratio_text,
 )
 from opgrpo_bench.leaderboard.legends import see
@@ -49,13 +50,13 @@ def results_table(rows: list[dict[str, Any]], cmp: Comparison = Comparison()) ->
     columns = ["Algorithm", "Seeds", "Reached target", "Steps to target, median [IQR]",
                "Samples to target", "NFE to target", "Wall-clock to target (s)", "Best score",
                "Final score", "Final gold score", "Score − gold, final (change since step 0)",
-               f"Steps vs {cmp.reference} [95% CI]", "Samples ratio [95% CI]",
+               f"Steps vs {cmp.reference} [95% CI]", "Wilcoxon p (steps)", "Samples ratio [95% CI]",
                "NFE ratio [95% CI]", "Wall-clock ratio [95% CI]", f"P(fewer steps than {cmp.reference}) [95% CI]",
                "AUC, IQM [95% CI]"]
     body = [[row["algorithm"], fmt(row["seeds"]), fmt_reached(row), fmt_median_iqr(row, "steps"),
              fmt_median_iqr(row, "samples"), fmt_median_iqr(row, "nfe"), fmt_median_iqr(row, "wall_s"),
              fmt(row["best_score"]), fmt(row["final_score"]), fmt(row["final_gold"]), fmt_gold_gap(row),
-             fmt_ratio(row, "speedup_"),
+             fmt_ratio(row, "speedup_"), fmt_p(row.get("speedup_wilcoxon_p")),
              fmt_ratio(row, "speedup_samples_"), fmt_ratio(row, "speedup_nfe_"), fmt_ratio(row, "speedup_wall_s_"),
              fmt_prob(row, cmp.reference), fmt_auc(row)] for row in rows]
     return Table(columns, body, numeric=set(range(1, len(columns))) - {2})
@@ -64,7 +65,7 @@ def results_table(rows: list[dict[str, Any]], cmp: Comparison = Comparison()) ->
 def power_text(power: dict[str, Any] | None, cmp: Comparison = Comparison()) -> str:
     """One sentence: the task's per-seed log-ratio sd and the seeds a paired test needs (or why n/a)."""
     head = (f"Power analysis (seeds per algorithm for a two-sided paired test, α = {POWER_ALPHA:g}, "
-            f"{100 * POWER_TARGET:.0f}% power, normal approximation)")
+            f"{100 * POWER_TARGET:.0f}% power, paired t-test, exact by the noncentral t)")
     if not power or power.get("sd_log_ratio") is None:
         why = power.get("note", "no data") if power else "no data"
         return f"{head}: n/a ({why})."
