@@ -134,10 +134,8 @@ TRAIN_RULES: dict[str, Check] = {
     "eval_num_steps": integer(ge=1),
     "eval_guidance": number(ge=0),
     "eval_every": integer(ge=1),
-    "rollout_chunks": integer(ge=1),
     "optimizer_steps_per_iter": integer(ge=1),
     "micro_batch": integer(ge=1),
-    "train_micro_batch": integer(ge=0),  # 0 = all at once (older trainer)
     "lr": number(gt=0),
     "weight_decay": number(ge=0),
     "adam_betas": number_tuple(2, ge=0, lt=1),

@@ -20,14 +20,10 @@ from typing import Any
 import torch
 
 from opgrpo_bench.errors import MissingWeightsError
+from opgrpo_bench.storage import cached_snapshot, looks_like_path
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".safetensors.index.json", ".bin.index.json")
 _TOKENIZER_FILES = {"tokenizer.json", "tokenizer_config.json", "vocab.json", "spiece.model"}
-
-
-def looks_like_path(value: str) -> bool:
-    """Repo ids look like ``owner/name``; anything else is a local path."""
-    return value.startswith(("/", ".", "~")) or value.count("/") != 1 or "\\" in value
 
 
 def _hint(env: str | None) -> str:
@@ -59,7 +55,7 @@ def resolve_pipeline_folder(path: str | os.PathLike[str], family: str, what: str
         raise MissingWeightsError(f"{what}: folder '{value}' does not exist; {_hint(env)} a diffusers {family} "
                                   f"folder{eg}")
     else:
-        folder = cached_snapshot(value, what, env)
+        folder = cached_snapshot(value, what, f"{_hint(env)} a local diffusers folder")
     missing = missing_components(folder)
     if missing:
         raise MissingWeightsError(
@@ -67,20 +63,6 @@ def resolve_pipeline_folder(path: str | os.PathLike[str], family: str, what: str
             f"{_hint(env)} a complete copy"
         )
     return folder
-
-
-def cached_snapshot(repo_id: str, what: str, env: str | None = None) -> Path:
-    """The cached snapshot of ``repo_id`` (local files only: fails at once, no network, no retries)."""
-    from huggingface_hub import constants, snapshot_download
-
-    try:
-        return Path(snapshot_download(repo_id, local_files_only=True))
-    except Exception:  # LocalEntryNotFoundError, HFValidationError, ...: all mean "not here"
-        raise MissingWeightsError(
-            f"{what}: '{repo_id}' is not in the Hugging Face cache ({constants.HF_HUB_CACHE}); run "
-            f"`hf download {repo_id}` where the hub is reachable and copy the cache here, or {_hint(env)} "
-            f"a local diffusers folder"
-        ) from None
 
 
 def missing_components(folder: str | os.PathLike[str]) -> list[str]:

@@ -47,6 +47,7 @@ from opgrpo_bench.leaderboard.stats import (
 from opgrpo_bench.leaderboard.regime import REGIME_ALGORITHM, regime_map
 from opgrpo_bench.leaderboard.robust import POWER_ALPHA, POWER_RATIOS, POWER_TARGET
 from opgrpo_bench.results import first_reaching
+from opgrpo_bench.storage import atomic_write_text
 
 LEADERBOARD_SCHEMA = "opgrpo-bench/leaderboard/v1"
 MARKDOWN_FILE, JSON_FILE, HTML_FILE = "LEADERBOARD.md", "leaderboard.json", "index.html"
@@ -809,20 +810,6 @@ def render_html(doc: dict[str, Any], plots: list[Plot]) -> str:
 # Writing
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same directory, then rename."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with tmp.open("w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def default_warn(message: str) -> None:
     """Print a warning to stderr with rich (markup in file names is escaped, not interpreted)."""
     from rich.console import Console
@@ -884,9 +871,9 @@ def build_leaderboard(runs_dir: str | os.PathLike[str], out_dir: str | os.PathLi
     doc["figures"] = [{"id": p.id, "kind": p.kind, "task": p.task, "title": p.title} for p in plots]
     try:
         out.mkdir(parents=True, exist_ok=True)
-        write_atomic(out / MARKDOWN_FILE, render_markdown(doc))
-        write_atomic(out / JSON_FILE, json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
-        write_atomic(out / HTML_FILE, render_html(doc, plots))
+        atomic_write_text(out / MARKDOWN_FILE, render_markdown(doc))
+        atomic_write_text(out / JSON_FILE, json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
+        atomic_write_text(out / HTML_FILE, render_html(doc, plots))
     except OSError as exc:
         raise LeaderboardError(f"cannot write the report to '{out}': {exc.strerror or exc}") from exc
     return doc

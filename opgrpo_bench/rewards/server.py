@@ -60,6 +60,7 @@ import numpy as np
 import torch
 
 from opgrpo_bench.rewards.base import BaseReward, RewardOutput, RewardUnavailableError
+from opgrpo_bench.storage import cache_root
 
 DEFAULT_PORT = 18085
 PROTOCOL = "opgrpo-reward/1"
@@ -90,14 +91,6 @@ class RewardSecretError(RewardUnavailableError):
 
 
 # -- secret ------------------------------------------------------------------------------------------
-def cache_root() -> Path:
-    """``$OPGRPO_CACHE_DIR``, else ``$XDG_CACHE_HOME/opgrpo-bench``, else ``~/.cache/opgrpo-bench``."""
-    if os.environ.get("OPGRPO_CACHE_DIR"):
-        return Path(os.environ["OPGRPO_CACHE_DIR"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "opgrpo-bench"
-
-
 def secret_path() -> Path:
     """Where the per-user key file lives: ``cache_root() / "reward-server.key"``."""
     return cache_root() / KEY_FILE_NAME

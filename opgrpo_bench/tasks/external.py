@@ -22,8 +22,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
-
 from opgrpo_bench.errors import MissingWeightsError
 from opgrpo_bench.tasks.spec import Prompt, TaskSpec
 
@@ -54,13 +52,6 @@ class WeightsSource:
         except MissingWeightsError as err:
             return str(err)
         return None
-
-
-def default_device() -> torch.device:
-    """The GPU of this process (one process per GPU under accelerate/torchrun), else the CPU."""
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device("cpu")
 
 
 # -- prompts -------------------------------------------------------------------------------------------

@@ -29,7 +29,8 @@ from typing import Any
 
 import torch
 
-from opgrpo_bench.tasks.external import WeightsSource, default_device, lazy_specs, paper_task_spec
+from opgrpo_bench.devices import default_device
+from opgrpo_bench.tasks.external import WeightsSource, lazy_specs, paper_task_spec
 from opgrpo_bench.tasks.sd3_tasks import TINY_EVAL_PROMPTS, TINY_TRAIN_PROMPTS
 from opgrpo_bench.tasks.spec import Prompt, TaskSpec
 
@@ -74,7 +75,6 @@ TINY_FLUX_JPEG_V1 = TaskSpec(
 # -- FLUX.1-dev tasks --------------------------------------------------------------------------------
 FLUX_DEV = WeightsSource(env="OPGRPO_FLUX_PATH", repo="black-forest-labs/FLUX.1-dev", what="FLUX.1-dev weights",
                          resolver="opgrpo_bench.backbones.flux:resolve_flux_folder")
-FLUX_DEV_ENV, FLUX_DEV_REPO = FLUX_DEV.env, FLUX_DEV.repo
 FLUX_DEV_RESOLUTION = 512
 FLUX_DEV_MAX_SEQUENCE_LENGTH = 128
 """Flow-GRPO encodes FLUX prompts with 128 T5 tokens (train_flux.py's compute_text_embeddings)."""
@@ -84,7 +84,6 @@ FLUX_DEV_MAX_BATCH = 16
 """Rows per no-grad transformer/VAE call. A memory bound for 12B bf16 weights at 512 px; not measured."""
 
 
-flux_dev_source, flux_dev_weights_missing = FLUX_DEV.source, FLUX_DEV.missing
 
 
 def load_flux_dev_backbone():

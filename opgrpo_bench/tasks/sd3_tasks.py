@@ -24,12 +24,12 @@ from typing import Any
 
 import torch
 
+from opgrpo_bench.devices import default_device
 from opgrpo_bench.tasks.external import (
     PROMPT_FILES,
     PROMPTS_ENV,
     SAMPLES,
     WeightsSource,
-    default_device,
     lazy_specs,
     paper_task_spec,
 )
@@ -83,13 +83,11 @@ TINY_SD3_JPEG_V1 = TaskSpec(
 # -- SD3.5-Medium tasks ------------------------------------------------------------------------------
 SD35M = WeightsSource(env="OPGRPO_SD35M_PATH", repo="stabilityai/stable-diffusion-3.5-medium",
                       what="SD3.5-Medium weights", resolver="opgrpo_bench.backbones.sd3:resolve_sd3_folder")
-SD35M_ENV, SD35M_REPO = SD35M.env, SD35M.repo
 SD35M_RESOLUTION = 512
 SD35M_MAX_SEQUENCE_LENGTH = 128
 """Flow-GRPO encodes prompts (and the empty negative prompt) with 128 T5 tokens."""
 SD35M_MAX_BATCH = 32
 """Rows per no-grad transformer/VAE call (CFG rows count): bounds the memory of 1,152-sample rollouts."""
-sd35m_source, sd35m_weights_missing = SD35M.source, SD35M.missing
 
 
 def load_sd35m_backbone():

@@ -26,7 +26,8 @@ from typing import Any
 
 import torch
 
-from opgrpo_bench.tasks.external import WeightsSource, default_device, lazy_specs, paper_task_spec
+from opgrpo_bench.devices import default_device
+from opgrpo_bench.tasks.external import WeightsSource, lazy_specs, paper_task_spec
 from opgrpo_bench.tasks.sd3_tasks import TINY_EVAL_PROMPTS, TINY_TRAIN_PROMPTS
 from opgrpo_bench.tasks.spec import Prompt, TaskSpec
 
@@ -77,7 +78,6 @@ TINY_WAN_VIDEO_V1 = TaskSpec(
 # -- Wan2.1-T2V-1.3B tasks ---------------------------------------------------------------------------
 WAN21 = WeightsSource(env="OPGRPO_WAN_PATH", repo="Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
                       what="Wan2.1-T2V-1.3B weights", resolver="opgrpo_bench.backbones.wan:resolve_wan_folder")
-WAN21_ENV, WAN21_REPO = WAN21.env, WAN21.repo
 WAN21_HEIGHT = 240
 WAN21_WIDTH = 416
 WAN21_NUM_FRAMES = 33
@@ -88,7 +88,6 @@ WAN21_MAX_BATCH = 8
 """Rows per no-grad transformer/VAE call. A memory bound for 1.3B bf16 weights at 240x416x33; not measured."""
 
 
-wan21_source, wan21_weights_missing = WAN21.source, WAN21.missing
 
 
 def load_wan21_backbone():

@@ -17,7 +17,7 @@ FLUX_DEV_TASKS = ("pickscore-flux-v1", "pickscore-flux-smoke-v1")
 @pytest.fixture()
 def no_flux(no_weights):
     """Neither prompt files nor the weights: an empty HF cache, no environment variables."""
-    no_weights("flux_tasks", flux_tasks.FLUX_DEV_ENV,
+    no_weights("flux_tasks", flux_tasks.FLUX_DEV.env,
                dict(zip(FLUX_DEV_TASKS, ("PICKSCORE_FLUX_V1", "PICKSCORE_FLUX_SMOKE_V1"))))
 
 

@@ -17,7 +17,7 @@ WAN21_TASKS = ("video-ocr-wan21-v1", "video-ocr-wan21-smoke-v1")
 @pytest.fixture()
 def no_wan(no_weights):
     """Neither prompt files nor the weights: an empty HF cache, no environment variables."""
-    no_weights("wan_tasks", wan_tasks.WAN21_ENV,
+    no_weights("wan_tasks", wan_tasks.WAN21.env,
                dict(zip(WAN21_TASKS, ("VIDEO_OCR_WAN21_V1", "VIDEO_OCR_WAN21_SMOKE_V1"))))
 
 
