@@ -755,18 +755,20 @@ class RemoteReward(BaseReward):
 
 
 # -- command line ------------------------------------------------------------------------------------
+def json_or_text(text: str) -> Any:
+    """A ``--set`` value: JSON when it parses (numbers, booleans, lists), else the text itself."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
 def parse_sets(items: Sequence[str]) -> dict[str, Any]:
-    """``key=value`` pairs; values parsed as JSON when possible (numbers, booleans, lists), else strings."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"expected key=value, got '{item}'")
-        try:
-            out[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.strip()] = value
-    return out
+    """Reward constructor arguments from ``key=value`` items (:func:`opgrpo_bench.validation.parse_sets`),
+    values by :func:`json_or_text`; ValueError for an item that is not ``key=value``."""
+    from opgrpo_bench.validation import parse_sets as parse_key_values
+
+    return parse_key_values(items, value=json_or_text)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
