@@ -1,8 +1,7 @@
 """What the tasks on real, external weights share, whatever the model family (SD3.5, FLUX.1, Wan2.1).
 
-- :class:`WeightsSource`: where a family's weights come from (an environment variable naming a diffusers
-  folder or a repo id, else the repo id in the local Hugging Face cache), and a cheap check, without
-  loading, that says in one line why they cannot be found.
+- Where a model's weights come from is its :class:`~opgrpo_bench.backbones.folders.WeightsSource`, beside
+  its loader in :mod:`opgrpo_bench.backbones.models`; the prompt check below names it when they are missing.
 - Flow-GRPO's prompt files (``$OPGRPO_PROMPTS_DIR``, a copy of its ``dataset/`` folder) and the built-in
   SAMPLE prompts of the smoke variants: :func:`load_prompt_sets`, :data:`SAMPLES`.
 - :func:`paper_task_spec`: one paper task or its smoke variant from a family's settings (the fields every
@@ -14,44 +13,17 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
 
+from opgrpo_bench.backbones.folders import WeightsSource
 from opgrpo_bench.errors import MissingWeightsError
 from opgrpo_bench.tasks.spec import Prompt, TaskSpec
 
 PROMPTS_ENV = "OPGRPO_PROMPTS_DIR"
-
-
-@dataclass(frozen=True)
-class WeightsSource:
-    """A model family's weights: ``$env`` (a folder or a repo id) or ``repo`` in the Hugging Face cache."""
-
-    env: str
-    repo: str
-    what: str
-    """How messages name them, e.g. "FLUX.1-dev weights"."""
-    resolver: str
-    """``"module:function"`` resolving a source to a checked folder (``resolve_*_folder`` of the backbone
-    module), imported on use so that naming a task never imports diffusers."""
-
-    def source(self) -> str:
-        """``$env`` (folder or repo id) or the default repo id."""
-        return os.environ.get(self.env) or self.repo
-
-    def missing(self) -> str | None:
-        """Why the weights cannot be found (a one-line reason), or None when they can. No loading."""
-        module, name = self.resolver.split(":")
-        try:
-            getattr(importlib.import_module(module), name)(self.source(), what=self.what, env=self.env)
-        except MissingWeightsError as err:
-            return str(err)
-        return None
 
 
 # -- prompts -------------------------------------------------------------------------------------------

@@ -27,29 +27,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
-from opgrpo_bench.devices import default_device
-from opgrpo_bench.tasks.external import WeightsSource, lazy_specs, paper_task_spec
+from opgrpo_bench.backbones.models import FLUX_DEV
+from opgrpo_bench.tasks.external import lazy_specs, paper_task_spec
 from opgrpo_bench.tasks.sd3_tasks import TINY_EVAL_PROMPTS, TINY_TRAIN_PROMPTS
 from opgrpo_bench.tasks.spec import Prompt, TaskSpec
 
 # -- tiny-flux-jpeg-v1 -------------------------------------------------------------------------------
-TINY_RESOLUTION = 32
-TINY_MAX_SEQUENCE_LENGTH = 16
-TINY_SEED = 0
-
-
-def load_tiny_flux_backbone():
-    """The tiny FLUX pipeline (cached folder, built on first use) through ``FluxBackbone.from_pretrained``."""
-    from opgrpo_bench.backbones.flux import FluxBackbone
-    from opgrpo_bench.backbones.tiny_flux import TinyFluxConfig, tiny_flux_folder
-
-    folder = tiny_flux_folder(TinyFluxConfig(resolution=TINY_RESOLUTION), seed=TINY_SEED)
-    return FluxBackbone.from_pretrained(folder, resolution=TINY_RESOLUTION,
-                                        max_sequence_length=TINY_MAX_SEQUENCE_LENGTH, what="tiny FLUX pipeline")
-
-
 TINY_FLUX_JPEG_V1 = TaskSpec(
     id="tiny-flux-jpeg-v1",
     description="tiny in-code FLUX pipeline (CLIP + T5 + VAE, distilled guidance 3.5), 32 px; reward = -JPEG kB",
@@ -73,34 +56,6 @@ TINY_FLUX_JPEG_V1 = TaskSpec(
 )
 
 # -- FLUX.1-dev tasks --------------------------------------------------------------------------------
-FLUX_DEV = WeightsSource(env="OPGRPO_FLUX_PATH", repo="black-forest-labs/FLUX.1-dev", what="FLUX.1-dev weights",
-                         resolver="opgrpo_bench.backbones.flux:resolve_flux_folder")
-FLUX_DEV_RESOLUTION = 512
-FLUX_DEV_MAX_SEQUENCE_LENGTH = 128
-"""Flow-GRPO encodes FLUX prompts with 128 T5 tokens (train_flux.py's compute_text_embeddings)."""
-FLUX_DEV_GUIDANCE = 3.5
-"""The distilled guidance scale of Flow-GRPO's FLUX runs (sampling, training and evaluation)."""
-FLUX_DEV_MAX_BATCH = 16
-"""Rows per no-grad transformer/VAE call. A memory bound for 12B bf16 weights at 512 px; not measured."""
-
-
-
-
-def load_flux_dev_backbone():
-    """FLUX.1-dev at 512 px: bf16 on a GPU with a float32 VAE (Flow-GRPO's precisions; LoRA stays float32),
-    float32 on a CPU."""
-    from opgrpo_bench.backbones.flux import FluxBackbone
-
-    device = default_device()
-    cuda = device.type == "cuda"
-    return FluxBackbone.from_pretrained(
-        FLUX_DEV.source(), dtype=torch.bfloat16 if cuda else torch.float32, device=device,
-        max_sequence_length=FLUX_DEV_MAX_SEQUENCE_LENGTH, resolution=FLUX_DEV_RESOLUTION,
-        guidance_scale=FLUX_DEV_GUIDANCE, max_batch=FLUX_DEV_MAX_BATCH, vae_dtype=torch.float32,
-        what=FLUX_DEV.what, env=FLUX_DEV.env,
-    )
-
-
 # Flow-GRPO's FLUX.1-dev PickScore recipe (config/grpo.py:pickscore_flux, scripts/train_flux.py): 48 groups
 # x 24 images per epoch and two optimizer steps per epoch, T = 6 with noise level 0.9, 28 evaluation steps,
 # no KL (beta 0), EMA 0.9 every 8 steps, LoRA r64/alpha128, lr 3e-4 (base config), 512 px, bf16.

@@ -22,41 +22,18 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
-from opgrpo_bench.devices import default_device
-from opgrpo_bench.tasks.external import (
-    PROMPT_FILES,
-    PROMPTS_ENV,
-    SAMPLES,
-    WeightsSource,
-    lazy_specs,
-    paper_task_spec,
-)
+from opgrpo_bench.backbones.models import SD35M
+from opgrpo_bench.tasks.external import PROMPT_FILES, PROMPTS_ENV, SAMPLES, lazy_specs, paper_task_spec
 from opgrpo_bench.tasks.spec import Prompt, TaskSpec
 
 __all__ = ["PROMPTS_ENV", "PROMPT_FILES", "SAMPLES", "SD35M", "TINY_SD3_JPEG_V1"]
 
 # -- tiny-sd3-jpeg-v1 --------------------------------------------------------------------------------
-TINY_RESOLUTION = 32
-TINY_MAX_SEQUENCE_LENGTH = 16
-TINY_SEED = 0
-
 TINY_TRAIN_PROMPTS = (
     "a photo of a cat", "a red car on a street", "a blue sky over the sea", "a small house in a field",
     "a yellow flower", "a dog next to a tree", "a painting of a mountain", "a cup on a table",
 )
 TINY_EVAL_PROMPTS = ("a photo of a dog", "a green field under a blue sky", "a white cup", "a city street")
-
-
-def load_tiny_sd3_backbone():
-    """The tiny SD3 pipeline (cached folder, built on first use) through ``SD3Backbone.from_pretrained``."""
-    from opgrpo_bench.backbones.sd3 import SD3Backbone
-    from opgrpo_bench.backbones.tiny import TinySD3Config, tiny_sd3_folder
-
-    folder = tiny_sd3_folder(TinySD3Config(resolution=TINY_RESOLUTION), seed=TINY_SEED)
-    return SD3Backbone.from_pretrained(folder, resolution=TINY_RESOLUTION,
-                                       max_sequence_length=TINY_MAX_SEQUENCE_LENGTH, what="tiny SD3 pipeline")
 
 
 TINY_SD3_JPEG_V1 = TaskSpec(
@@ -81,27 +58,6 @@ TINY_SD3_JPEG_V1 = TaskSpec(
 )
 
 # -- SD3.5-Medium tasks ------------------------------------------------------------------------------
-SD35M = WeightsSource(env="OPGRPO_SD35M_PATH", repo="stabilityai/stable-diffusion-3.5-medium",
-                      what="SD3.5-Medium weights", resolver="opgrpo_bench.backbones.sd3:resolve_sd3_folder")
-SD35M_RESOLUTION = 512
-SD35M_MAX_SEQUENCE_LENGTH = 128
-"""Flow-GRPO encodes prompts (and the empty negative prompt) with 128 T5 tokens."""
-SD35M_MAX_BATCH = 32
-"""Rows per no-grad transformer/VAE call (CFG rows count): bounds the memory of 1,152-sample rollouts."""
-
-
-def load_sd35m_backbone():
-    """SD3.5-Medium at 512 px: bf16 on a GPU (Flow-GRPO's precision; LoRA stays float32), float32 on a CPU."""
-    from opgrpo_bench.backbones.sd3 import SD3Backbone
-
-    device = default_device()
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    return SD3Backbone.from_pretrained(
-        SD35M.source(), dtype=dtype, device=device, max_sequence_length=SD35M_MAX_SEQUENCE_LENGTH,
-        resolution=SD35M_RESOLUTION, max_batch=SD35M_MAX_BATCH, what=SD35M.what, env=SD35M.env,
-    )
-
-
 # Flow-GRPO's SD3.5-M settings (its config/grpo.py: 48 groups x 24 images per epoch, two optimizer steps
 # per epoch, T = 10, CFG 4.5, 40 evaluation steps, LoRA r32/alpha64, lr 3e-4, 512 px).
 SD35M_TRAIN_DEFAULTS: dict[str, Any] = dict(

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from opgrpo_bench import devices
+from opgrpo_bench.backbones import models
 from opgrpo_bench.errors import MissingWeightsError, UserError
 from opgrpo_bench.registry import BACKBONES, TASKS
 from opgrpo_bench.tasks import sd3_tasks
@@ -195,6 +196,6 @@ def test_sample_prompts_suit_their_rewards():
 
 
 def test_sd35m_backbone_defaults():
-    assert sd3_tasks.SD35M_RESOLUTION == 512 and sd3_tasks.SD35M_MAX_SEQUENCE_LENGTH == 128
+    assert models.SD35M_RESOLUTION == 512 and models.SD35M_MAX_SEQUENCE_LENGTH == 128
     device = devices.default_device()
     assert device.type == ("cuda" if torch.cuda.is_available() else "cpu")
