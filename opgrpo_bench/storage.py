@@ -108,8 +108,8 @@ def cached_snapshot(repo_id: str, what: str, otherwise: str,
     """The cached snapshot of ``repo_id`` (local files only: fails at once, no network, no retries).
 
     Raises:
-        MissingWeightsError: (``error``, a subclass the caller's users catch) "<what>: '<repo_id>' is not in the Hugging Face cache (...); run `hf download
-            <repo_id>` ... or <otherwise>".
+        MissingWeightsError: (``error``, a subclass its callers catch) "<what>: '<repo_id>' is not in the
+            Hugging Face cache (...); run `hf download <repo_id>` ... or <otherwise>".
     """
     from huggingface_hub import snapshot_download
 

@@ -38,18 +38,18 @@ BACKBONES.register("tiny-wan", "opgrpo_bench.backbones.models:load_tiny_wan_back
                    description="tiny Wan2.1 pipeline built in code (UMT5 + 3-D VAE), 9 frames of 32 px, loaded via "
                                "from_pretrained (tiny-wan-video-v1)",
                    needs="CPU; built on first use", external_weights=False)
-BACKBONES.register("digits-v1-base", "opgrpo_bench.tasks.digits:load_backbone",
+BACKBONES.register("digits-v1-base", "opgrpo_bench.backbones.digits:load_digits_backbone",
                    description="digits-v1 base model: 4-layer SD3 transformer in pixel space [1, 8, 8] + tiny CLIP "
                                "(digits-v1, digits-sparse-v1)",
                    needs="CPU; shipped in the package", external_weights=False)
-BACKBONES.register("digits-pair-v1-base", "opgrpo_bench.tasks.digits_pair:load_pair_backbone",
+BACKBONES.register("digits-pair-v1-base", "opgrpo_bench.backbones.digits:load_pair_backbone",
                    description="digits-pair-v1 base model: the digits-v1 architecture on [1, 8, 16] (two digits)",
                    needs="CPU; shipped in the package", external_weights=False)
-BACKBONES.register("digits-number-v1-base", "opgrpo_bench.tasks.digits_number:load_number_backbone",
+BACKBONES.register("digits-number-v1-base", "opgrpo_bench.backbones.digits:load_number_backbone",
                    description="digits-number-v1 base model: the digits-v1 architecture on [1, 8, 24] (3-digit "
                                "numbers; all digits-number tasks)",
                    needs="CPU; shipped in the package", external_weights=False)
-BACKBONES.register("digits-video-v1-base", "opgrpo_bench.tasks.digits_video:load_video_backbone",
+BACKBONES.register("digits-video-v1-base", "opgrpo_bench.backbones.digits:load_video_backbone",
                    description="digits-video-v1 base model: 2-block Wan transformer in pixel space [1, 4, 8, 14] "
                                "(4 frames, no VAE; coordinate maps as channel conditioning) + tiny CLIP",
                    needs="CPU; shipped in the package", external_weights=False)
