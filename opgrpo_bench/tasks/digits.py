@@ -36,11 +36,11 @@ PIXEL_TASK_DEFAULTS = dict(prompts_per_iter=8, group_size=8, num_steps=10, eval_
 
 
 def _digits_v1():
-    from opgrpo_bench.tasks.spec import TaskSpec
+    from opgrpo_bench.tasks.spec import TaskSpec, listed
 
     return TaskSpec(
         id="digits-v1",
-        description="8x8 handwritten digits (scikit-learn) with a tiny SD3 transformer; reward = p(prompted digit)",
+        **listed("digits-v1"),
         backbone="digits-v1-base",
         reward="digit-classifier",
         gold_reward="digit-classifier",
@@ -52,7 +52,6 @@ def _digits_v1():
         budget_steps=150,
         eval_every=5,
         train_defaults=dict(PIXEL_TASK_DEFAULTS),
-        needs="CPU; assets shipped in the package",
     )
 
 

@@ -52,7 +52,7 @@ from typing import Sequence
 
 from opgrpo_bench.backbones.digits import NUMBER_SHAPE
 from opgrpo_bench.tasks.digits import PIXEL_TASK_DEFAULTS
-from opgrpo_bench.tasks.spec import Prompt, TaskSpec
+from opgrpo_bench.tasks.spec import Prompt, TaskSpec, listed
 
 TEMPLATE = "the number {n}"
 N_DIGITS = 3
@@ -94,8 +94,7 @@ def number_task(task_id: str, pool: int | None = None) -> TaskSpec:
     train = train if pool is None else train[:pool]
     return TaskSpec(
         id=task_id,
-        description=f"render a 3-digit number (8x24), tiny SD3 transformer; {len(train)} train / {len(evals)} "
-                    "held-out numbers; reward = 1 - edit distance / 3 (OCR-like)",
+        **listed(task_id),
         backbone="digits-number-v1-base",
         reward="digit-number",
         gold_reward="digit-number",
@@ -107,7 +106,6 @@ def number_task(task_id: str, pool: int | None = None) -> TaskSpec:
         budget_steps=BUDGET_STEPS,
         eval_every=10,
         train_defaults=dict(PIXEL_TASK_DEFAULTS),
-        needs="CPU; assets shipped in the package",
     )
 
 

@@ -42,12 +42,11 @@ def make_pair_prompts(template: str, pairs: tuple[tuple[int, int], ...] = PAIRS)
 
 # -- the task spec ---------------------------------------------------------------------------------
 def _digits_pair_v1():
-    from opgrpo_bench.tasks.spec import TaskSpec
+    from opgrpo_bench.tasks.spec import TaskSpec, listed
 
     return TaskSpec(
         id="digits-pair-v1",
-        description="two 8x8 digits side by side as prompted (8x16), tiny SD3 transformer; reward = both "
-                    "digits right (binary, sparse)",
+        **listed("digits-pair-v1"),
         backbone="digits-pair-v1-base",
         reward="digit-pair",
         gold_reward="digit-pair",
@@ -62,7 +61,6 @@ def _digits_pair_v1():
         budget_steps=200,
         eval_every=5,
         train_defaults=dict(PIXEL_TASK_DEFAULTS),
-        needs="CPU; assets shipped in the package",
     )
 
 

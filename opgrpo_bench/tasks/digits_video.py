@@ -63,7 +63,7 @@ from typing import Any, Sequence
 from opgrpo_bench.backbones.digits import VIDEO_SHAPE
 from opgrpo_bench.rewards.digits import DIGIT_WORDS, DIRECTIONS
 from opgrpo_bench.tasks.digits import PIXEL_TASK_DEFAULTS
-from opgrpo_bench.tasks.spec import Prompt, TaskSpec
+from opgrpo_bench.tasks.spec import Prompt, TaskSpec, listed
 
 _, N_FRAMES, FRAME_HEIGHT, FRAME_WIDTH = VIDEO_SHAPE
 """4 frames of 8x14 pixels: the base model's latent shape (pixel space: the frames themselves)."""
@@ -93,8 +93,7 @@ iteration's second, off-policy step here: 60-90% of its pairs, measured)."""
 
 DIGITS_VIDEO_V1 = TaskSpec(
     id="digits-video-v1",
-    description="a handwritten digit moving left/right (4 frames of 8x14), tiny Wan transformer; reward = "
-                "mean over frames of p(prompted digit) x motion the prompted way",
+    **listed("digits-video-v1"),
     backbone="digits-video-v1-base",
     reward="digit-video",
     reward_args={"speed": SPEED},
@@ -107,5 +106,4 @@ DIGITS_VIDEO_V1 = TaskSpec(
     budget_steps=BUDGET_STEPS,
     eval_every=10,
     train_defaults=TRAIN_DEFAULTS,
-    needs="CPU; assets shipped in the package",
 )

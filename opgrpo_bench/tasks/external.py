@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 from opgrpo_bench.backbones.folders import WeightsSource
 from opgrpo_bench.errors import MissingWeightsError
-from opgrpo_bench.tasks.spec import Prompt, TaskSpec
+from opgrpo_bench.tasks.spec import Prompt, TaskSpec, listed
 
 PROMPTS_ENV = "OPGRPO_PROMPTS_DIR"
 
@@ -147,30 +147,27 @@ SAMPLES: dict[str, tuple[tuple[Prompt, ...], tuple[Prompt, ...]]] = {
 
 # -- specs ---------------------------------------------------------------------------------------------
 def paper_task_spec(task_id: str, *, smoke: bool, smoke_task: str, family: str, weights: WeightsSource,
-                    model: str, size: str, what: str, backbone: str, reward: str, target: float, budget: int,
-                    train_defaults: dict[str, Any], reward_needs: str = "weights", **fields: Any) -> TaskSpec:
+                    model: str, backbone: str, reward: str, target: float, budget: int,
+                    train_defaults: dict[str, Any], **fields: Any) -> TaskSpec:
     """A paper task (Flow-GRPO's prompt files) or, with ``smoke``, its variant on the built-in samples.
 
     Args:
         task_id: this spec's id; ``smoke_task``: the id of the smoke variant (named in error messages).
         family: the prompt family (``ocr``, ``pickscore``, ``geneval``).
-        weights: where the model's weights come from; ``model``/``size`` name the model and the output
-            shape in descriptions ("FLUX.1-dev", "512 px").
-        what: the task in words ("text rendering; reward = ...").
+        weights: where the model's weights come from; ``model`` names the model in messages ("FLUX.1-dev").
         target, budget: steps-to-target's target and the full task's step budget (a smoke run has 4).
         train_defaults: the task's training settings (the caller picks the smoke ones).
-        reward_needs: what the reward needs, for ``needs`` ("weights", "(rapidocr)").
         **fields: further :class:`TaskSpec` fields (``reward_args``, ``eval_metric``).
+
+    Description and needs are the task's registry entry's (:func:`~opgrpo_bench.tasks.spec.listed`).
     """
     if smoke:
         train, evals = SAMPLES[family]
-        description = f"SMOKE (built-in sample prompts, not comparable): {model} {what}"
     else:
         train, evals = load_prompt_sets(family, task_id, model=model, weights=weights, smoke_task=smoke_task)
-        description = f"{model} {size}, {what} (Flow-GRPO prompts)"
     return TaskSpec(
         id=task_id,
-        description=description,
+        **listed(task_id),
         backbone=backbone,
         reward=reward,
         train_prompts=train,
@@ -182,8 +179,6 @@ def paper_task_spec(task_id: str, *, smoke: bool, smoke_task: str, family: str, 
         # cadence makes steps-to-target sharper at about 20% extra compute)
         eval_every=2 if smoke else 40,
         train_defaults=dict(train_defaults),
-        needs=(f"GPU; {model} weights (${weights.env} or HF cache {weights.repo}); reward '{reward}' {reward_needs}"
-               + ("" if smoke else f"; Flow-GRPO prompt files (${PROMPTS_ENV})")),
         **fields,
     )
 

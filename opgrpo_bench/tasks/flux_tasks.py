@@ -30,12 +30,12 @@ from typing import Any
 from opgrpo_bench.backbones.models import FLUX_DEV
 from opgrpo_bench.tasks.external import lazy_specs, paper_task_spec
 from opgrpo_bench.tasks.sd3_tasks import TINY_EVAL_PROMPTS, TINY_TRAIN_PROMPTS
-from opgrpo_bench.tasks.spec import Prompt, TaskSpec
+from opgrpo_bench.tasks.spec import Prompt, TaskSpec, listed
 
 # -- tiny-flux-jpeg-v1 -------------------------------------------------------------------------------
 TINY_FLUX_JPEG_V1 = TaskSpec(
     id="tiny-flux-jpeg-v1",
-    description="tiny in-code FLUX pipeline (CLIP + T5 + VAE, distilled guidance 3.5), 32 px; reward = -JPEG kB",
+    **listed("tiny-flux-jpeg-v1"),
     backbone="tiny-flux",
     reward="jpeg-compressibility",
     train_prompts=tuple(Prompt(p) for p in TINY_TRAIN_PROMPTS),
@@ -52,7 +52,6 @@ TINY_FLUX_JPEG_V1 = TaskSpec(
     train_defaults=dict(prompts_per_iter=4, group_size=8, num_steps=4, eval_num_steps=4, guidance=1.0,
                         eval_guidance=1.0, lora_rank=4, lora_alpha=8, lr=1e-2, clip_range=1e-2, beta=0.0,
                         num_threads=1),
-    needs="CPU; built in code on first use (cached under ~/.cache/opgrpo-bench or $OPGRPO_CACHE_DIR)",
 )
 
 # -- FLUX.1-dev tasks --------------------------------------------------------------------------------
@@ -81,7 +80,7 @@ def _flux_dev_spec(smoke: bool) -> TaskSpec:
     return paper_task_spec(
         "pickscore-flux-smoke-v1" if smoke else "pickscore-flux-v1", smoke=smoke,
         smoke_task="pickscore-flux-smoke-v1", family="pickscore", weights=FLUX_DEV, model="FLUX.1-dev",
-        size="512 px", what="human preference; reward = PickScore", backbone="flux1-dev", reward="pickscore",
+        backbone="flux1-dev", reward="pickscore",
         target=PICKSCORE_FLUX_TARGET, budget=PICKSCORE_FLUX_BUDGET,
         train_defaults=FLUX_SMOKE_TRAIN_DEFAULTS if smoke else FLUX_DEV_TRAIN_DEFAULTS,
     )

@@ -24,7 +24,7 @@ from typing import Any
 
 from opgrpo_bench.backbones.models import SD35M
 from opgrpo_bench.tasks.external import PROMPT_FILES, PROMPTS_ENV, SAMPLES, lazy_specs, paper_task_spec
-from opgrpo_bench.tasks.spec import Prompt, TaskSpec
+from opgrpo_bench.tasks.spec import Prompt, TaskSpec, listed
 
 __all__ = ["PROMPTS_ENV", "PROMPT_FILES", "SAMPLES", "SD35M", "TINY_SD3_JPEG_V1"]
 
@@ -38,7 +38,7 @@ TINY_EVAL_PROMPTS = ("a photo of a dog", "a green field under a blue sky", "a wh
 
 TINY_SD3_JPEG_V1 = TaskSpec(
     id="tiny-sd3-jpeg-v1",
-    description="tiny in-code SD3 pipeline (3 text encoders, VAE, CFG 4.5), 32 px; reward = -JPEG kB",
+    **listed("tiny-sd3-jpeg-v1"),
     backbone="tiny-sd3",
     reward="jpeg-compressibility",
     train_prompts=tuple(Prompt(p) for p in TINY_TRAIN_PROMPTS),
@@ -54,7 +54,6 @@ TINY_SD3_JPEG_V1 = TaskSpec(
     train_defaults=dict(prompts_per_iter=4, group_size=8, num_steps=4, eval_num_steps=4, guidance=4.5,
                         eval_guidance=4.5, lora_rank=4, lora_alpha=8, lr=1e-2, clip_range=1e-2, beta=0.0,
                         num_threads=1),
-    needs="CPU; built in code on first use (cached under ~/.cache/opgrpo-bench or $OPGRPO_CACHE_DIR)",
 )
 
 # -- SD3.5-Medium tasks ------------------------------------------------------------------------------
@@ -73,22 +72,22 @@ Not measured here (no GPU in this project's CI); lower it with ``--set micro_bat
 SMOKE_TRAIN_DEFAULTS: dict[str, Any] = dict(SD35M_TRAIN_DEFAULTS, prompts_per_iter=2, group_size=4,
                                             eval_num_steps=10)
 
-# family -> (reward, beta, target, budget steps, description)
+# family -> (reward, beta, target, budget steps)
 #   targets: Flow-GRPO's best (ALGORITHMS.md section 4); beta: 0.04 GenEval/OCR, 0.01 PickScore.
 #   budget_steps [decision]: chosen above Flow-GRPO's reported training lengths; change with --steps.
-FAMILIES: dict[str, tuple[str, float, float, int, str]] = {
-    "ocr": ("ocr", 0.04, 0.92, 2000, "text rendering; reward = OCR similarity of the quoted text"),
-    "pickscore": ("pickscore", 0.01, 23.32, 4000, "human preference; reward = PickScore"),
-    "geneval": ("geneval", 0.04, 0.95, 6000, "compositional generation; reward = GenEval correctness"),
+FAMILIES: dict[str, tuple[str, float, float, int]] = {
+    "ocr": ("ocr", 0.04, 0.92, 2000),
+    "pickscore": ("pickscore", 0.01, 23.32, 4000),
+    "geneval": ("geneval", 0.04, 0.95, 6000),
 }
 
 
 def _sd35m_spec(family: str, smoke: bool) -> TaskSpec:
-    reward, beta, target, budget, what = FAMILIES[family]
+    reward, beta, target, budget = FAMILIES[family]
     smoke_task = f"{family}-sd35m-smoke-v1"
     return paper_task_spec(
         smoke_task if smoke else f"{family}-sd35m-v1", smoke=smoke, smoke_task=smoke_task, family=family,
-        weights=SD35M, model="SD3.5-Medium", size="512 px", what=what, backbone="sd35m", reward=reward,
+        weights=SD35M, model="SD3.5-Medium", backbone="sd35m", reward=reward,
         target=target, budget=budget,
         train_defaults=dict(SMOKE_TRAIN_DEFAULTS if smoke else SD35M_TRAIN_DEFAULTS, beta=beta),
         # GenEval: train on Flow-GRPO's partial score, evaluate GenEval's strict correctness (docs/REWARDS.md).

@@ -27,13 +27,12 @@ from typing import Any
 from opgrpo_bench.backbones.models import WAN21
 from opgrpo_bench.tasks.external import lazy_specs, paper_task_spec
 from opgrpo_bench.tasks.sd3_tasks import TINY_EVAL_PROMPTS, TINY_TRAIN_PROMPTS
-from opgrpo_bench.tasks.spec import Prompt, TaskSpec
+from opgrpo_bench.tasks.spec import Prompt, TaskSpec, listed
 
 # -- tiny-wan-video-v1 -------------------------------------------------------------------------------
 TINY_WAN_VIDEO_V1 = TaskSpec(
     id="tiny-wan-video-v1",
-    description="tiny in-code Wan2.1 pipeline (UMT5 + 3-D VAE, CFG 4.5), 9 frames of 32 px; reward = -JPEG kB "
-                "per frame, mean over frames",
+    **listed("tiny-wan-video-v1"),
     backbone="tiny-wan",
     reward="video",
     reward_args={"reward": "jpeg-compressibility", "aggregate": "mean"},
@@ -51,7 +50,6 @@ TINY_WAN_VIDEO_V1 = TaskSpec(
     train_defaults=dict(prompts_per_iter=4, group_size=4, num_steps=4, eval_num_steps=4, guidance=4.5,
                         eval_guidance=4.5, lora_rank=4, lora_alpha=8, lr=1e-2, clip_range=1e-2, beta=0.0,
                         num_threads=1),
-    needs="CPU; built in code on first use (cached under ~/.cache/opgrpo-bench or $OPGRPO_CACHE_DIR)",
 )
 
 # -- Wan2.1-T2V-1.3B tasks ---------------------------------------------------------------------------
@@ -80,9 +78,8 @@ def _wan21_spec(smoke: bool) -> TaskSpec:
     return paper_task_spec(
         "video-ocr-wan21-smoke-v1" if smoke else "video-ocr-wan21-v1", smoke=smoke,
         smoke_task="video-ocr-wan21-smoke-v1", family="ocr", weights=WAN21, model="Wan2.1-T2V-1.3B",
-        size="240x416 x 33 frames", what="text rendering; reward = OCR per frame, mean", backbone="wan21-t2v-1.3b",
-        reward="video-ocr", target=VIDEO_OCR_WAN21_TARGET, budget=VIDEO_OCR_WAN21_BUDGET,
-        train_defaults=WAN21_SMOKE_TRAIN_DEFAULTS if smoke else WAN21_TRAIN_DEFAULTS, reward_needs="(rapidocr)",
+        backbone="wan21-t2v-1.3b", reward="video-ocr", target=VIDEO_OCR_WAN21_TARGET,
+        budget=VIDEO_OCR_WAN21_BUDGET, train_defaults=WAN21_SMOKE_TRAIN_DEFAULTS if smoke else WAN21_TRAIN_DEFAULTS,
     )
 
 
