@@ -92,6 +92,35 @@ def build_scheduler():
     return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
 
 
+def new_pixel_model(words: Sequence[str], sample_size: int = IMAGE_SIZE, latent_shape: tuple[int, ...] | None = None,
+                    split_digits: bool = False) -> Any:
+    """A freshly initialised pixel-space SD3 digits model as its trainable backbone: a tokenizer over
+    ``words`` (:func:`build_tokenizer`), then (drawing from torch's global generator, in this order) the
+    text encoder and the transformer for images up to ``sample_size`` a side, and the schedule."""
+    from opgrpo_bench.backbones.digits import ClipPromptEncoder, pixel_backbone
+
+    tokenizer = build_tokenizer(words, split_digits=split_digits)
+    text_encoder = build_text_encoder(len(tokenizer))
+    transformer = build_transformer(sample_size=sample_size)
+    return trainable(pixel_backbone(transformer, ClipPromptEncoder(tokenizer, text_encoder), build_scheduler(),
+                                    latent_shape))
+
+
+def adamw(backbone: Any, lr: float) -> tuple[list[torch.nn.Parameter], torch.optim.Optimizer]:
+    """(parameters, optimizer) of a pretraining: the transformer's and the text encoder's parameters, in that
+    order, under AdamW with weight decay 1e-4."""
+    params = list(backbone.transformer.parameters()) + list(backbone.prompt_encoder.text_encoder.parameters())
+    return params, torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
+
+
+def trained(backbone: Any) -> tuple[Any, Any, Any, Any]:
+    """(transformer, text_encoder, tokenizer, scheduler) of a pretrained backbone, networks in eval mode."""
+    encoder = backbone.prompt_encoder
+    backbone.transformer.eval()
+    encoder.text_encoder.eval()
+    return backbone.transformer, encoder.text_encoder, encoder.tokenizer, backbone.scheduler
+
+
 def trainable(backbone: Any) -> Any:
     """``backbone`` with its transformer trainable again (a backbone freezes its network; pretraining
     trains all of it, and the text encoder, which the backbone leaves as it is)."""

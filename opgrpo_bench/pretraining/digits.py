@@ -11,19 +11,10 @@ from pathlib import Path
 
 import torch
 
-from opgrpo_bench.backbones.digits import DIGITS_ASSETS, ClipPromptEncoder, pixel_backbone
+from opgrpo_bench.backbones.digits import DIGITS_ASSETS
+from opgrpo_bench.pretraining import common
 from opgrpo_bench.pretraining.classifiers import build_classifier_assets
-from opgrpo_bench.pretraining.common import (
-    build_scheduler,
-    build_text_encoder,
-    build_tokenizer,
-    build_transformer,
-    flow_matching_step,
-    load_split,
-    save_base_model,
-    special_tokens,
-    trainable,
-)
+from opgrpo_bench.pretraining.common import adamw, flow_matching_step, new_pixel_model, trained
 from opgrpo_bench.rewards.digits import DIGIT_WORDS
 from opgrpo_bench.tasks.digits import EVAL_TEMPLATES, TRAIN_TEMPLATES
 
@@ -31,7 +22,7 @@ from opgrpo_bench.tasks.digits import EVAL_TEMPLATES, TRAIN_TEMPLATES
 def vocabulary() -> list[str]:
     """Special tokens, the template words, the ten numerals and the ten number words."""
     words = {w for t in TRAIN_TEMPLATES + EVAL_TEMPLATES for w in t.split() if "{" not in w}
-    return special_tokens() + sorted(words) + [str(d) for d in range(10)] + list(DIGIT_WORDS)
+    return common.special_tokens() + sorted(words) + [str(d) for d in range(10)] + list(DIGIT_WORDS)
 
 
 def pretrain_base_model(steps: int, seed: int = 0, batch_size: int = 128, lr: float = 1e-3,
@@ -43,16 +34,11 @@ def pretrain_base_model(steps: int, seed: int = 0, batch_size: int = 128, lr: fl
     """
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    x_train, y_train, _, _ = load_split()
+    x_train, y_train, _, _ = common.load_split()
     data = x_train * 2 - 1  # pixel space in [-1, 1]
-    tokenizer = build_tokenizer(vocabulary())
-    text_encoder = build_text_encoder(len(tokenizer))
-    transformer = build_transformer()
-    scheduler = build_scheduler()
-    backbone = trainable(pixel_backbone(transformer, ClipPromptEncoder(tokenizer, text_encoder), scheduler))
+    backbone = new_pixel_model(vocabulary())
     templates = TRAIN_TEMPLATES + EVAL_TEMPLATES
-    params = list(transformer.parameters()) + list(text_encoder.parameters())
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
+    params, opt = adamw(backbone, lr)
     for _ in range(steps):
         idx = torch.randint(len(data), (batch_size,), generator=gen)
         x0 = data[idx]
@@ -61,9 +47,7 @@ def pretrain_base_model(steps: int, seed: int = 0, batch_size: int = 128, lr: fl
         prompts = ["" if drop[i] else templates[t_idx[i]].format(d=int(y_train[j]), w=DIGIT_WORDS[int(y_train[j])])
                    for i, j in enumerate(idx.tolist())]
         flow_matching_step(backbone, params, opt, x0, prompts, gen)
-    transformer.eval()
-    text_encoder.eval()
-    return transformer, text_encoder, tokenizer, scheduler
+    return trained(backbone)
 
 
 def build_assets(out: str | Path = DIGITS_ASSETS, steps: int = 200, seed: int = 0) -> dict:
@@ -71,4 +55,4 @@ def build_assets(out: str | Path = DIGITS_ASSETS, steps: int = 200, seed: int = 
     info = build_classifier_assets(out, seed=seed)
     transformer, text_encoder, tokenizer, scheduler = pretrain_base_model(steps, seed=seed)
     meta = {"pretrain_steps": steps, "seed": seed, **{f"classifier_{k}": v for k, v in info.items()}}
-    return save_base_model(out, transformer, text_encoder, tokenizer, scheduler, meta)
+    return common.save_base_model(out, transformer, text_encoder, tokenizer, scheduler, meta)

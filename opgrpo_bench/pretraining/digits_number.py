@@ -10,24 +10,9 @@ from typing import Sequence
 
 import torch
 
-from opgrpo_bench.backbones.digits import (
-    DIGITS_ASSETS,
-    NUMBER_ASSETS,
-    NUMBER_SHAPE,
-    ClipPromptEncoder,
-    pixel_backbone,
-)
-from opgrpo_bench.pretraining.common import (
-    build_scheduler,
-    build_text_encoder,
-    build_tokenizer,
-    build_transformer,
-    compose,
-    flow_matching_step,
-    load_split,
-    save_base_model,
-    trainable,
-)
+from opgrpo_bench.backbones.digits import DIGITS_ASSETS, NUMBER_ASSETS, NUMBER_SHAPE
+from opgrpo_bench.pretraining import common
+from opgrpo_bench.pretraining.common import adamw, compose, flow_matching_step, new_pixel_model, trained
 from opgrpo_bench.pretraining.digits import vocabulary
 from opgrpo_bench.pretraining.digits_pair import jitter
 from opgrpo_bench.tasks.digits_number import N_DIGITS, N_TRAIN, SPLIT_SEED, TEMPLATE, number_split
@@ -48,14 +33,14 @@ def number_vocabulary() -> list[str]:
 
 def build_number_tokenizer():
     """Word-level tokenizer that splits runs of numerals into single digits: ``[BOS] the number 3 7 4 [EOS]``."""
-    return build_tokenizer(number_vocabulary(), split_digits=True)
+    return common.build_tokenizer(number_vocabulary(), split_digits=True)
 
 
 class NumberImages:
     """Draws composed images of given numbers from the digits of scikit-learn's training split."""
 
     def __init__(self, numbers: Sequence[str]):
-        x_train, y_train, _, _ = load_split()
+        x_train, y_train, _, _ = common.load_split()
         order = torch.argsort(y_train, stable=True)
         self.data = (x_train * 2 - 1)[order]  # pixel space in [-1, 1], grouped by label
         counts = torch.bincount(y_train, minlength=10)
@@ -91,10 +76,9 @@ def pretrain_number_model(steps: int = PRETRAIN_STEPS, jitter_steps: int = JITTE
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     source = NumberImages(number_split()[0] if numbers is None else numbers)
-    tokenizer = build_number_tokenizer()
-    text_encoder = build_text_encoder(len(tokenizer))
-    transformer = build_transformer(sample_size=max(NUMBER_SHAPE[1:]))
-    scheduler = build_scheduler()
+    backbone = new_pixel_model(number_vocabulary(), sample_size=max(NUMBER_SHAPE[1:]), latent_shape=NUMBER_SHAPE,
+                               split_digits=True)
+    transformer, text_encoder = backbone.transformer, backbone.prompt_encoder.text_encoder
     if init_from is not None:
         from safetensors.torch import load_file
 
@@ -104,11 +88,8 @@ def pretrain_number_model(steps: int = PRETRAIN_STEPS, jitter_steps: int = JITTE
         weights.pop("pos_embed.pos_embed")  # a fixed sincos grid, rebuilt for this image size
         missing, unexpected = transformer.load_state_dict(weights, strict=False)
         assert missing == ["pos_embed.pos_embed"] and not unexpected, (missing, unexpected)
-    backbone = trainable(pixel_backbone(transformer, ClipPromptEncoder(tokenizer, text_encoder), scheduler,
-                                        NUMBER_SHAPE))
     text_encoder.train()
-    params = list(transformer.parameters()) + list(text_encoder.parameters())
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
+    params, opt = adamw(backbone, lr)
     for step in range(steps):
         x0, numbers = source.draw(batch_size, gen)
         if step >= steps - jitter_steps:
@@ -119,10 +100,8 @@ def pretrain_number_model(steps: int = PRETRAIN_STEPS, jitter_steps: int = JITTE
         prompts = ["" if drop[k] else TEMPLATE.format(n=n) for k, n in enumerate(numbers)]
         flow_matching_step(backbone, params, opt, x0, prompts, gen)
         if callback is not None:
-            callback(step + 1, transformer, text_encoder, tokenizer)
-    transformer.eval()
-    text_encoder.eval()
-    return transformer, text_encoder, tokenizer, scheduler
+            callback(step + 1, transformer, text_encoder, backbone.prompt_encoder.tokenizer)
+    return trained(backbone)
 
 
 def build_number_assets(out: str | Path = NUMBER_ASSETS, steps: int = PRETRAIN_STEPS,
@@ -139,4 +118,4 @@ def build_number_assets(out: str | Path = NUMBER_ASSETS, steps: int = PRETRAIN_S
             "seed": seed, "init_from": None if init_from is None else Path(init_from).name,
             "image_shape": list(NUMBER_SHAPE), "split_seed": SPLIT_SEED, "n_train_numbers": N_TRAIN,
             "classifier": "digits-v1/classifier.safetensors"}
-    return save_base_model(out, transformer, text_encoder, tokenizer, scheduler, meta)
+    return common.save_base_model(out, transformer, text_encoder, tokenizer, scheduler, meta)

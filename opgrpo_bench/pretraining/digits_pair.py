@@ -8,19 +8,9 @@ from pathlib import Path
 
 import torch
 
-from opgrpo_bench.backbones.digits import PAIR_ASSETS, PAIR_SHAPE, ClipPromptEncoder, pixel_backbone
-from opgrpo_bench.pretraining.common import (
-    build_scheduler,
-    build_text_encoder,
-    build_tokenizer,
-    build_transformer,
-    compose,
-    flow_matching_step,
-    load_split,
-    save_base_model,
-    special_tokens,
-    trainable,
-)
+from opgrpo_bench.backbones.digits import PAIR_ASSETS, PAIR_SHAPE
+from opgrpo_bench.pretraining import common
+from opgrpo_bench.pretraining.common import adamw, compose, flow_matching_step, new_pixel_model, trained
 from opgrpo_bench.rewards.digits import DIGIT_WORDS
 from opgrpo_bench.tasks.digits_pair import EVAL_TEMPLATE, TRAIN_TEMPLATE
 
@@ -33,7 +23,7 @@ PRETRAIN_LR = 4e-3
 def pair_vocabulary() -> list[str]:
     """Special tokens, the template words, then the ten numerals (and number words, unused but harmless)."""
     words = {w for t in (TRAIN_TEMPLATE, EVAL_TEMPLATE) for w in t.split() if "{" not in w}
-    return special_tokens() + sorted(words) + [str(d) for d in range(10)] + list(DIGIT_WORDS)
+    return common.special_tokens() + sorted(words) + [str(d) for d in range(10)] + list(DIGIT_WORDS)
 
 
 def jitter(images: torch.Tensor, generator: torch.Generator, max_shift: int = 1,
@@ -72,17 +62,11 @@ def pretrain_pair_model(steps: int = PRETRAIN_STEPS, jitter_steps: int = JITTER_
     """
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    x_train, y_train, _, _ = load_split()
+    x_train, y_train, _, _ = common.load_split()
     data = x_train * 2 - 1  # pixel space in [-1, 1]
-    tokenizer = build_tokenizer(pair_vocabulary())
-    text_encoder = build_text_encoder(len(tokenizer))
-    transformer = build_transformer(sample_size=max(PAIR_SHAPE[1:]))
-    scheduler = build_scheduler()
-    backbone = trainable(pixel_backbone(transformer, ClipPromptEncoder(tokenizer, text_encoder), scheduler,
-                                        PAIR_SHAPE))
+    backbone = new_pixel_model(pair_vocabulary(), sample_size=max(PAIR_SHAPE[1:]), latent_shape=PAIR_SHAPE)
     templates = (TRAIN_TEMPLATE, EVAL_TEMPLATE)
-    params = list(transformer.parameters()) + list(text_encoder.parameters())
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
+    params, opt = adamw(backbone, lr)
     for step in range(steps):
         i_left = torch.randint(len(data), (batch_size,), generator=gen)
         i_right = torch.randint(len(data), (batch_size,), generator=gen)
@@ -95,9 +79,7 @@ def pretrain_pair_model(steps: int = PRETRAIN_STEPS, jitter_steps: int = JITTER_
         prompts = ["" if drop[k] else templates[t_idx[k]].format(left=int(y_train[i]), right=int(y_train[j]))
                    for k, (i, j) in enumerate(zip(i_left.tolist(), i_right.tolist()))]
         flow_matching_step(backbone, params, opt, x0, prompts, gen)
-    transformer.eval()
-    text_encoder.eval()
-    return transformer, text_encoder, tokenizer, scheduler
+    return trained(backbone)
 
 
 def build_pair_assets(out: str | Path = PAIR_ASSETS, steps: int = PRETRAIN_STEPS, jitter_steps: int = JITTER_STEPS,
@@ -110,4 +92,4 @@ def build_pair_assets(out: str | Path = PAIR_ASSETS, steps: int = PRETRAIN_STEPS
     transformer, text_encoder, tokenizer, scheduler = pretrain_pair_model(steps, jitter_steps, seed=seed, lr=lr)
     meta = {"pretrain_steps": steps, "jitter_steps": jitter_steps, "pretrain_lr": lr, "seed": seed,
             "image_shape": list(PAIR_SHAPE), "classifier": "digits-v1/classifier.safetensors"}
-    return save_base_model(out, transformer, text_encoder, tokenizer, scheduler, meta)
+    return common.save_base_model(out, transformer, text_encoder, tokenizer, scheduler, meta)

@@ -11,16 +11,8 @@ from typing import Any, Callable
 import torch
 
 from opgrpo_bench.backbones.digits import VIDEO_ASSETS, VIDEO_SHAPE, WanClipPromptEncoder, video_backbone
-from opgrpo_bench.pretraining.common import (
-    build_scheduler,
-    build_text_encoder,
-    build_tokenizer,
-    flow_matching_step,
-    load_split,
-    save_base_model,
-    special_tokens,
-    trainable,
-)
+from opgrpo_bench.pretraining import common
+from opgrpo_bench.pretraining.common import adamw, build_scheduler, flow_matching_step, trainable, trained
 from opgrpo_bench.rewards.digits import DIGIT_WORDS, DIRECTIONS
 from opgrpo_bench.tasks.digits_video import EVAL_TEMPLATES, FRAME_WIDTH, N_FRAMES, SPEED, TRAIN_TEMPLATES
 
@@ -37,7 +29,7 @@ PRETRAIN_BATCH = 64
 def video_vocabulary() -> list[str]:
     """Special tokens, the template words, the directions, the ten numerals and the ten number words."""
     words = {w for t in TRAIN_TEMPLATES + EVAL_TEMPLATES for w in t.split() if "{" not in w}
-    return (special_tokens() + sorted(words) + list(DIRECTIONS) + [str(d) for d in range(10)]
+    return (common.special_tokens() + sorted(words) + list(DIRECTIONS) + [str(d) for d in range(10)]
             + list(DIGIT_WORDS))
 
 
@@ -90,9 +82,9 @@ def pretrain_video_model(steps: int = PRETRAIN_STEPS, frame_steps: int = FRAME_S
     """
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    x_train, y_train, _, _ = load_split()
-    tokenizer = build_tokenizer(video_vocabulary())
-    text_encoder = build_text_encoder(len(tokenizer), hidden_size=TEXT_WIDTH)
+    x_train, y_train, _, _ = common.load_split()
+    tokenizer = common.build_tokenizer(video_vocabulary())
+    text_encoder = common.build_text_encoder(len(tokenizer), hidden_size=TEXT_WIDTH)
     transformer = build_video_transformer()
     scheduler = build_scheduler()
     encoder = WanClipPromptEncoder(tokenizer, text_encoder)
@@ -100,8 +92,7 @@ def pretrain_video_model(steps: int = PRETRAIN_STEPS, frame_steps: int = FRAME_S
     videos = trainable(video_backbone(transformer, encoder, scheduler))
     first_frames = trainable(video_backbone(transformer, encoder, scheduler, (*VIDEO_SHAPE[:1], 1, *VIDEO_SHAPE[2:])))
     templates = TRAIN_TEMPLATES + EVAL_TEMPLATES
-    params = list(transformer.parameters()) + list(text_encoder.parameters())
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
+    params, opt = adamw(videos, lr)
     for step in range(steps):
         idx = torch.randint(len(y_train), (batch_size,), generator=gen)
         directions = torch.randint(2, (batch_size,), generator=gen)  # index into DIRECTIONS: 0 left, 1 right
@@ -117,9 +108,7 @@ def pretrain_video_model(steps: int = PRETRAIN_STEPS, frame_steps: int = FRAME_S
         flow_matching_step(first_frames if step < frame_steps else videos, params, opt, x0, prompts, gen)
         if callback is not None:
             callback(step + 1, transformer, text_encoder, tokenizer)
-    transformer.eval()
-    text_encoder.eval()
-    return transformer, text_encoder, tokenizer, scheduler
+    return trained(videos)
 
 
 def build_video_assets(out: str | Path = VIDEO_ASSETS, steps: int = PRETRAIN_STEPS, frame_steps: int = FRAME_STEPS,
@@ -133,4 +122,4 @@ def build_video_assets(out: str | Path = VIDEO_ASSETS, steps: int = PRETRAIN_STE
     meta = {"pretrain_steps": steps, "frame_steps": frame_steps, "pretrain_lr": lr, "pretrain_batch": batch_size,
             "seed": seed, "video_shape": list(VIDEO_SHAPE), "speed": SPEED,
             "classifier": "digits-v1/classifier.safetensors"}
-    return save_base_model(out, transformer, text_encoder, tokenizer, scheduler, meta)
+    return common.save_base_model(out, transformer, text_encoder, tokenizer, scheduler, meta)
