@@ -255,12 +255,3 @@ class FluxBackbone(DiffusersBackbone):
                        guidance_scale=guidance_scale, negative_prompt=negative_prompt, max_batch=max_batch)
         backbone.pipeline = pipe
         return backbone
-
-
-def resolve_flux_folder(path: str | os.PathLike[str], what: str = "FLUX.1 weights", env: str | None = None) -> Path:
-    """The local folder of a FLUX.1 diffusers pipeline (``path`` or its HF cache snapshot), checked complete.
-
-    Raises:
-        MissingWeightsError: one line saying what is missing and how to provide it.
-    """
-    return FLUX_FAMILY.resolve(path, what=what, env=env)

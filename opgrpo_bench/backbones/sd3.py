@@ -151,12 +151,3 @@ class SD3Backbone(DiffusersBackbone):
                        max_batch=max_batch)
         backbone.pipeline = pipe
         return backbone
-
-
-def resolve_sd3_folder(path: str | os.PathLike[str], what: str = "SD3 weights", env: str | None = None) -> Path:
-    """The local folder of an SD3 diffusers pipeline (``path`` or its HF cache snapshot), checked complete.
-
-    Raises:
-        MissingWeightsError: one line saying what is missing and how to provide it.
-    """
-    return SD3_FAMILY.resolve(path, what=what, env=env)

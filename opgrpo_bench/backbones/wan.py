@@ -224,12 +224,3 @@ class WanBackbone(DiffusersBackbone):
                        negative_prompt=negative_prompt, max_batch=max_batch)
         backbone.pipeline = pipe
         return backbone
-
-
-def resolve_wan_folder(path: str | os.PathLike[str], what: str = "Wan2.1 weights", env: str | None = None) -> Path:
-    """The local folder of a Wan2.1 diffusers pipeline (``path`` or its HF cache snapshot), checked complete.
-
-    Raises:
-        MissingWeightsError: one line saying what is missing and how to provide it.
-    """
-    return WAN_FAMILY.resolve(path, what=what, env=env)

@@ -29,30 +29,16 @@ from typing import Any
 
 from opgrpo_bench.backbones.models import FLUX_DEV
 from opgrpo_bench.tasks.external import lazy_specs, paper_task_spec
-from opgrpo_bench.tasks.sd3_tasks import TINY_EVAL_PROMPTS, TINY_TRAIN_PROMPTS
-from opgrpo_bench.tasks.spec import Prompt, TaskSpec, listed
+from opgrpo_bench.tasks.sd3_tasks import tiny_task
+from opgrpo_bench.tasks.spec import TaskSpec
 
 # -- tiny-flux-jpeg-v1 -------------------------------------------------------------------------------
-TINY_FLUX_JPEG_V1 = TaskSpec(
-    id="tiny-flux-jpeg-v1",
-    **listed("tiny-flux-jpeg-v1"),
-    backbone="tiny-flux",
-    reward="jpeg-compressibility",
-    train_prompts=tuple(Prompt(p) for p in TINY_TRAIN_PROMPTS),
-    eval_prompts=tuple(Prompt(p) for p in TINY_EVAL_PROMPTS),
-    eval_noises_per_prompt=2,
-    # Random-init model, with tiny-sd3-jpeg-v1's settings (large clip range and learning rate, no KL) minus
-    # CFG. Measured (seed 0, Flow-GRPO, 2 loaded CPU cores): base eval -1.536 kB; 200 steps (78 s) end at
-    # -1.535 (all evals within -1.531..-1.538), i.e. no measurable progress; flat latents decode to -1.28.
-    # The target is tiny-sd3-jpeg-v1's and is NOT reached in the budget: this task checks FLUX wiring
-    # end to end (every stage on the CPU), not algorithms.
-    target=-1.50,
-    budget_steps=200,
-    eval_every=10,
-    train_defaults=dict(prompts_per_iter=4, group_size=8, num_steps=4, eval_num_steps=4, guidance=1.0,
-                        eval_guidance=1.0, lora_rank=4, lora_alpha=8, lr=1e-2, clip_range=1e-2, beta=0.0,
-                        num_threads=1),
-)
+# Random-init model, with tiny-sd3-jpeg-v1's settings (large clip range and learning rate, no KL) minus CFG.
+# Measured (seed 0, Flow-GRPO, 2 loaded CPU cores): base eval -1.536 kB; 200 steps (78 s) end at -1.535 (all
+# evals within -1.531..-1.538), i.e. no measurable progress; flat latents decode to -1.28. The target is
+# tiny-sd3-jpeg-v1's and is NOT reached in the budget: this task checks FLUX wiring end to end (every stage
+# on the CPU), not algorithms.
+TINY_FLUX_JPEG_V1 = tiny_task("tiny-flux-jpeg-v1", "tiny-flux", target=-1.50, guidance=1.0)
 
 # -- FLUX.1-dev tasks --------------------------------------------------------------------------------
 # Flow-GRPO's FLUX.1-dev PickScore recipe (config/grpo.py:pickscore_flux, scripts/train_flux.py): 48 groups

@@ -26,31 +26,17 @@ from typing import Any
 
 from opgrpo_bench.backbones.models import WAN21
 from opgrpo_bench.tasks.external import lazy_specs, paper_task_spec
-from opgrpo_bench.tasks.sd3_tasks import TINY_EVAL_PROMPTS, TINY_TRAIN_PROMPTS
-from opgrpo_bench.tasks.spec import Prompt, TaskSpec, listed
+from opgrpo_bench.tasks.sd3_tasks import tiny_task
+from opgrpo_bench.tasks.spec import TaskSpec
 
 # -- tiny-wan-video-v1 -------------------------------------------------------------------------------
-TINY_WAN_VIDEO_V1 = TaskSpec(
-    id="tiny-wan-video-v1",
-    **listed("tiny-wan-video-v1"),
-    backbone="tiny-wan",
-    reward="video",
-    reward_args={"reward": "jpeg-compressibility", "aggregate": "mean"},
-    train_prompts=tuple(Prompt(p) for p in TINY_TRAIN_PROMPTS),
-    eval_prompts=tuple(Prompt(p) for p in TINY_EVAL_PROMPTS),
-    eval_noises_per_prompt=2,
-    # Random-init model with tiny-sd3-jpeg-v1's settings (large clip range and learning rate, no KL), true
-    # CFG 4.5 as Wan2.1 uses it. Measured once (seed 0, Flow-GRPO, 2 loaded CPU cores, 168 s for 200 steps):
-    # base eval -1.288 kB, then a slow steady climb, -1.276 at step 80, -1.273 at 120, -1.269 at 200. The
-    # target sits inside that range (reached at step 120 in that run); one seed, one algorithm: a wiring
-    # check of the Wan video path that also moves, not a calibrated benchmark.
-    target=-1.275,
-    budget_steps=200,
-    eval_every=10,
-    train_defaults=dict(prompts_per_iter=4, group_size=4, num_steps=4, eval_num_steps=4, guidance=4.5,
-                        eval_guidance=4.5, lora_rank=4, lora_alpha=8, lr=1e-2, clip_range=1e-2, beta=0.0,
-                        num_threads=1),
-)
+# Random-init model with tiny-sd3-jpeg-v1's settings (large clip range and learning rate, no KL), true CFG
+# 4.5 as Wan2.1 uses it. Measured once (seed 0, Flow-GRPO, 2 loaded CPU cores, 168 s for 200 steps): base
+# eval -1.288 kB, then a slow steady climb, -1.276 at step 80, -1.273 at 120, -1.269 at 200. The target sits
+# inside that range (reached at step 120 in that run); one seed, one algorithm: a wiring check of the Wan
+# video path that also moves, not a calibrated benchmark.
+TINY_WAN_VIDEO_V1 = tiny_task("tiny-wan-video-v1", "tiny-wan", target=-1.275, guidance=4.5, group_size=4,
+                              reward="video", reward_args={"reward": "jpeg-compressibility", "aggregate": "mean"})
 
 # -- Wan2.1-T2V-1.3B tasks ---------------------------------------------------------------------------
 # Flow-GRPO's Wan2.1 OCR recipe (config/grpo.py:general_ocr_wan2_1, scripts/train_wan2_1.py): per GPU and
