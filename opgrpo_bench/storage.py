@@ -51,11 +51,6 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     atomic_write(path, write)
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (:func:`atomic_write`)."""
-    atomic_write(path, lambda tmp: tmp.write_bytes(data))
-
-
 def atomic_folder(folder: str | os.PathLike[str], build: Callable[[Path], Any], replace: bool = True) -> Path:
     """Call ``build(tmp)`` on a new temporary sibling folder, then rename it to ``folder``; returns ``folder``.
 

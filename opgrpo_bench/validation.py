@@ -95,6 +95,7 @@ def number(gt: float | None = None, ge: float | None = None, lt: float | None = 
 
 
 def boolean() -> Check:
+    """True or false (a real bool, not 0 or 1)."""
     def check(value: Any, hint: Any = None) -> str | None:
         return None if isinstance(value, bool) else "must be true or false"
     return check
