@@ -24,7 +24,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-__all__ = ["CheckpointError", "save_state", "load_state", "atomic_write_bytes"]
+from opgrpo_bench.storage import atomic_write
+
+__all__ = ["CheckpointError", "save_state", "load_state"]
 
 _TENSOR = "__tensor__"
 _META_KEY = "opgrpo_bench_state"
@@ -69,27 +71,12 @@ def _unflatten(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return obj
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], write: Any) -> None:
-    """Call ``write(tmp_path)``, fsync the result and rename it over ``path``; on any error the temporary
-    file is removed and ``path`` is left as it was."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def save_state(path: str | os.PathLike[str], state: dict[str, Any]) -> None:
     """Write the nested ``state`` to ``path`` (safetensors + JSON header), atomically."""
     tensors: dict[str, torch.Tensor] = {}
     structure = _flatten(state, "", tensors)
     meta = {_META_KEY: json.dumps(structure)}
-    atomic_write_bytes(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
 
 def load_state(path: str | os.PathLike[str]) -> dict[str, Any]:

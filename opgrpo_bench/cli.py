@@ -158,8 +158,7 @@ def _check_runs_then_launch(spec, task, algorithm, seed, steps, sets, out, num_p
     """
     import subprocess
 
-    import torch
-
+    from opgrpo_bench.devices import has_gpu
     from opgrpo_bench.runner import resolve
     from opgrpo_bench.validation import check_output_dir
 
@@ -176,7 +175,7 @@ def _check_runs_then_launch(spec, task, algorithm, seed, steps, sets, out, num_p
     argv = [a for a in sys.argv[1:]]
     i = next(k for k, a in enumerate(argv) if a == "--num-processes" or a.startswith("--num-processes="))
     del argv[i: i + (1 if "=" in argv[i] else 2)]
-    if torch.cuda.is_available():
+    if has_gpu():
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
                str(num_processes), "-m", "opgrpo_bench.cli", *argv]
     else:

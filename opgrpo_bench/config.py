@@ -5,60 +5,66 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from opgrpo_bench.validation import setting
+
 
 @dataclass
 class TrainConfig:
-    """Trainer settings (algorithm-independent). Tasks scale these in ``TaskSpec.train_defaults``."""
+    """Trainer settings (algorithm-independent). Tasks scale these in ``TaskSpec.train_defaults``.
 
-    steps: int = 200
+    Fields declared with :func:`~opgrpo_bench.validation.setting` carry the rule ``--set`` values are checked
+    against (a group of one has no group-relative advantage, hence ``group_size >= 2``; ``grad_clip`` may be
+    ``inf``, no clipping)."""
+
+    steps: int = setting(200, ge=1)
     """Budget in optimizer steps (exact: a run may end in the middle of an iteration)."""
-    prompts_per_iter: int = 8
+    prompts_per_iter: int = setting(8, ge=1)
     """Groups (prompts) per iteration."""
-    group_size: int = 8
+    group_size: int = setting(8, ge=2)
     """Samples per group, G."""
-    num_steps: int = 10
+    num_steps: int = setting(10, ge=1)
     """SDE denoising steps per rollout, T."""
-    noise_level: float = 0.7
+    noise_level: float = setting(0.7, gt=0)
     """SDE noise level a."""
-    guidance: float = 1.0
+    guidance: float = setting(1.0, ge=0)
     """CFG scale during rollouts and training (1 = no CFG)."""
-    cfg_detach_uncond: bool = True
+    cfg_detach_uncond: bool = setting(True)
     """No gradient through CFG's unconditional branch in the training forward (Flow-GRPO does this;
     without it the gradient gains a -(guidance - 1) * grad v_uncond term). No effect without CFG."""
-    eval_num_steps: int = 20
+    eval_num_steps: int = setting(20, ge=1)
     """ODE steps for evaluation."""
-    eval_guidance: float = 1.0
+    eval_guidance: float = setting(1.0, ge=0)
     """CFG scale for evaluation."""
-    eval_every: int = 10
+    eval_every: int = setting(10, ge=1)
     """Evaluate every this many optimizer steps (and at step 0)."""
-    optimizer_steps_per_iter: int = 2
+    optimizer_steps_per_iter: int = setting(2, ge=1)
     """Optimizer steps per iteration, each over a disjoint share of the samples."""
-    micro_batch: int = 32
+    micro_batch: int = setting(32, ge=1)
     """Rows per network call, in sampling and in training alike (CFG doubles the rows of a call). Each
     share of an optimizer step is cut into blocks of this many rows; see the module docstring. Bounds
     the activation memory of a training forward: on a GPU choose the largest that fits."""
-    lr: float = 3e-4
-    weight_decay: float = 1e-4
-    adam_betas: tuple[float, float] = (0.9, 0.999)
-    grad_clip: float = 1.0
-    lora_rank: int = 32
-    lora_alpha: int = 64
-    ema_decay: float = 0.9
+    lr: float = setting(3e-4, gt=0)
+    weight_decay: float = setting(1e-4, ge=0)
+    adam_betas: tuple[float, float] = setting((0.9, 0.999), ge=0, lt=1)
+    grad_clip: float = setting(1.0, gt=0, finite=False)
+    lora_rank: int = setting(32, ge=1)
+    lora_alpha: int = setting(64, ge=1)
+    ema_decay: float = setting(0.9, ge=0, lt=1)
     """EMA of the trainable weights used for evaluation; 0 evaluates the raw weights."""
-    ema_update_interval: int = 1
+    ema_update_interval: int = setting(1, ge=1)
     """Update the EMA after every this many optimizer steps (Flow-GRPO's SD3.5 recipe: 8)."""
-    logprob_reduction: str = "mean"
+    logprob_reduction: str = setting("mean", choices=("mean", "sum"))
     """"mean" (Flow-GRPO's scale) or "sum" over latent dimensions."""
-    seed: int = 0
-    num_threads: int = 0
+    seed: int = setting(0, ge=0)
+    num_threads: int = setting(0, ge=0)
     """torch intra-op threads (0 = leave torch's default)."""
     gradient_checkpointing: bool = False
     """Recompute the transformer's activations in the backward pass (memory for time; same numbers)."""
     compile: bool = False
     """``torch.compile`` the transformer's forward (the GPU path; other kernels, so other rounding)."""
-    latent_dtype: str = "float32"
+    latent_dtype: str = setting("float32", choices=("float32", "bfloat16", "float16"))
     """dtype of the rollout latents, sampled and stored: ``float32``, ``bfloat16`` or ``float16``. The SDE
     step rounds each new latent to it and scores the rounded value, so the first ratio stays exactly 1."""
-    trajectory_device: str = "auto"
+    trajectory_device: str = setting("auto", choices=("auto", "cpu"))
     """Where the rollout's trajectories are kept: ``auto`` (the backbone's device) or ``cpu`` (video-sized
     rollouts beside a large model; each training call copies its block's two latents back)."""

@@ -63,7 +63,9 @@ class Distributed:
             return cls()
         from accelerate import PartialState
 
-        state = PartialState(cpu=not torch.cuda.is_available())
+        from opgrpo_bench.devices import has_gpu
+
+        state = PartialState(cpu=not has_gpu())
         # accelerate launch sets these from an FSDP config (distributed_type: FSDP, fsdp_config: ...)
         fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true")
         reshard = os.environ.get("FSDP_RESHARD_AFTER_FORWARD", "true").lower() not in ("0", "false")

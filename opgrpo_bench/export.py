@@ -15,11 +15,12 @@ loads them with :func:`load_adapter`, the same diffusers code path, into a fresh
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from opgrpo_bench.storage import atomic_folder
 
 ADAPTER_DIRS = {"final": "lora", "ema": "lora_ema"}
 """Which adapter -> its folder in the run directory."""
@@ -39,18 +40,12 @@ def save_adapter(transformer: Any, directory: str | os.PathLike[str]) -> Path:
     from diffusers import StableDiffusion3Pipeline
     from peft.utils import get_peft_model_state_dict
 
-    directory = Path(directory)
-    tmp = directory.with_name(directory.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
     weights = {k: v.detach().to("cpu", torch.float32).contiguous()
                for k, v in get_peft_model_state_dict(transformer, adapter_name=ADAPTER_NAME).items()}
     metadata = transformer.peft_config[ADAPTER_NAME].to_dict()
-    StableDiffusion3Pipeline.save_lora_weights(tmp, transformer_lora_layers=weights, weight_name=WEIGHT_NAME,
-                                               transformer_lora_adapter_metadata=metadata)
-    if directory.exists():
-        shutil.rmtree(directory)
-    os.replace(tmp, directory)
-    return directory / WEIGHT_NAME
+    return atomic_folder(directory, lambda tmp: StableDiffusion3Pipeline.save_lora_weights(
+        tmp, transformer_lora_layers=weights, weight_name=WEIGHT_NAME,
+        transformer_lora_adapter_metadata=metadata)) / WEIGHT_NAME
 
 
 def load_adapter(transformer: Any, directory: str | os.PathLike[str]) -> None:

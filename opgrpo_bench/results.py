@@ -28,6 +28,7 @@ from typing import Any
 
 from opgrpo_bench import SCHEMA
 from opgrpo_bench.schema import first_reaching, migrate, progress_problem, start_problem, validate
+from opgrpo_bench.storage import atomic_write, atomic_write_text
 
 __all__ = ["LOCK_FILE", "METRICS_FILE", "PACKED_FILE", "ResultsWriter", "RunLock", "RunRecords", "first_reaching",
            "pack_bytes", "pack_run", "pack_tree", "read_bytes", "read_records", "read_run", "read_text",
@@ -183,16 +184,7 @@ def truncate_after_step(path: str | os.PathLike[str], step: int, budget_steps: i
             kept.append(r)
         elif r.get("type") in ("step", "eval") and r["step"] <= step:
             kept.append(r)
-    tmp = p.with_suffix(".jsonl.tmp")
-    try:
-        with tmp.open("w", encoding="utf-8") as f:
-            f.write("".join(json.dumps(r) + "\n" for r in kept))
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(p)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write_text(p, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 def pack_bytes(data: bytes) -> bytes:
@@ -216,18 +208,14 @@ def pack_run(run_dir: str | os.PathLike[str]) -> Path | None:
     if not plain.is_file() or not any(r.get("type") == "run_end" for r in read_records(plain)):
         return None
     data = plain.read_bytes()
-    packed, tmp = plain.with_name(PACKED_FILE), plain.with_name(PACKED_FILE + ".tmp")
-    try:
-        with tmp.open("wb") as f:
-            f.write(pack_bytes(data))
-            f.flush()
-            os.fsync(f.fileno())
+
+    def write_checked(tmp: Path) -> None:
+        tmp.write_bytes(pack_bytes(data))
         if gzip.decompress(tmp.read_bytes()) != data:
             raise OSError(f"packing {plain} did not read back the same bytes")
-        tmp.replace(packed)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+
+    packed = plain.with_name(PACKED_FILE)
+    atomic_write(packed, write_checked)
     plain.unlink()
     return packed
 

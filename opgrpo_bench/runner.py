@@ -24,13 +24,14 @@ def run_id_for(task: str, algorithm: str, seed: int) -> str:
 
 
 def parse_sets(sets: list[str] | None) -> dict[str, str]:
-    out = {}
-    for item in sets or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise UserError(f"--set expects key=value, got '{item}'")
-        out[key.strip().replace("-", "_")] = value
-    return out
+    """``--set key=value`` texts -> {setting: value text}; ``-`` in a key reads as ``_`` (``--set micro-batch=4``)."""
+    from opgrpo_bench.validation import KeyValueError, parse_sets as parse_key_values
+
+    try:
+        pairs = parse_key_values(sets or [])
+    except KeyValueError as err:
+        raise UserError(f"--set expects key=value, got '{err.item}'") from None
+    return {key.replace("-", "_"): value for key, value in pairs.items()}
 
 
 @dataclass

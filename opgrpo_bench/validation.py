@@ -3,10 +3,11 @@
 :func:`build_settings` (called by :func:`opgrpo_bench.runner.resolve`) merges a run's settings in the
 documented order (library defaults, the task's ``train_defaults``, the algorithm preset's overrides,
 ``--set key=value``, then ``--steps`` and ``--seed``), parses ``--set`` values by the field's type and checks
-every value against the rule tables :data:`TRAIN_RULES` and :data:`ALGORITHM_RULES`. The tables are keyed
-by field name: a config field without a rule is not checked (new fields work before a rule is written for
-them), and a rule whose field a config does not have is never used. Choices of a ``Literal`` field are read
-from its type annotation, so they cannot drift from the code.
+every value against the rule declared on its field: config dataclasses (:class:`opgrpo_bench.config.TrainConfig`,
+the algorithms' configs) declare checked fields with :func:`setting` (``lr: float = setting(3e-4, gt=0)``),
+whose bounds sit in the field's metadata and whose kind of check is read from the field's type, so a rule
+cannot drift from its field. A field declared without :func:`setting` is not checked (new fields work before
+a rule is written for them). Choices of a ``Literal`` field are read from its type annotation.
 
 :func:`check_output_dir` is the CLI's check that an output directory can be written (or created).
 
@@ -94,6 +95,7 @@ def number(gt: float | None = None, ge: float | None = None, lt: float | None = 
 
 
 def boolean() -> Check:
+    """True or false (a real bool, not 0 or 1)."""
     def check(value: Any, hint: Any = None) -> str | None:
         return None if isinstance(value, bool) else "must be true or false"
     return check
@@ -123,57 +125,56 @@ def number_tuple(length: int, ge: float | None = None, lt: float | None = None) 
     return check
 
 
-TRAIN_RULES: dict[str, Check] = {
-    "steps": integer(ge=1),
-    "prompts_per_iter": integer(ge=1),
-    "group_size": integer(ge=2),  # a group of one has no group-relative advantage
-    "num_steps": integer(ge=1),
-    "noise_level": number(gt=0),
-    "guidance": number(ge=0),
-    "cfg_detach_uncond": boolean(),
-    "eval_num_steps": integer(ge=1),
-    "eval_guidance": number(ge=0),
-    "eval_every": integer(ge=1),
-    "rollout_chunks": integer(ge=1),
-    "optimizer_steps_per_iter": integer(ge=1),
-    "micro_batch": integer(ge=1),
-    "train_micro_batch": integer(ge=0),  # 0 = all at once (older trainer)
-    "lr": number(gt=0),
-    "weight_decay": number(ge=0),
-    "adam_betas": number_tuple(2, ge=0, lt=1),
-    "grad_clip": number(gt=0, finite=False),  # inf = no clipping
-    "lora_rank": integer(ge=1),
-    "lora_alpha": integer(ge=1),
-    "ema_decay": number(ge=0, lt=1),
-    "ema_update_interval": integer(ge=1),
-    "logprob_reduction": choice("mean", "sum"),
-    "latent_dtype": choice("float32", "bfloat16", "float16"),
-    "trajectory_device": choice("auto", "cpu"),
-    "seed": integer(ge=0),
-    "num_threads": integer(ge=0),
-}
-"""Rules for :class:`opgrpo_bench.config.TrainConfig` fields (a field without a rule is not checked)."""
+SETTING_CHECK = "check"
+"""The dataclass-field metadata key under which :func:`setting` declares a field's bounds."""
 
-ALGORITHM_RULES: dict[str, Check] = {
-    # Flow-GRPO
-    "clip_range": number(gt=0),
-    "beta": number(ge=0),
-    "adv_clip": number(gt=0, finite=False),
-    "global_std": boolean(),
-    "filter_zero_std": boolean(),
-    "kl_include_dt": boolean(),
-    "train_fraction": number(gt=0, le=1),
-    # OP-GRPO
-    "replay_proportion": number(ge=0, lt=1),
-    "buffer_capacity": integer(ge=1),
-    "buffer_decay": number(ge=0),
-    "reward_std_momentum": number(ge=0, le=1),
-    "t_off": integer(ge=1),
-    "suffix": choice(),
-    "correction": choice(),
-    "logw_clamp": number(gt=0, optional=True),
-}
-"""Rules for the algorithm config fields (FlowGRPOConfig, OPGRPOConfig and plugins sharing the names)."""
+
+def setting(default: Any, *, gt: float | None = None, ge: float | None = None, lt: float | None = None,
+            le: float | None = None, finite: bool = True, choices: tuple[str, ...] = ()) -> Any:
+    """A checked config field: ``lr: float = setting(3e-4, gt=0)``, the rule declared beside the field.
+
+    The kind of check comes from the field's type (:func:`rule_for`): ``int`` an integer, ``float`` a real
+    number (NaN never; infinities only with ``finite=False``; ``float | None`` also None), ``bool`` true or
+    false, ``Literal[...]`` one of its values, ``tuple[float, float]`` that many numbers; ``choices`` lists
+    the values of a plain ``str`` field. A field declared without :func:`setting` is not checked; a subclass
+    that only changes a default (``clip_range: float = 1e-5``) keeps its base class's rule.
+    """
+    bounds: dict[str, Any] = {k: v for k, v in (("gt", gt), ("ge", ge), ("lt", lt), ("le", le)) if v is not None}
+    if not finite:
+        bounds["finite"] = False
+    if choices:
+        bounds["choices"] = tuple(choices)
+    return dataclasses.field(default=default, metadata={SETTING_CHECK: bounds})
+
+
+def rule_for(hint: Any, bounds: dict[str, Any]) -> Check:
+    """The check of a field of type ``hint`` declared with ``bounds`` (see :func:`setting`)."""
+    bounds = dict(bounds)
+    choices = bounds.pop("choices", ())
+    if choices or _literal_values(hint):
+        return choice(*choices)
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is tuple:
+        return number_tuple(len([a for a in args if a is not Ellipsis]), ge=bounds.get("ge"), lt=bounds.get("lt"))
+    optional = type(None) in args
+    base = next(a for a in args if a is not type(None)) if optional else hint
+    if base is bool:
+        return boolean()
+    if base is int:
+        return integer(ge=bounds.get("ge"), le=bounds.get("le"))
+    if base is float:
+        return number(optional=optional, **bounds)
+    raise TypeError(f"no rule for settings of type {hint!r}")
+
+
+def field_rule(cls: type, name: str, hint: Any) -> Check | None:
+    """The rule of field ``name`` of config dataclass ``cls``: its own :func:`setting`, else that of the
+    nearest base class declaring the same field with one (a default changed in a subclass), else None."""
+    for klass in cls.__mro__:
+        own = getattr(klass, "__dataclass_fields__", {}).get(name)
+        if own is not None and SETTING_CHECK in own.metadata:
+            return rule_for(hint, own.metadata[SETTING_CHECK])
+    return None
 
 
 def _cross_checks(train: Any, algo: Any) -> list[tuple[str, str]]:
@@ -194,6 +195,29 @@ def _cross_checks(train: Any, algo: Any) -> list[tuple[str, str]]:
 
 # ----------------------------------------------------------------------------------------------------
 # Parsing --set values by the field's type
+
+
+class KeyValueError(ValueError):
+    """An item of ``--set`` that is not ``key=value``; ``item`` is the text as given."""
+
+    def __init__(self, item: str):
+        super().__init__(f"expected key=value, got '{item}'")
+        self.item = item
+
+
+def parse_sets(items: typing.Iterable[str], value: Callable[[str], Any] = str) -> dict[str, Any]:
+    """Every ``--set``: ``key=value`` items -> ``{key: value(text)}``, keys stripped, the last of a key wins.
+
+    The one parser of ``--set`` (trainer settings, reward constructor arguments): callers differ only in
+    how a value's text becomes a value. Raises :class:`KeyValueError` for an item without ``=`` or key.
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise KeyValueError(item)
+        out[key.strip()] = value(text)
+    return out
 
 
 def _literal_values(hint: Any) -> tuple[Any, ...]:
@@ -301,12 +325,13 @@ def _where(origin: str) -> str:
     return {"--set": "", "default": " (library default)"}.get(origin, f" (from {origin})")
 
 
-def check_config(config: Any, rules: dict[str, Check], origins: dict[str, str] | None = None) -> None:
-    """Check every field of a config dataclass that has a rule; the first broken one is a UserError."""
+def check_config(config: Any, origins: dict[str, str] | None = None) -> None:
+    """Check every field of a config dataclass declared with :func:`setting`; the first broken one is a
+    UserError."""
     origins = origins or {}
     hints = typing.get_type_hints(type(config))
     for f in dataclasses.fields(config):
-        rule = rules.get(f.name)
+        rule = field_rule(type(config), f.name, hints.get(f.name))
         if rule is None:
             continue
         value = getattr(config, f.name)
@@ -405,10 +430,10 @@ def build_settings(spec: Any, preset: Any, algorithm: str, seed: int, steps: int
     train_origins = {k: v.origin for k, v in train.items()}
     algo_origins = {k: v.origin for k, v in algo.items()}
     train_cfg = TrainConfig(**{k: v.value for k, v in train.items()})
-    check_config(train_cfg, TRAIN_RULES, train_origins)
+    check_config(train_cfg, train_origins)
     algo_values = {k: v.value for k, v in algo.items()}
     algo_cfg = algo_cls(**algo_values)
-    check_config(algo_cfg, ALGORITHM_RULES, algo_origins)
+    check_config(algo_cfg, algo_origins)
     for name, problem in _cross_checks(train_cfg, algo_cfg):
         origin = train_origins.get(name) or algo_origins.get(name, "default")
         raise _invalid(name, getattr(train_cfg, name, getattr(algo_cfg, name, None)), problem, origin)

@@ -10,11 +10,12 @@ import json
 
 import torch
 
-from opgrpo_bench.tasks.digits import ASSETS, build_assets
+from opgrpo_bench.backbones.digits import DIGITS_ASSETS
+from opgrpo_bench.pretraining.digits import build_assets
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=str(ASSETS))
+    parser.add_argument("--out", default=str(DIGITS_ASSETS))
     parser.add_argument("--steps", type=int, default=200, help="flow-matching pretraining steps")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()

@@ -4,7 +4,7 @@
         [--jitter-steps N] [--lr LR] [--batch-size N] [--scratch] [--seed N]
 
 Single-threaded so that the result does not depend on the machine's core count (defaults: see
-``opgrpo_bench.tasks.digits_number``; about one minute on one idle core). The weights start from the
+``opgrpo_bench.pretraining.digits_number``; about one minute on one idle core). The weights start from the
 digits-v1 base model and the reward reuses the digits-v1 classifier, both shipped in
 ``opgrpo_bench/assets/digits-v1``.
 """
@@ -14,10 +14,9 @@ import json
 
 import torch
 
-from opgrpo_bench.rewards.digits import ASSETS
-from opgrpo_bench.tasks.digits_number import (
+from opgrpo_bench.backbones.digits import DIGITS_ASSETS, NUMBER_ASSETS
+from opgrpo_bench.pretraining.digits_number import (
     JITTER_STEPS,
-    NUMBER_ASSETS,
     PRETRAIN_BATCH,
     PRETRAIN_LR,
     PRETRAIN_STEPS,
@@ -39,4 +38,4 @@ if __name__ == "__main__":
     torch.set_num_threads(1)
     print(json.dumps(build_number_assets(args.out, steps=args.steps, jitter_steps=args.jitter_steps,
                                          seed=args.seed, lr=args.lr, batch_size=args.batch_size,
-                                         init_from=None if args.scratch else ASSETS), indent=2))
+                                         init_from=None if args.scratch else DIGITS_ASSETS), indent=2))

@@ -11,8 +11,8 @@ import json
 
 import torch
 
-from opgrpo_bench.rewards.digits import PAIR_ASSETS
-from opgrpo_bench.tasks.digits_pair import JITTER_STEPS, PRETRAIN_LR, PRETRAIN_STEPS, build_pair_assets
+from opgrpo_bench.backbones.digits import PAIR_ASSETS
+from opgrpo_bench.pretraining.digits_pair import JITTER_STEPS, PRETRAIN_LR, PRETRAIN_STEPS, build_pair_assets
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

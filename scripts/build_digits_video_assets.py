@@ -4,7 +4,7 @@
         [--frame-steps N] [--lr LR] [--batch-size N] [--seed N]
 
 Single-threaded so that the result does not depend on the machine's core count: the same torch version
-gives the same safetensors bit for bit (defaults: see ``opgrpo_bench.tasks.digits_video``; about 1.5
+gives the same safetensors bit for bit (defaults: see ``opgrpo_bench.pretraining.digits_video``; about 1.5
 minutes on one core). The reward reuses the digits-v1 classifiers shipped in ``opgrpo_bench/assets/digits-v1``.
 """
 
@@ -13,12 +13,12 @@ import json
 
 import torch
 
-from opgrpo_bench.tasks.digits_video import (
+from opgrpo_bench.backbones.digits import VIDEO_ASSETS
+from opgrpo_bench.pretraining.digits_video import (
     FRAME_STEPS,
     PRETRAIN_BATCH,
     PRETRAIN_LR,
     PRETRAIN_STEPS,
-    VIDEO_ASSETS,
     build_video_assets,
 )
 

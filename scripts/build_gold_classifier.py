@@ -14,27 +14,8 @@ from pathlib import Path
 
 import torch
 
-from opgrpo_bench.rewards.digits import ASSETS, load_classifier, train_gold_classifier
-from opgrpo_bench.tasks.digits import load_split
-
-
-def build(out: Path, epochs: int, seed: int) -> dict:
-    from safetensors.torch import save_file
-
-    x_train, y_train, x_test, y_test = load_split()
-    model, acc = train_gold_classifier(x_test, y_test, x_train, y_train, seed=seed, epochs=epochs)
-    out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, out / "gold_classifier.safetensors")
-    reward_model, _ = load_classifier(None, "reward")  # the shipped reward classifier
-    with torch.no_grad():
-        agree_test = (model(x_test).argmax(-1) == reward_model(x_test).argmax(-1)).float().mean().item()
-    info = {"architecture": "GoldDigitClassifier (CNN)", "trained_on": "digits split 'test' (20%)",
-            "accuracy_on": "digits split 'train' (80%)", "accuracy": acc, "n_train": int(len(y_test)),
-            "n_eval": int(len(y_train)), "epochs": epochs, "seed": seed,
-            "agreement_with_reward_classifier_on_test_split": agree_test}
-    (out / "gold_classifier.json").write_text(json.dumps(info, indent=2) + "\n")
-    return info
-
+from opgrpo_bench.pretraining.classifiers import build_gold_assets
+from opgrpo_bench.rewards.digits import ASSETS
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -43,4 +24,4 @@ if __name__ == "__main__":
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    print(json.dumps(build(Path(args.out), args.epochs, args.seed), indent=2))
+    print(json.dumps(build_gold_assets(Path(args.out), args.epochs, args.seed), indent=2))

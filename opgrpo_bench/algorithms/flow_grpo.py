@@ -21,6 +21,7 @@ from opgrpo_bench.algorithms.base import (Algorithm, Call, Diagnostic, PairLoss,
                                          sampler_calls)
 from opgrpo_bench.core.advantages import finite_group_mask, group_advantages, nonzero_std_group_mask
 from opgrpo_bench.core.losses import approx_kl, clipped_surrogate, kl_to_reference
+from opgrpo_bench.validation import setting
 
 __all__ = ["FlowGRPO", "FlowGRPOConfig", "Rollout", "TrainBatch"]
 
@@ -29,19 +30,19 @@ __all__ = ["FlowGRPO", "FlowGRPOConfig", "Rollout", "TrainBatch"]
 class FlowGRPOConfig:
     """Flow-GRPO's update (ALGORITHMS.md section 2); defaults are the paper's SD3.5 values."""
 
-    clip_range: float = 1e-4
+    clip_range: float = setting(1e-4, gt=0)
     """PPO clip epsilon on the per-step ratio (on the "mean" log-prob scale)."""
-    beta: float = 0.04
+    beta: float = setting(0.04, ge=0)
     """KL weight towards the reference (base) model; 0 skips the reference forward pass."""
-    adv_clip: float = 5.0
+    adv_clip: float = setting(5.0, gt=0, finite=False)
     """Advantages are clipped to [-adv_clip, adv_clip]."""
-    global_std: bool = True
+    global_std: bool = setting(True)
     """Normalise advantages by the std over the whole batch (Flow-GRPO's SD3.5 default) or per group."""
-    filter_zero_std: bool = True
+    filter_zero_std: bool = setting(True)
     """Drop groups whose rewards are all equal (they carry no signal)."""
-    kl_include_dt: bool = False
+    kl_include_dt: bool = setting(False)
     """Use the exact Gaussian KL scale s^2*(-dt) instead of Flow-GRPO's s^2."""
-    train_fraction: float = 0.99
+    train_fraction: float = setting(0.99, gt=0, le=1)
     """Train the first floor(train_fraction * T) denoising steps (the last, lowest-noise step never)."""
 
 

@@ -29,27 +29,28 @@ from opgrpo_bench.algorithms.base import Diagnostic, ForcedRow, Rollout, Rollout
 from opgrpo_bench.algorithms.flow_grpo import FlowGRPO, FlowGRPOConfig
 from opgrpo_bench.core.losses import sequence_log_weight
 from opgrpo_bench.core.replay import ReplayBuffer, ReplayEntry
+from opgrpo_bench.validation import setting
 
 
 @dataclass
 class OPGRPOConfig(FlowGRPOConfig):
     """OP-GRPO's additions; defaults are ALGORITHMS.md's decisions."""
 
-    replay_proportion: float = 0.125
+    replay_proportion: float = setting(0.125, ge=0, lt=1)
     """[decision] fraction of the batch's groups whose prompt comes from the buffer (paper: 5%, 25%)."""
-    buffer_capacity: int = 128
+    buffer_capacity: int = setting(128, ge=1)
     """[decision] maximum number of stored trajectories (one per prompt)."""
-    buffer_decay: float = 0.05
+    buffer_decay: float = setting(0.05, ge=0)
     """[decision] per-iteration score decay, in units of the running reward std."""
-    reward_std_momentum: float = 0.9
+    reward_std_momentum: float = setting(0.9, ge=0, le=1)
     """Momentum of the running reward std used as the decay's unit."""
-    t_off: int = 6
+    t_off: int = setting(6, ge=1)
     """[decision] replayed prefix length in transitions (6 of 10); t_off >= T replays whole trajectories."""
-    suffix: Literal["sde", "ode"] = "sde"
+    suffix: Literal["sde", "ode"] = setting("sde")
     """How the mixed sample continues after t_off: SDE under theta_old (trained) or ODE (not trained)."""
-    correction: Literal["sequence", "naive", "none"] = "sequence"
+    correction: Literal["sequence", "naive", "none"] = setting("sequence")
     """Off-policy correction: sequence-level weight, naive per-step p_theta/p_off on the prefix, or none."""
-    logw_clamp: float | None = None
+    logw_clamp: float | None = setting(None, gt=0)
     """Optional clamp of |log w| (experiments only; off by default)."""
 
 

@@ -188,6 +188,12 @@ class DiffusersBackbone:
         cond.update({NEGATIVE_PREFIX + k: v.expand(n, *v.shape[1:]) for k, v in self._negative.items()})
         return cond
 
+    def conditioning(self, prompts: Sequence[str]) -> Cond:
+        """Conditioning of ``prompts`` alone (no ``neg_`` keys, one call), with gradient through the text
+        encoders: what base-model pretraining (:mod:`opgrpo_bench.pretraining`) trains through. Sampling
+        and RL use :meth:`encode`."""
+        return self._encode_prompts(list(prompts))
+
     def _branch(self, cond: Cond, negative: bool) -> Cond:
         """One CFG branch of ``cond`` under the unprefixed names, floating tensors in the network's dtype."""
         device, dtype = self.device, self.dtype

@@ -39,15 +39,9 @@ from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
 
 from opgrpo_bench.backbones.base import Cond
 from opgrpo_bench.backbones.diffusers_backbone import DiffusersBackbone, vae_decode
-from opgrpo_bench.backbones.folders import load_pipeline, resolve_pipeline_folder
+from opgrpo_bench.backbones.folders import FLUX_FAMILY
+from opgrpo_bench.backbones.models import FLUX_DEV_GUIDANCE
 from opgrpo_bench.errors import UserError
-
-FLUX_FAMILY = "FLUX.1"
-"""The pipeline family named in missing-weights messages."""
-FLUX_EXAMPLE = "black-forest-labs/FLUX.1-dev"
-"""A repo whose copy is a valid folder, shown in the "does not exist" message."""
-FLUX_DEV_GUIDANCE = 3.5
-"""FLUX.1-dev's usual distilled guidance scale (``FluxPipeline``'s default; Flow-GRPO's)."""
 
 PromptEncoder = Callable[[Sequence[str]], tuple[torch.Tensor, torch.Tensor]]
 """prompts -> (T5 token embeddings [B, L, D], CLIP pooled embedding [B, P])."""
@@ -235,20 +229,18 @@ class FluxBackbone(DiffusersBackbone):
             MissingWeightsError: one line naming what is missing, at once (no network, no retries).
             UserError: a ``resolution`` or ``max_sequence_length`` the model cannot take.
         """
-        from diffusers import FluxPipeline
-
         if not 0 < max_sequence_length <= 512:
             raise UserError(f"max_sequence_length {max_sequence_length} is outside 1..512 (FLUX's T5 context)")
-        folder = resolve_flux_folder(path, what=what, env=env)
-        pipe = load_pipeline(FluxPipeline, folder, FLUX_FAMILY, what, dtype)
-        if vae_dtype is not None:
-            pipe.vae.to(dtype=vae_dtype)
-        pipe.to(device)
-        for module in (pipe.text_encoder, pipe.text_encoder_2, pipe.vae):
-            module.requires_grad_(False)
-            module.eval()
-        if gradient_checkpointing:
-            pipe.transformer.enable_gradient_checkpointing()
+
+        def check(pipe: Any, folder: Path) -> None:
+            # FluxPipeline: latents are VAE-scaled, then packed in 2x2 patches, so the side must divide by both
+            step = pipe.vae_scale_factor * 2
+            if resolution <= 0 or resolution % step:
+                raise UserError(f"resolution {resolution} is not a positive multiple of {step} (VAE scale x 2x2 "
+                                f"patches)")
+
+        pipe = FLUX_FAMILY.load(path, what=what, env=env, dtype=dtype, device=device, vae_dtype=vae_dtype,
+                                gradient_checkpointing=gradient_checkpointing, check=check)
         torch_device = torch.device(device)
 
         def encode_prompt(prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -257,24 +249,9 @@ class FluxBackbone(DiffusersBackbone):
                                                    max_sequence_length=max_sequence_length)
             return embeds, pooled
 
-        # FluxPipeline: latents are VAE-scaled, then packed in 2x2 patches, so the side must divide by both
-        step = pipe.vae_scale_factor * 2
-        if resolution <= 0 or resolution % step:
-            raise UserError(f"resolution {resolution} is not a positive multiple of {step} (VAE scale x 2x2 patches)")
         size = resolution // pipe.vae_scale_factor
         channels = pipe.transformer.config.in_channels // 4
         backbone = cls(pipe.transformer, encode_prompt, pipe.scheduler, pipe.vae, latent_shape=(channels, size, size),
                        guidance_scale=guidance_scale, negative_prompt=negative_prompt, max_batch=max_batch)
         backbone.pipeline = pipe
         return backbone
-
-
-def resolve_flux_folder(path: str | os.PathLike[str], what: str = "FLUX.1 weights", env: str | None = None) -> Path:
-    """The local folder of a FLUX.1 diffusers pipeline (``path`` or its HF cache snapshot), checked complete.
-
-    :func:`~opgrpo_bench.backbones.folders.resolve_pipeline_folder` with FLUX's family name and example.
-
-    Raises:
-        MissingWeightsError: one line saying what is missing and how to provide it.
-    """
-    return resolve_pipeline_folder(path, family=FLUX_FAMILY, what=what, env=env, example=FLUX_EXAMPLE)

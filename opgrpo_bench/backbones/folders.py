@@ -8,26 +8,28 @@ is looked up in the local Hugging Face cache only.
 
 Every failure is a :class:`~opgrpo_bench.errors.MissingWeightsError` with one line that names what is
 missing, which pipeline family was expected, and how to provide it (the CLI prints it and exits 2).
+
+:class:`PipelineFamily` is the one loading skeleton of the diffusers families (SD3, FLUX, Wan): locate
+and check the folder, load the pipeline offline in a dtype, the family's own size checks, devices, frozen
+text encoders and VAE, gradient checkpointing. Each family's ``from_pretrained`` adds only its prompt
+encoding and latent shape. :class:`WeightsSource` says where a named model's weights come from.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from opgrpo_bench.errors import MissingWeightsError
+from opgrpo_bench.storage import cached_snapshot, looks_like_path
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".safetensors.index.json", ".bin.index.json")
 _TOKENIZER_FILES = {"tokenizer.json", "tokenizer_config.json", "vocab.json", "spiece.model"}
-
-
-def looks_like_path(value: str) -> bool:
-    """Repo ids look like ``owner/name``; anything else is a local path."""
-    return value.startswith(("/", ".", "~")) or value.count("/") != 1 or "\\" in value
 
 
 def _hint(env: str | None) -> str:
@@ -59,7 +61,7 @@ def resolve_pipeline_folder(path: str | os.PathLike[str], family: str, what: str
         raise MissingWeightsError(f"{what}: folder '{value}' does not exist; {_hint(env)} a diffusers {family} "
                                   f"folder{eg}")
     else:
-        folder = cached_snapshot(value, what, env)
+        folder = cached_snapshot(value, what, f"{_hint(env)} a local diffusers folder")
     missing = missing_components(folder)
     if missing:
         raise MissingWeightsError(
@@ -67,20 +69,6 @@ def resolve_pipeline_folder(path: str | os.PathLike[str], family: str, what: str
             f"{_hint(env)} a complete copy"
         )
     return folder
-
-
-def cached_snapshot(repo_id: str, what: str, env: str | None = None) -> Path:
-    """The cached snapshot of ``repo_id`` (local files only: fails at once, no network, no retries)."""
-    from huggingface_hub import constants, snapshot_download
-
-    try:
-        return Path(snapshot_download(repo_id, local_files_only=True))
-    except Exception:  # LocalEntryNotFoundError, HFValidationError, ...: all mean "not here"
-        raise MissingWeightsError(
-            f"{what}: '{repo_id}' is not in the Hugging Face cache ({constants.HF_HUB_CACHE}); run "
-            f"`hf download {repo_id}` where the hub is reachable and copy the cache here, or {_hint(env)} "
-            f"a local diffusers folder"
-        ) from None
 
 
 def missing_components(folder: str | os.PathLike[str]) -> list[str]:
@@ -141,3 +129,83 @@ def dtype_kwarg(dtype: torch.dtype) -> dict[str, torch.dtype]:
     from diffusers.utils import deprecation_utils
 
     return {"dtype": dtype} if hasattr(deprecation_utils, "_resolve_dtype") else {"torch_dtype": dtype}
+
+
+@dataclass(frozen=True)
+class PipelineFamily:
+    """A diffusers pipeline family and the steps every one of its backbones loads with (:meth:`load`)."""
+
+    name: str
+    """How messages name the family, e.g. ``"SD3/SD3.5"``."""
+    example: str
+    """A repo whose copy is a valid folder, shown in the "does not exist" message."""
+    pipeline: str
+    """The diffusers pipeline class, e.g. ``"StableDiffusion3Pipeline"``."""
+    frozen: tuple[str, ...]
+    """Pipeline components frozen (no grad, eval mode) after loading: the text encoders and the VAE."""
+
+    def resolve(self, path: str | os.PathLike[str], what: str, env: str | None = None) -> Path:
+        """:func:`resolve_pipeline_folder` for this family: the checked local folder of ``path``."""
+        return resolve_pipeline_folder(path, family=self.name, what=what, env=env, example=self.example)
+
+    def load(self, path: str | os.PathLike[str], *, what: str, env: str | None, dtype: torch.dtype,
+             device: str | torch.device, vae_dtype: torch.dtype | None = None, gradient_checkpointing: bool = False,
+             check: Callable[[Any, Path], None] | None = None) -> Any:
+        """The pipeline in ``path`` (a folder or a cached repo id), offline, ready for a backbone.
+
+        Resolves and checks the folder, loads it in ``dtype``, runs ``check(pipe, folder)`` (the family's
+        size checks: a UserError there is raised before anything moves to ``device``), puts the VAE in
+        ``vae_dtype`` when given, moves everything to ``device``, freezes :attr:`frozen` and turns on the
+        transformer's gradient checkpointing when asked.
+
+        Raises:
+            MissingWeightsError: one line naming what is missing, at once (no network, no retries).
+        """
+        import diffusers
+
+        folder = self.resolve(path, what=what, env=env)
+        pipe = load_pipeline(getattr(diffusers, self.pipeline), folder, self.name, what, dtype)
+        if check is not None:
+            check(pipe, folder)
+        if vae_dtype is not None:
+            pipe.vae.to(dtype=vae_dtype)
+        pipe.to(device)
+        for name in self.frozen:
+            module = getattr(pipe, name, None)
+            if module is not None:
+                module.requires_grad_(False)
+                module.eval()
+        if gradient_checkpointing:
+            pipe.transformer.enable_gradient_checkpointing()
+        return pipe
+
+
+SD3_FAMILY = PipelineFamily("SD3/SD3.5", "stabilityai/stable-diffusion-3.5-medium", "StableDiffusion3Pipeline",
+                            ("text_encoder", "text_encoder_2", "text_encoder_3", "vae"))
+FLUX_FAMILY = PipelineFamily("FLUX.1", "black-forest-labs/FLUX.1-dev", "FluxPipeline",
+                             ("text_encoder", "text_encoder_2", "vae"))
+WAN_FAMILY = PipelineFamily("Wan2.1", "Wan-AI/Wan2.1-T2V-1.3B-Diffusers", "WanPipeline", ("text_encoder", "vae"))
+
+
+@dataclass(frozen=True)
+class WeightsSource:
+    """A named model's weights: ``$env`` (a folder or a repo id) or ``repo`` in the Hugging Face cache."""
+
+    env: str
+    repo: str
+    what: str
+    """How messages name them, e.g. "FLUX.1-dev weights"."""
+    family: PipelineFamily
+    """The pipeline family the folder must be (checked by :meth:`missing` without importing diffusers)."""
+
+    def source(self) -> str:
+        """``$env`` (folder or repo id) or the default repo id."""
+        return os.environ.get(self.env) or self.repo
+
+    def missing(self) -> str | None:
+        """Why the weights cannot be found (a one-line reason), or None when they can. No loading."""
+        try:
+            self.family.resolve(self.source(), what=self.what, env=self.env)
+        except MissingWeightsError as err:
+            return str(err)
+        return None

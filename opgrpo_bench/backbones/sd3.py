@@ -25,13 +25,8 @@ from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
 
 from opgrpo_bench.backbones.base import Cond
 from opgrpo_bench.backbones.diffusers_backbone import DiffusersBackbone, vae_decode
-from opgrpo_bench.backbones.folders import load_pipeline, resolve_pipeline_folder
+from opgrpo_bench.backbones.folders import SD3_FAMILY
 from opgrpo_bench.errors import UserError
-
-SD3_FAMILY = "SD3/SD3.5"
-"""The pipeline family named in missing-weights messages."""
-SD3_EXAMPLE = "stabilityai/stable-diffusion-3.5-medium"
-"""A repo whose copy is a valid folder, shown in the "does not exist" message."""
 
 PromptEncoder = Callable[[Sequence[str]], tuple[torch.Tensor, torch.Tensor]]
 """prompts -> (token embeddings [B, L, D], pooled embedding [B, P])."""
@@ -127,17 +122,18 @@ class SD3Backbone(DiffusersBackbone):
             MissingWeightsError: one line naming what is missing, at once (no network, no retries).
             UserError: a ``resolution`` the model cannot take.
         """
-        from diffusers import StableDiffusion3Pipeline
+        def check(pipe: Any, folder: Path) -> None:
+            cfg = pipe.transformer.config
+            if resolution:
+                step = pipe.vae_scale_factor * cfg.patch_size
+                if resolution % step:
+                    raise UserError(f"resolution {resolution} is not a multiple of {step} (VAE scale x patch size)")
+                if resolution // pipe.vae_scale_factor // cfg.patch_size > cfg.pos_embed_max_size:
+                    raise UserError(f"resolution {resolution} exceeds the transformer's position embeddings "
+                                    f"({cfg.pos_embed_max_size * step} px at most)")
 
-        folder = resolve_sd3_folder(path, what=what, env=env)
-        pipe = load_pipeline(StableDiffusion3Pipeline, folder, SD3_FAMILY, what, dtype)
-        pipe.to(device)
-        for module in (pipe.text_encoder, pipe.text_encoder_2, pipe.text_encoder_3, pipe.vae):
-            if module is not None:
-                module.requires_grad_(False)
-                module.eval()
-        if gradient_checkpointing:
-            pipe.transformer.enable_gradient_checkpointing()
+        pipe = SD3_FAMILY.load(path, what=what, env=env, dtype=dtype, device=device,
+                               gradient_checkpointing=gradient_checkpointing, check=check)
         torch_device = torch.device(device)
 
         def encode_prompt(prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -149,29 +145,9 @@ class SD3Backbone(DiffusersBackbone):
             return embeds, pooled
 
         cfg = pipe.transformer.config
-        if resolution:
-            step = pipe.vae_scale_factor * cfg.patch_size
-            if resolution % step:
-                raise UserError(f"resolution {resolution} is not a multiple of {step} (VAE scale x patch size)")
-            size = resolution // pipe.vae_scale_factor
-            if size // cfg.patch_size > cfg.pos_embed_max_size:
-                raise UserError(f"resolution {resolution} exceeds the transformer's position embeddings "
-                                f"({cfg.pos_embed_max_size * step} px at most)")
-        else:
-            size = cfg.sample_size
+        size = resolution // pipe.vae_scale_factor if resolution else cfg.sample_size
         backbone = cls(pipe.transformer, encode_prompt, pipe.scheduler, vae=pipe.vae,
                        latent_shape=(cfg.in_channels, size, size), negative_prompt=negative_prompt,
                        max_batch=max_batch)
         backbone.pipeline = pipe
         return backbone
-
-
-def resolve_sd3_folder(path: str | os.PathLike[str], what: str = "SD3 weights", env: str | None = None) -> Path:
-    """The local folder of an SD3 diffusers pipeline (``path`` or its HF cache snapshot), checked complete.
-
-    :func:`~opgrpo_bench.backbones.folders.resolve_pipeline_folder` with SD3's family name and example.
-
-    Raises:
-        MissingWeightsError: one line saying what is missing and how to provide it.
-    """
-    return resolve_pipeline_folder(path, family=SD3_FAMILY, what=what, env=env, example=SD3_EXAMPLE)

@@ -22,13 +22,13 @@ import dataclasses
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import torch
+
+from opgrpo_bench.storage import atomic_folder, cache_root
 
 BASE_WORDS = (
     "a an the of on in with and at to by under over next left right above below behind front photo picture "
@@ -221,14 +221,6 @@ def build_tiny_sd3_folder(path: str | os.PathLike[str], config: TinySD3Config = 
 
 
 # -- cached folder ---------------------------------------------------------------------------------
-def cache_root() -> Path:
-    """``$OPGRPO_CACHE_DIR``, else ``$XDG_CACHE_HOME/opgrpo-bench``, else ``~/.cache/opgrpo-bench``."""
-    if os.environ.get("OPGRPO_CACHE_DIR"):
-        return Path(os.environ["OPGRPO_CACHE_DIR"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "opgrpo-bench"
-
-
 def _config_dict(config: Any) -> dict[str, Any]:
     """A tiny-pipeline config dataclass as JSON-ready values (tuples as lists)."""
     return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
@@ -267,16 +259,4 @@ def cached_folder(kind: str, key: str, build: Callable[[Path], Any],
     folder = root / kind / key
     if (folder / "model_index.json").is_file():
         return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".tmp-", dir=folder.parent))
-    try:
-        build(tmp)
-        try:
-            os.replace(tmp, folder)
-        except OSError:  # another process renamed its copy first (target exists and is not empty)
-            if not (folder / "model_index.json").is_file():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return folder
+    return atomic_folder(folder, build, replace=False)

@@ -47,13 +47,8 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 
 from opgrpo_bench.backbones.base import Cond
 from opgrpo_bench.backbones.diffusers_backbone import DiffusersBackbone
-from opgrpo_bench.backbones.folders import load_pipeline, resolve_pipeline_folder
+from opgrpo_bench.backbones.folders import WAN_FAMILY
 from opgrpo_bench.errors import UserError
-
-WAN_FAMILY = "Wan2.1"
-"""The pipeline family named in missing-weights messages."""
-WAN_EXAMPLE = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
-"""A repo whose copy is a valid folder, shown in the "does not exist" message."""
 WAN_DEFAULT_SHIFT = 3.0
 """Wan2.1's flow shift at 480p and below (``WanPipeline``'s docs: 3.0 for 480p, 5.0 for 720p)."""
 
@@ -197,30 +192,23 @@ class WanBackbone(DiffusersBackbone):
             MissingWeightsError: one line naming what is missing, at once (no network, no retries).
             UserError: a size, frame count or ``max_sequence_length`` the model cannot take.
         """
-        from diffusers import WanPipeline
-
         if max_sequence_length <= 0:
             raise UserError(f"max_sequence_length {max_sequence_length} must be positive")
-        folder = resolve_wan_folder(path, what=what, env=env)
-        pipe = load_pipeline(WanPipeline, folder, WAN_FAMILY, what, dtype)
-        if pipe.transformer is None:
-            raise UserError(f"{what}: '{folder}' has no transformer (a Wan2.2 low-noise-only folder?)")
-        step = pipe.vae_scale_factor_spatial * pipe.transformer.config.patch_size[1]
-        if height <= 0 or width <= 0 or height % step or width % step:
-            raise UserError(f"frame size {height}x{width} is not a positive multiple of {step} "
-                            f"(VAE scale x 2x2 patches)")
-        temporal = pipe.vae_scale_factor_temporal
-        if num_frames <= 0 or (num_frames - 1) % temporal:
-            raise UserError(f"num_frames {num_frames}: num_frames - 1 must be a multiple of {temporal} "
-                            f"(the VAE's temporal compression)")
-        if vae_dtype is not None:
-            pipe.vae.to(dtype=vae_dtype)
-        pipe.to(device)
-        for module in (pipe.text_encoder, pipe.vae):
-            module.requires_grad_(False)
-            module.eval()
-        if gradient_checkpointing:
-            pipe.transformer.enable_gradient_checkpointing()
+
+        def check(pipe: Any, folder: Path) -> None:
+            if pipe.transformer is None:
+                raise UserError(f"{what}: '{folder}' has no transformer (a Wan2.2 low-noise-only folder?)")
+            step = pipe.vae_scale_factor_spatial * pipe.transformer.config.patch_size[1]
+            if height <= 0 or width <= 0 or height % step or width % step:
+                raise UserError(f"frame size {height}x{width} is not a positive multiple of {step} "
+                                f"(VAE scale x 2x2 patches)")
+            temporal = pipe.vae_scale_factor_temporal
+            if num_frames <= 0 or (num_frames - 1) % temporal:
+                raise UserError(f"num_frames {num_frames}: num_frames - 1 must be a multiple of {temporal} "
+                                f"(the VAE's temporal compression)")
+
+        pipe = WAN_FAMILY.load(path, what=what, env=env, dtype=dtype, device=device, vae_dtype=vae_dtype,
+                               gradient_checkpointing=gradient_checkpointing, check=check)
         torch_device = torch.device(device)
 
         def encode_prompt(prompts: Sequence[str]) -> torch.Tensor:
@@ -229,18 +217,10 @@ class WanBackbone(DiffusersBackbone):
                                            max_sequence_length=max_sequence_length, device=torch_device)
             return embeds
 
+        temporal = pipe.vae_scale_factor_temporal
         latent_shape = (pipe.transformer.config.in_channels, (num_frames - 1) // temporal + 1,
                         height // pipe.vae_scale_factor_spatial, width // pipe.vae_scale_factor_spatial)
         backbone = cls(pipe.transformer, encode_prompt, euler_scheduler(pipe.scheduler), pipe.vae, latent_shape,
                        negative_prompt=negative_prompt, max_batch=max_batch)
         backbone.pipeline = pipe
         return backbone
-
-
-def resolve_wan_folder(path: str | os.PathLike[str], what: str = "Wan2.1 weights", env: str | None = None) -> Path:
-    """The local folder of a Wan2.1 diffusers pipeline (``path`` or its HF cache snapshot), checked complete.
-
-    Raises:
-        MissingWeightsError: one line saying what is missing and how to provide it.
-    """
-    return resolve_pipeline_folder(path, family=WAN_FAMILY, what=what, env=env, example=WAN_EXAMPLE)

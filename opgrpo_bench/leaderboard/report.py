@@ -24,24 +24,11 @@ from opgrpo_bench.leaderboard.outcomes import DEFAULT_REFERENCE, exclusion_reaso
 from opgrpo_bench.leaderboard.page import render_html
 from opgrpo_bench.leaderboard.plots import all_plots
 from opgrpo_bench.leaderboard.tables import task_groups
+from opgrpo_bench.storage import atomic_write_text
 
 MARKDOWN_FILE, JSON_FILE, HTML_FILE = "LEADERBOARD.md", "leaderboard.json", "index.html"
 
 Warn = Callable[[str], None]
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same directory, then rename."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with tmp.open("w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def default_warn(message: str) -> None:
@@ -103,9 +90,9 @@ def build_leaderboard(runs_dir: str | os.PathLike[str], out_dir: str | os.PathLi
     doc["figures"] = [{"id": p.id, "kind": p.kind, "task": p.task, "title": p.title} for p in plots]
     try:
         out.mkdir(parents=True, exist_ok=True)
-        write_atomic(out / MARKDOWN_FILE, render_markdown(doc, cmp, analyses))
-        write_atomic(out / JSON_FILE, json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
-        write_atomic(out / HTML_FILE, render_html(doc, plots, cmp, analyses))
+        atomic_write_text(out / MARKDOWN_FILE, render_markdown(doc, cmp, analyses))
+        atomic_write_text(out / JSON_FILE, json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
+        atomic_write_text(out / HTML_FILE, render_html(doc, plots, cmp, analyses))
     except OSError as exc:
         raise LeaderboardError(f"cannot write the report to '{out}': {exc.strerror or exc}") from exc
     return doc

@@ -23,25 +23,15 @@ def _register(name: str, target: str, description: str, device: str, weights: st
                      needs=needs, device=device, weights=weights, extra=extra)
 
 
-REWARDS.register(
-    "digit-classifier", "opgrpo_bench.rewards.digits:DigitClassifierReward",
-    aliases=("digits",), description="probability of the prompted digit under the digits-v1 classifier",
-    needs="CPU; weights built in-package",
-)
-REWARDS.register(
-    "digit-pair", "opgrpo_bench.rewards.digits:DigitPairReward", description="1 if the digits-v1 classifier "
-    "reads both halves of an 8x16 image as the prompted left/right digits, else 0", needs="CPU; weights built in-package",
-)
-REWARDS.register(
-    "digit-number", "opgrpo_bench.rewards.digits:DigitNumberReward", description="1 - edit distance / length "
-    "between the prompted number and the digits the digits-v1 classifier reads off an 8x(8k) image",
-    needs="CPU; weights built in-package",
-)
-REWARDS.register(
-    "digit-video", "opgrpo_bench.rewards.digits:DigitVideoReward", description="mean over frames of p(prompted "
-    "digit) at the digit's position x how well it moves the prompted way (left/right), videos [B, F, 1, 8, W]",
-    needs="CPU; weights built in-package",
-)
+_SHIPPED = "shipped in the package (assets/digits-v1)"
+_register("digit-classifier", "digits:DigitClassifierReward",
+          "probability of the prompted digit under the digits-v1 classifier", "CPU", _SHIPPED, aliases=("digits",))
+_register("digit-pair", "digits:DigitPairReward", "1 if the digits-v1 classifier reads both halves of an 8x16 image "
+          "as the prompted left/right digits, else 0", "CPU", _SHIPPED)
+_register("digit-number", "digits:DigitNumberReward", "1 - edit distance / length between the prompted number and "
+          "the digits the digits-v1 classifier reads off an 8x(8k) image", "CPU", _SHIPPED)
+_register("digit-video", "digits:DigitVideoReward", "mean over frames of p(prompted digit) at the digit's position x "
+          "how well it moves the prompted way (left/right), videos [B, F, 1, 8, W]", "CPU", _SHIPPED)
 _register("ocr", "ocr:OcrReward", "similarity of the prompt's quoted text to what PP-OCRv4 reads (Flow-GRPO)",
           "CPU", "PP-OCRv4 inside the rapidocr-onnxruntime wheel", "ocr", aliases=("text-rendering",))
 _register("jpeg-compressibility", "jpeg:JpegCompressibility", "minus the JPEG size in kB at quality 95 (DDPO)",

@@ -200,10 +200,3 @@ def to_rgb(images: torch.Tensor) -> torch.Tensor:
     if images.shape[1] == 4:
         return images[:, :3]
     return images
-
-
-def default_device(device: str | torch.device | None) -> torch.device:
-    """The given device, else CUDA when available, else CPU."""
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from opgrpo_bench.rewards.base import BaseReward, MissingWeightsError, RewardOutput, default_device, to_rgb
+from opgrpo_bench.devices import default_device
+from opgrpo_bench.rewards.base import BaseReward, MissingWeightsError, RewardOutput, to_rgb
 from opgrpo_bench.rewards.weights import resolve_dir, resolve_file
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)

@@ -10,14 +10,14 @@
   prompted way (:class:`DigitVideoReward`).
 
 The classifier is a small MLP trained by the project on scikit-learn's bundled handwritten digits
-(:func:`train_digit_classifier`; weights shipped in ``opgrpo_bench/assets/digits-v1``). Its held-out
-accuracy is recorded beside the weights.
+(:func:`opgrpo_bench.pretraining.classifiers.train_digit_classifier`; weights shipped in
+``opgrpo_bench/assets/digits-v1``). Its held-out accuracy is recorded beside the weights.
 
 Every reward here also reads with the **gold** classifier (``classifier="gold"``): a small CNN (a different
 architecture) trained on the *other* split of the same data (the 20% the reward classifier never saw,
-:func:`train_gold_classifier`). The tasks evaluate it beside the reward and never train on it, so a policy
-that learns the reward classifier's quirks instead of the digits shows up as a widening gap between the
-eval score and the gold score.
+:func:`opgrpo_bench.pretraining.classifiers.train_gold_classifier`). The tasks evaluate it beside the reward
+and never train on it, so a policy that learns the reward classifier's quirks instead of the digits shows up
+as a widening gap between the eval score and the gold score.
 """
 
 from __future__ import annotations
@@ -30,11 +30,12 @@ from typing import Any, ClassVar, Sequence
 import torch
 from torch import nn
 
+from opgrpo_bench.backbones.digits import DIGITS_ASSETS
 from opgrpo_bench.rewards.base import NAN_REASON, RewardOutput
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-ASSETS = Path(__file__).resolve().parent.parent / "assets" / "digits-v1"
-PAIR_ASSETS = ASSETS.parent / "digits-pair-v1"
+ASSETS = DIGITS_ASSETS
+"""Where the classifiers' weights are shipped (the digits-v1 assets folder)."""
 
 
 class DigitClassifier(nn.Module):
@@ -49,39 +50,6 @@ class DigitClassifier(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits [B, 10] of images [B, 1, 8, 8] or [B, 64]."""
         return self.net(images.reshape(images.shape[0], -1).float())
-
-
-def train_digit_classifier(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor,
-                           y_test: torch.Tensor, seed: int = 0, epochs: int = 400) -> tuple[DigitClassifier, float]:
-    """Train on images in [0, 1] [N, 1, 8, 8] with labels [N]; returns (model in eval mode, held-out accuracy).
-
-    Light pixel-noise augmentation makes the classifier less brittle on generated images.
-    """
-    torch.manual_seed(seed)
-    return _fit(DigitClassifier(), x_train, y_train, x_test, y_test, seed, epochs, batch=256, shift=False)
-
-
-def _fit(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor,
-         seed: int, epochs: int, batch: int, shift: bool) -> tuple[Any, float]:
-    """The classifiers' training loop: AdamW, seeded shuffles, pixel noise (and one-pixel shifts when
-    ``shift``); returns (model in eval mode, accuracy on the test images)."""
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-3)
-    n = x_train.shape[0]
-    for _ in range(epochs):
-        perm = torch.randperm(n, generator=gen)
-        for i in range(0, n, batch):
-            idx = perm[i:i + batch]
-            x = _shift(x_train[idx], gen) if shift else x_train[idx]
-            x = (x + 0.05 * torch.randn(x.shape, generator=gen)).clamp(0, 1)
-            loss = nn.functional.cross_entropy(model(x), y_train[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    model.eval()
-    with torch.no_grad():
-        acc = (model(x_test).argmax(-1) == y_test).float().mean().item()
-    return model, acc
 
 
 class GoldDigitClassifier(nn.Module):
@@ -101,26 +69,6 @@ class GoldDigitClassifier(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits [B, 10] of images [B, 1, 8, 8] or [B, 64]."""
         return self.net(images.reshape(images.shape[0], 1, 8, 8).float())
-
-
-def _shift(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Each image of [N, 1, 8, 8] shifted by -1, 0 or +1 pixel in each direction (zeros shifted in)."""
-    padded = torch.nn.functional.pad(x, (1, 1, 1, 1))
-    dy, dx = torch.randint(3, (2, x.shape[0]), generator=generator)
-    return torch.stack([padded[i, :, dy[i]:dy[i] + 8, dx[i]:dx[i] + 8] for i in range(x.shape[0])])
-
-
-def train_gold_classifier(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor,
-                          y_test: torch.Tensor, seed: int = 0,
-                          epochs: int = 300) -> tuple[GoldDigitClassifier, float]:
-    """Train the gold CNN on images in [0, 1] [N, 1, 8, 8] with labels [N]; returns (model in eval mode,
-    accuracy on the test images).
-
-    Called with the digits split the other way round (trained on the 20% test split, measured on the 80%
-    the reward classifier trained on). Shifts of one pixel and pixel noise make up for the small set.
-    """
-    torch.manual_seed(seed)
-    return _fit(GoldDigitClassifier(), x_train, y_train, x_test, y_test, seed, epochs, batch=128, shift=True)
 
 
 CLASSIFIERS = {"reward": (DigitClassifier, "classifier"), "gold": (GoldDigitClassifier, "gold_classifier")}

@@ -47,12 +47,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from opgrpo_bench.devices import default_device
 from opgrpo_bench.rewards.base import (
     NAN_REASON,
     BaseReward,
     MissingWeightsError,
     RewardOutput,
-    default_device,
     to_rgb,
 )
 from opgrpo_bench.rewards.clip import ClipBackbone, _dtype

@@ -27,7 +27,8 @@ from typing import Any
 
 import torch
 
-from opgrpo_bench.rewards.base import BaseReward, MissingWeightsError, RewardOutput, default_device
+from opgrpo_bench.devices import default_device
+from opgrpo_bench.rewards.base import BaseReward, MissingWeightsError, RewardOutput
 from opgrpo_bench.rewards.clip import AestheticMLP, ImagePreprocessor, _dtype, load_state_dict_file
 from opgrpo_bench.rewards.weights import resolve_dir, resolve_file
 

@@ -70,6 +70,7 @@ import numpy as np
 import torch
 
 from opgrpo_bench.rewards.base import BaseReward, RewardOutput, RewardUnavailableError
+from opgrpo_bench.storage import cache_root
 
 DEFAULT_PORT = 18085
 PROTOCOL = "opgrpo-reward/2"
@@ -126,14 +127,6 @@ class _Dropped(RewardServerError):
 
 
 # -- token -------------------------------------------------------------------------------------------
-def cache_root() -> Path:
-    """``$OPGRPO_CACHE_DIR``, else ``$XDG_CACHE_HOME/opgrpo-bench``, else ``~/.cache/opgrpo-bench``."""
-    if os.environ.get("OPGRPO_CACHE_DIR"):
-        return Path(os.environ["OPGRPO_CACHE_DIR"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "opgrpo-bench"
-
-
 def secret_path() -> Path:
     """Where the per-user key file lives: ``cache_root() / "reward-server.key"``."""
     return cache_root() / KEY_FILE_NAME
@@ -1147,18 +1140,20 @@ class RemoteReward(BaseReward):
 
 
 # -- command line ------------------------------------------------------------------------------------
+def json_or_text(text: str) -> Any:
+    """A ``--set`` value: JSON when it parses (numbers, booleans, lists), else the text itself."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
 def parse_sets(items: Sequence[str]) -> dict[str, Any]:
-    """``key=value`` pairs; values parsed as JSON when possible (numbers, booleans, lists), else strings."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"expected key=value, got '{item}'")
-        try:
-            out[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.strip()] = value
-    return out
+    """Reward constructor arguments from ``key=value`` items (:func:`opgrpo_bench.validation.parse_sets`),
+    values by :func:`json_or_text`; ValueError for an item that is not ``key=value``."""
+    from opgrpo_bench.validation import parse_sets as parse_key_values
+
+    return parse_key_values(items, value=json_or_text)
 
 
 class _Parser(argparse.ArgumentParser):

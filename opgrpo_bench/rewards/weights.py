@@ -16,20 +16,7 @@ import os
 from pathlib import Path
 
 from opgrpo_bench.rewards.base import MissingDependencyError, MissingWeightsError
-
-
-def _cache_dir() -> str:
-    try:
-        from huggingface_hub import constants
-
-        return str(constants.HF_HUB_CACHE)
-    except Exception:  # pragma: no cover
-        return "~/.cache/huggingface/hub"
-
-
-def _looks_like_path(value: str) -> bool:
-    """Repo ids look like ``owner/name``; anything else is taken as a local path."""
-    return value.startswith(("/", ".", "~")) or value.count("/") != 1 or "\\" in value
+from opgrpo_bench.storage import cached_snapshot, hf_hub_cache, looks_like_path
 
 
 def resolve_source(
@@ -64,13 +51,13 @@ def resolve_dir(
     local = Path(value).expanduser()
     if local.is_dir():
         folder = local
-    elif _looks_like_path(value):
+    elif looks_like_path(value):
         raise MissingWeightsError(
             f"{what}: folder '{value}' (from {origin}) does not exist; pass path=DIR or set {env}=DIR "
             f"to a folder holding {', '.join(required)}"
         )
     else:
-        folder = _cached_snapshot(value, what, env)
+        folder = cached_snapshot(value, what, f"pass path=DIR / set {env}=DIR", error=MissingWeightsError)
     missing = [f for f in required if not (folder / f).exists()]
     if missing:
         raise MissingWeightsError(
@@ -97,7 +84,7 @@ def resolve_file(
         if (local / filename).is_file():
             return local / filename
         raise MissingWeightsError(f"{what}: '{local}' (from {origin}) has no {filename}; pass path=FILE or set {env}=FILE")
-    if _looks_like_path(value):
+    if looks_like_path(value):
         raise MissingWeightsError(
             f"{what}: '{value}' (from {origin}) does not exist; pass path=FILE or set {env}=FILE to {filename} "
             f"(from the Hugging Face repo {default_repo})"
@@ -110,21 +97,7 @@ def resolve_file(
     if isinstance(found, str) and Path(found).is_file():
         return Path(found)
     raise MissingWeightsError(
-        f"{what}: {filename} of '{value}' is not in the Hugging Face cache ({_cache_dir()}); "
+        f"{what}: {filename} of '{value}' is not in the Hugging Face cache ({hf_hub_cache()}); "
         f"run `hf download {value} {filename}` where the hub is reachable and copy the cache here, "
         f"or pass path=FILE / set {env}=FILE"
     )
-
-
-def _cached_snapshot(repo_id: str, what: str, env: str) -> Path:
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError:  # pragma: no cover
-        raise MissingDependencyError("huggingface_hub is needed to look up cached weights") from None
-    try:
-        return Path(snapshot_download(repo_id, local_files_only=True))
-    except Exception:
-        raise MissingWeightsError(
-            f"{what}: '{repo_id}' is not in the Hugging Face cache ({_cache_dir()}); run `hf download {repo_id}` "
-            f"where the hub is reachable and copy the cache here, or pass path=DIR / set {env}=DIR"
-        ) from None

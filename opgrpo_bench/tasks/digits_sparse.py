@@ -15,7 +15,7 @@ from opgrpo_bench.tasks.digits import (
     TRAIN_TEMPLATES,
     make_prompts,
 )
-from opgrpo_bench.tasks.spec import TaskSpec
+from opgrpo_bench.tasks.spec import TaskSpec, listed
 
 HARD_DIGITS = (1, 5, 7, 8, 9)
 SUCCESS_THRESHOLD = 0.99
@@ -27,7 +27,7 @@ def _only(prompts, digits=HARD_DIGITS):
 
 DIGITS_SPARSE_V1 = TaskSpec(
     id="digits-sparse-v1",
-    description="digits-v1 base model, hardest digits, binary success p(digit) >= 0.99; sparse groups of 4",
+    **listed("digits-sparse-v1"),
     backbone="digits-v1-base",
     reward="threshold",
     reward_args={"reward": "digit-classifier", "threshold": SUCCESS_THRESHOLD},
@@ -41,5 +41,4 @@ DIGITS_SPARSE_V1 = TaskSpec(
     budget_steps=200,
     eval_every=5,
     train_defaults={**PIXEL_TASK_DEFAULTS, "prompts_per_iter": 16, "group_size": 4},
-    needs="CPU; assets shipped in the package",
 )

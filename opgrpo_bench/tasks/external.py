@@ -1,8 +1,7 @@
 """What the tasks on real, external weights share, whatever the model family (SD3.5, FLUX.1, Wan2.1).
 
-- :class:`WeightsSource`: where a family's weights come from (an environment variable naming a diffusers
-  folder or a repo id, else the repo id in the local Hugging Face cache), and a cheap check, without
-  loading, that says in one line why they cannot be found.
+- Where a model's weights come from is its :class:`~opgrpo_bench.backbones.folders.WeightsSource`, beside
+  its loader in :mod:`opgrpo_bench.backbones.models`; the prompt check below names it when they are missing.
 - Flow-GRPO's prompt files (``$OPGRPO_PROMPTS_DIR``, a copy of its ``dataset/`` folder) and the built-in
   SAMPLE prompts of the smoke variants: :func:`load_prompt_sets`, :data:`SAMPLES`.
 - :func:`paper_task_spec`: one paper task or its smoke variant from a family's settings (the fields every
@@ -14,53 +13,17 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
-
+from opgrpo_bench.backbones.folders import WeightsSource
 from opgrpo_bench.errors import MissingWeightsError
-from opgrpo_bench.tasks.spec import Prompt, TaskSpec
+from opgrpo_bench.tasks.spec import Prompt, TaskSpec, listed
 
 PROMPTS_ENV = "OPGRPO_PROMPTS_DIR"
-
-
-@dataclass(frozen=True)
-class WeightsSource:
-    """A model family's weights: ``$env`` (a folder or a repo id) or ``repo`` in the Hugging Face cache."""
-
-    env: str
-    repo: str
-    what: str
-    """How messages name them, e.g. "FLUX.1-dev weights"."""
-    resolver: str
-    """``"module:function"`` resolving a source to a checked folder (``resolve_*_folder`` of the backbone
-    module), imported on use so that naming a task never imports diffusers."""
-
-    def source(self) -> str:
-        """``$env`` (folder or repo id) or the default repo id."""
-        return os.environ.get(self.env) or self.repo
-
-    def missing(self) -> str | None:
-        """Why the weights cannot be found (a one-line reason), or None when they can. No loading."""
-        module, name = self.resolver.split(":")
-        try:
-            getattr(importlib.import_module(module), name)(self.source(), what=self.what, env=self.env)
-        except MissingWeightsError as err:
-            return str(err)
-        return None
-
-
-def default_device() -> torch.device:
-    """The GPU of this process (one process per GPU under accelerate/torchrun), else the CPU."""
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device("cpu")
 
 
 # -- prompts -------------------------------------------------------------------------------------------
@@ -184,30 +147,27 @@ SAMPLES: dict[str, tuple[tuple[Prompt, ...], tuple[Prompt, ...]]] = {
 
 # -- specs ---------------------------------------------------------------------------------------------
 def paper_task_spec(task_id: str, *, smoke: bool, smoke_task: str, family: str, weights: WeightsSource,
-                    model: str, size: str, what: str, backbone: str, reward: str, target: float, budget: int,
-                    train_defaults: dict[str, Any], reward_needs: str = "weights", **fields: Any) -> TaskSpec:
+                    model: str, backbone: str, reward: str, target: float, budget: int,
+                    train_defaults: dict[str, Any], **fields: Any) -> TaskSpec:
     """A paper task (Flow-GRPO's prompt files) or, with ``smoke``, its variant on the built-in samples.
 
     Args:
         task_id: this spec's id; ``smoke_task``: the id of the smoke variant (named in error messages).
         family: the prompt family (``ocr``, ``pickscore``, ``geneval``).
-        weights: where the model's weights come from; ``model``/``size`` name the model and the output
-            shape in descriptions ("FLUX.1-dev", "512 px").
-        what: the task in words ("text rendering; reward = ...").
+        weights: where the model's weights come from; ``model`` names the model in messages ("FLUX.1-dev").
         target, budget: steps-to-target's target and the full task's step budget (a smoke run has 4).
         train_defaults: the task's training settings (the caller picks the smoke ones).
-        reward_needs: what the reward needs, for ``needs`` ("weights", "(rapidocr)").
         **fields: further :class:`TaskSpec` fields (``reward_args``, ``eval_metric``).
+
+    Description and needs are the task's registry entry's (:func:`~opgrpo_bench.tasks.spec.listed`).
     """
     if smoke:
         train, evals = SAMPLES[family]
-        description = f"SMOKE (built-in sample prompts, not comparable): {model} {what}"
     else:
         train, evals = load_prompt_sets(family, task_id, model=model, weights=weights, smoke_task=smoke_task)
-        description = f"{model} {size}, {what} (Flow-GRPO prompts)"
     return TaskSpec(
         id=task_id,
-        description=description,
+        **listed(task_id),
         backbone=backbone,
         reward=reward,
         train_prompts=train,
@@ -219,8 +179,6 @@ def paper_task_spec(task_id: str, *, smoke: bool, smoke_task: str, family: str, 
         # cadence makes steps-to-target sharper at about 20% extra compute)
         eval_every=2 if smoke else 40,
         train_defaults=dict(train_defaults),
-        needs=(f"GPU; {model} weights (${weights.env} or HF cache {weights.repo}); reward '{reward}' {reward_needs}"
-               + ("" if smoke else f"; Flow-GRPO prompt files (${PROMPTS_ENV})")),
         **fields,
     )
 

@@ -27,81 +27,20 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
-from opgrpo_bench.tasks.external import WeightsSource, default_device, lazy_specs, paper_task_spec
-from opgrpo_bench.tasks.sd3_tasks import TINY_EVAL_PROMPTS, TINY_TRAIN_PROMPTS
-from opgrpo_bench.tasks.spec import Prompt, TaskSpec
+from opgrpo_bench.backbones.models import FLUX_DEV
+from opgrpo_bench.tasks.external import lazy_specs, paper_task_spec
+from opgrpo_bench.tasks.sd3_tasks import tiny_task
+from opgrpo_bench.tasks.spec import TaskSpec
 
 # -- tiny-flux-jpeg-v1 -------------------------------------------------------------------------------
-TINY_RESOLUTION = 32
-TINY_MAX_SEQUENCE_LENGTH = 16
-TINY_SEED = 0
-
-
-def load_tiny_flux_backbone():
-    """The tiny FLUX pipeline (cached folder, built on first use) through ``FluxBackbone.from_pretrained``."""
-    from opgrpo_bench.backbones.flux import FluxBackbone
-    from opgrpo_bench.backbones.tiny_flux import TinyFluxConfig, tiny_flux_folder
-
-    folder = tiny_flux_folder(TinyFluxConfig(resolution=TINY_RESOLUTION), seed=TINY_SEED)
-    return FluxBackbone.from_pretrained(folder, resolution=TINY_RESOLUTION,
-                                        max_sequence_length=TINY_MAX_SEQUENCE_LENGTH, what="tiny FLUX pipeline")
-
-
-TINY_FLUX_JPEG_V1 = TaskSpec(
-    id="tiny-flux-jpeg-v1",
-    description="tiny in-code FLUX pipeline (CLIP + T5 + VAE, distilled guidance 3.5), 32 px; reward = -JPEG kB",
-    backbone="tiny-flux",
-    reward="jpeg-compressibility",
-    train_prompts=tuple(Prompt(p) for p in TINY_TRAIN_PROMPTS),
-    eval_prompts=tuple(Prompt(p) for p in TINY_EVAL_PROMPTS),
-    eval_noises_per_prompt=2,
-    # Random-init model, with tiny-sd3-jpeg-v1's settings (large clip range and learning rate, no KL) minus
-    # CFG. Measured (seed 0, Flow-GRPO, 2 loaded CPU cores): base eval -1.536 kB; 200 steps (78 s) end at
-    # -1.535 (all evals within -1.531..-1.538), i.e. no measurable progress; flat latents decode to -1.28.
-    # The target is tiny-sd3-jpeg-v1's and is NOT reached in the budget: this task checks FLUX wiring
-    # end to end (every stage on the CPU), not algorithms.
-    target=-1.50,
-    budget_steps=200,
-    eval_every=10,
-    train_defaults=dict(prompts_per_iter=4, group_size=8, num_steps=4, eval_num_steps=4, guidance=1.0,
-                        eval_guidance=1.0, lora_rank=4, lora_alpha=8, lr=1e-2, clip_range=1e-2, beta=0.0,
-                        num_threads=1),
-    needs="CPU; built in code on first use (cached under ~/.cache/opgrpo-bench or $OPGRPO_CACHE_DIR)",
-)
+# Random-init model, with tiny-sd3-jpeg-v1's settings (large clip range and learning rate, no KL) minus CFG.
+# Measured (seed 0, Flow-GRPO, 2 loaded CPU cores): base eval -1.536 kB; 200 steps (78 s) end at -1.535 (all
+# evals within -1.531..-1.538), i.e. no measurable progress; flat latents decode to -1.28. The target is
+# tiny-sd3-jpeg-v1's and is NOT reached in the budget: this task checks FLUX wiring end to end (every stage
+# on the CPU), not algorithms.
+TINY_FLUX_JPEG_V1 = tiny_task("tiny-flux-jpeg-v1", "tiny-flux", target=-1.50, guidance=1.0)
 
 # -- FLUX.1-dev tasks --------------------------------------------------------------------------------
-FLUX_DEV = WeightsSource(env="OPGRPO_FLUX_PATH", repo="black-forest-labs/FLUX.1-dev", what="FLUX.1-dev weights",
-                         resolver="opgrpo_bench.backbones.flux:resolve_flux_folder")
-FLUX_DEV_ENV, FLUX_DEV_REPO = FLUX_DEV.env, FLUX_DEV.repo
-FLUX_DEV_RESOLUTION = 512
-FLUX_DEV_MAX_SEQUENCE_LENGTH = 128
-"""Flow-GRPO encodes FLUX prompts with 128 T5 tokens (train_flux.py's compute_text_embeddings)."""
-FLUX_DEV_GUIDANCE = 3.5
-"""The distilled guidance scale of Flow-GRPO's FLUX runs (sampling, training and evaluation)."""
-FLUX_DEV_MAX_BATCH = 16
-"""Rows per no-grad transformer/VAE call. A memory bound for 12B bf16 weights at 512 px; not measured."""
-
-
-flux_dev_source, flux_dev_weights_missing = FLUX_DEV.source, FLUX_DEV.missing
-
-
-def load_flux_dev_backbone():
-    """FLUX.1-dev at 512 px: bf16 on a GPU with a float32 VAE (Flow-GRPO's precisions; LoRA stays float32),
-    float32 on a CPU."""
-    from opgrpo_bench.backbones.flux import FluxBackbone
-
-    device = default_device()
-    cuda = device.type == "cuda"
-    return FluxBackbone.from_pretrained(
-        FLUX_DEV.source(), dtype=torch.bfloat16 if cuda else torch.float32, device=device,
-        max_sequence_length=FLUX_DEV_MAX_SEQUENCE_LENGTH, resolution=FLUX_DEV_RESOLUTION,
-        guidance_scale=FLUX_DEV_GUIDANCE, max_batch=FLUX_DEV_MAX_BATCH, vae_dtype=torch.float32,
-        what=FLUX_DEV.what, env=FLUX_DEV.env,
-    )
-
-
 # Flow-GRPO's FLUX.1-dev PickScore recipe (config/grpo.py:pickscore_flux, scripts/train_flux.py): 48 groups
 # x 24 images per epoch and two optimizer steps per epoch, T = 6 with noise level 0.9, 28 evaluation steps,
 # no KL (beta 0), EMA 0.9 every 8 steps, LoRA r64/alpha128, lr 3e-4 (base config), 512 px, bf16.
@@ -127,7 +66,7 @@ def _flux_dev_spec(smoke: bool) -> TaskSpec:
     return paper_task_spec(
         "pickscore-flux-smoke-v1" if smoke else "pickscore-flux-v1", smoke=smoke,
         smoke_task="pickscore-flux-smoke-v1", family="pickscore", weights=FLUX_DEV, model="FLUX.1-dev",
-        size="512 px", what="human preference; reward = PickScore", backbone="flux1-dev", reward="pickscore",
+        backbone="flux1-dev", reward="pickscore",
         target=PICKSCORE_FLUX_TARGET, budget=PICKSCORE_FLUX_BUDGET,
         train_defaults=FLUX_SMOKE_TRAIN_DEFAULTS if smoke else FLUX_DEV_TRAIN_DEFAULTS,
     )

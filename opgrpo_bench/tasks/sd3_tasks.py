@@ -22,26 +22,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
-from opgrpo_bench.tasks.external import (
-    PROMPT_FILES,
-    PROMPTS_ENV,
-    SAMPLES,
-    WeightsSource,
-    default_device,
-    lazy_specs,
-    paper_task_spec,
-)
-from opgrpo_bench.tasks.spec import Prompt, TaskSpec
+from opgrpo_bench.backbones.models import SD35M
+from opgrpo_bench.tasks.external import PROMPT_FILES, PROMPTS_ENV, SAMPLES, lazy_specs, paper_task_spec
+from opgrpo_bench.tasks.spec import Prompt, TaskSpec, listed
 
 __all__ = ["PROMPTS_ENV", "PROMPT_FILES", "SAMPLES", "SD35M", "TINY_SD3_JPEG_V1"]
 
 # -- tiny-sd3-jpeg-v1 --------------------------------------------------------------------------------
-TINY_RESOLUTION = 32
-TINY_MAX_SEQUENCE_LENGTH = 16
-TINY_SEED = 0
-
 TINY_TRAIN_PROMPTS = (
     "a photo of a cat", "a red car on a street", "a blue sky over the sea", "a small house in a field",
     "a yellow flower", "a dog next to a tree", "a painting of a mountain", "a cup on a table",
@@ -49,61 +36,37 @@ TINY_TRAIN_PROMPTS = (
 TINY_EVAL_PROMPTS = ("a photo of a dog", "a green field under a blue sky", "a white cup", "a city street")
 
 
-def load_tiny_sd3_backbone():
-    """The tiny SD3 pipeline (cached folder, built on first use) through ``SD3Backbone.from_pretrained``."""
-    from opgrpo_bench.backbones.sd3 import SD3Backbone
-    from opgrpo_bench.backbones.tiny import TinySD3Config, tiny_sd3_folder
-
-    folder = tiny_sd3_folder(TinySD3Config(resolution=TINY_RESOLUTION), seed=TINY_SEED)
-    return SD3Backbone.from_pretrained(folder, resolution=TINY_RESOLUTION,
-                                       max_sequence_length=TINY_MAX_SEQUENCE_LENGTH, what="tiny SD3 pipeline")
-
-
-TINY_SD3_JPEG_V1 = TaskSpec(
-    id="tiny-sd3-jpeg-v1",
-    description="tiny in-code SD3 pipeline (3 text encoders, VAE, CFG 4.5), 32 px; reward = -JPEG kB",
-    backbone="tiny-sd3",
-    reward="jpeg-compressibility",
-    train_prompts=tuple(Prompt(p) for p in TINY_TRAIN_PROMPTS),
-    eval_prompts=tuple(Prompt(p) for p in TINY_EVAL_PROMPTS),
-    eval_noises_per_prompt=2,
-    # The model is random-init: its VAE decoder adds its own texture, so the JPEG size moves little
-    # (base eval score -1.546 kB; flat latents decode to about -1.39 kB). With Flow-GRPO's clip range
-    # (1e-4) and KL (0.04) nothing moves within hundreds of steps; with the settings below Flow-GRPO
-    # reaches about -1.50 in 100-200 steps (25 s on 2 CPU cores).
-    target=-1.50,
-    budget_steps=200,
-    eval_every=10,
-    train_defaults=dict(prompts_per_iter=4, group_size=8, num_steps=4, eval_num_steps=4, guidance=4.5,
-                        eval_guidance=4.5, lora_rank=4, lora_alpha=8, lr=1e-2, clip_range=1e-2, beta=0.0,
-                        num_threads=1),
-    needs="CPU; built in code on first use (cached under ~/.cache/opgrpo-bench or $OPGRPO_CACHE_DIR)",
-)
-
-# -- SD3.5-Medium tasks ------------------------------------------------------------------------------
-SD35M = WeightsSource(env="OPGRPO_SD35M_PATH", repo="stabilityai/stable-diffusion-3.5-medium",
-                      what="SD3.5-Medium weights", resolver="opgrpo_bench.backbones.sd3:resolve_sd3_folder")
-SD35M_ENV, SD35M_REPO = SD35M.env, SD35M.repo
-SD35M_RESOLUTION = 512
-SD35M_MAX_SEQUENCE_LENGTH = 128
-"""Flow-GRPO encodes prompts (and the empty negative prompt) with 128 T5 tokens."""
-SD35M_MAX_BATCH = 32
-"""Rows per no-grad transformer/VAE call (CFG rows count): bounds the memory of 1,152-sample rollouts."""
-sd35m_source, sd35m_weights_missing = SD35M.source, SD35M.missing
-
-
-def load_sd35m_backbone():
-    """SD3.5-Medium at 512 px: bf16 on a GPU (Flow-GRPO's precision; LoRA stays float32), float32 on a CPU."""
-    from opgrpo_bench.backbones.sd3 import SD3Backbone
-
-    device = default_device()
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    return SD3Backbone.from_pretrained(
-        SD35M.source(), dtype=dtype, device=device, max_sequence_length=SD35M_MAX_SEQUENCE_LENGTH,
-        resolution=SD35M_RESOLUTION, max_batch=SD35M_MAX_BATCH, what=SD35M.what, env=SD35M.env,
+def tiny_task(task_id: str, backbone: str, *, target: float, guidance: float, group_size: int = 8,
+              reward: str = "jpeg-compressibility", **fields: Any) -> TaskSpec:
+    """A task on a tiny in-code pipeline (``tiny-sd3``, ``tiny-flux``, ``tiny-wan``): the prompts above, two eval
+    noises per prompt, 200 steps, an evaluation every 10, and the settings under which a random-init model
+    moves at all (clip range and learning rate 1e-2, no KL, LoRA r4, 4 sampling steps), with CFG
+    ``guidance`` in sampling and evaluation. ``fields``: further :class:`TaskSpec` fields (``reward_args``)."""
+    return TaskSpec(
+        id=task_id,
+        **listed(task_id),
+        backbone=backbone,
+        reward=reward,
+        train_prompts=tuple(Prompt(p) for p in TINY_TRAIN_PROMPTS),
+        eval_prompts=tuple(Prompt(p) for p in TINY_EVAL_PROMPTS),
+        eval_noises_per_prompt=2,
+        target=target,
+        budget_steps=200,
+        eval_every=10,
+        train_defaults=dict(prompts_per_iter=4, group_size=group_size, num_steps=4, eval_num_steps=4,
+                            guidance=guidance, eval_guidance=guidance, lora_rank=4, lora_alpha=8, lr=1e-2,
+                            clip_range=1e-2, beta=0.0, num_threads=1),
+        **fields,
     )
 
 
+# The model is random-init: its VAE decoder adds its own texture, so the JPEG size moves little (base eval
+# score -1.546 kB; flat latents decode to about -1.39 kB). With Flow-GRPO's clip range (1e-4) and KL (0.04)
+# nothing moves within hundreds of steps; with tiny_task's settings Flow-GRPO reaches about -1.50 in 100-200
+# steps (25 s on 2 CPU cores).
+TINY_SD3_JPEG_V1 = tiny_task("tiny-sd3-jpeg-v1", "tiny-sd3", target=-1.50, guidance=4.5)
+
+# -- SD3.5-Medium tasks ------------------------------------------------------------------------------
 # Flow-GRPO's SD3.5-M settings (its config/grpo.py: 48 groups x 24 images per epoch, two optimizer steps
 # per epoch, T = 10, CFG 4.5, 40 evaluation steps, LoRA r32/alpha64, lr 3e-4, 512 px).
 SD35M_TRAIN_DEFAULTS: dict[str, Any] = dict(
@@ -119,22 +82,22 @@ Not measured here (no GPU in this project's CI); lower it with ``--set micro_bat
 SMOKE_TRAIN_DEFAULTS: dict[str, Any] = dict(SD35M_TRAIN_DEFAULTS, prompts_per_iter=2, group_size=4,
                                             eval_num_steps=10)
 
-# family -> (reward, beta, target, budget steps, description)
+# family -> (reward, beta, target, budget steps)
 #   targets: Flow-GRPO's best (ALGORITHMS.md section 4); beta: 0.04 GenEval/OCR, 0.01 PickScore.
 #   budget_steps [decision]: chosen above Flow-GRPO's reported training lengths; change with --steps.
-FAMILIES: dict[str, tuple[str, float, float, int, str]] = {
-    "ocr": ("ocr", 0.04, 0.92, 2000, "text rendering; reward = OCR similarity of the quoted text"),
-    "pickscore": ("pickscore", 0.01, 23.32, 4000, "human preference; reward = PickScore"),
-    "geneval": ("geneval", 0.04, 0.95, 6000, "compositional generation; reward = GenEval correctness"),
+FAMILIES: dict[str, tuple[str, float, float, int]] = {
+    "ocr": ("ocr", 0.04, 0.92, 2000),
+    "pickscore": ("pickscore", 0.01, 23.32, 4000),
+    "geneval": ("geneval", 0.04, 0.95, 6000),
 }
 
 
 def _sd35m_spec(family: str, smoke: bool) -> TaskSpec:
-    reward, beta, target, budget, what = FAMILIES[family]
+    reward, beta, target, budget = FAMILIES[family]
     smoke_task = f"{family}-sd35m-smoke-v1"
     return paper_task_spec(
         smoke_task if smoke else f"{family}-sd35m-v1", smoke=smoke, smoke_task=smoke_task, family=family,
-        weights=SD35M, model="SD3.5-Medium", size="512 px", what=what, backbone="sd35m", reward=reward,
+        weights=SD35M, model="SD3.5-Medium", backbone="sd35m", reward=reward,
         target=target, budget=budget,
         train_defaults=dict(SMOKE_TRAIN_DEFAULTS if smoke else SD35M_TRAIN_DEFAULTS, beta=beta),
         # GenEval: train on Flow-GRPO's partial score, evaluate GenEval's strict correctness (docs/REWARDS.md).

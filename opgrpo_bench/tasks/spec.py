@@ -26,7 +26,8 @@ class TaskSpec:
 
     Attributes:
         id: versioned id, e.g. ``digits-v1``.
-        description: one line for ``opgrpo-bench list tasks``.
+        description: one line for ``opgrpo-bench list tasks``; a built-in task takes it, and ``needs``,
+            from its registry entry (:func:`listed`), the one copy.
         backbone: registered backbone name (``opgrpo-bench list backbones``); ``backbone_args`` the kwargs
             of its factory. :meth:`build_backbone` builds it through the ``BACKBONES`` registry.
         reward: registered reward name; ``reward_args`` its constructor kwargs.
@@ -81,3 +82,12 @@ class TaskSpec:
         payload = json.dumps([[(p.text, p.meta) for p in self.train_prompts],
                               [(p.text, p.meta) for p in self.eval_prompts]], sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def listed(task_id: str) -> dict[str, str]:
+    """``description`` and ``needs`` of a built-in task as its ``TASKS`` entry lists them (the one copy:
+    ``opgrpo-bench list tasks`` shows the entry without building the spec), for its :class:`TaskSpec`."""
+    from opgrpo_bench.registry import TASKS
+
+    entry = TASKS.entry(task_id)
+    return {"description": entry.description, "needs": entry.meta.get("needs", "")}

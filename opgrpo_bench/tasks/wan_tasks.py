@@ -24,89 +24,21 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
-from opgrpo_bench.tasks.external import WeightsSource, default_device, lazy_specs, paper_task_spec
-from opgrpo_bench.tasks.sd3_tasks import TINY_EVAL_PROMPTS, TINY_TRAIN_PROMPTS
-from opgrpo_bench.tasks.spec import Prompt, TaskSpec
+from opgrpo_bench.backbones.models import WAN21
+from opgrpo_bench.tasks.external import lazy_specs, paper_task_spec
+from opgrpo_bench.tasks.sd3_tasks import tiny_task
+from opgrpo_bench.tasks.spec import TaskSpec
 
 # -- tiny-wan-video-v1 -------------------------------------------------------------------------------
-TINY_HEIGHT = 32
-TINY_WIDTH = 32
-TINY_NUM_FRAMES = 9
-"""9 frames = 3 latent frames (the causal VAE: first frame alone, then 4 frames per latent frame)."""
-TINY_MAX_SEQUENCE_LENGTH = 16
-TINY_SEED = 0
-
-
-def load_tiny_wan_backbone():
-    """The tiny Wan pipeline (cached folder, built on first use) through ``WanBackbone.from_pretrained``."""
-    from opgrpo_bench.backbones.tiny_wan import TinyWanConfig, tiny_wan_folder
-    from opgrpo_bench.backbones.wan import WanBackbone
-
-    config = TinyWanConfig(height=TINY_HEIGHT, width=TINY_WIDTH, num_frames=TINY_NUM_FRAMES)
-    return WanBackbone.from_pretrained(tiny_wan_folder(config, seed=TINY_SEED), height=TINY_HEIGHT, width=TINY_WIDTH,
-                                       num_frames=TINY_NUM_FRAMES, max_sequence_length=TINY_MAX_SEQUENCE_LENGTH,
-                                       what="tiny Wan pipeline")
-
-
-TINY_WAN_VIDEO_V1 = TaskSpec(
-    id="tiny-wan-video-v1",
-    description="tiny in-code Wan2.1 pipeline (UMT5 + 3-D VAE, CFG 4.5), 9 frames of 32 px; reward = -JPEG kB "
-                "per frame, mean over frames",
-    backbone="tiny-wan",
-    reward="video",
-    reward_args={"reward": "jpeg-compressibility", "aggregate": "mean"},
-    train_prompts=tuple(Prompt(p) for p in TINY_TRAIN_PROMPTS),
-    eval_prompts=tuple(Prompt(p) for p in TINY_EVAL_PROMPTS),
-    eval_noises_per_prompt=2,
-    # Random-init model with tiny-sd3-jpeg-v1's settings (large clip range and learning rate, no KL), true
-    # CFG 4.5 as Wan2.1 uses it. Measured once (seed 0, Flow-GRPO, 2 loaded CPU cores, 168 s for 200 steps):
-    # base eval -1.288 kB, then a slow steady climb, -1.276 at step 80, -1.273 at 120, -1.269 at 200. The
-    # target sits inside that range (reached at step 120 in that run); one seed, one algorithm: a wiring
-    # check of the Wan video path that also moves, not a calibrated benchmark.
-    target=-1.275,
-    budget_steps=200,
-    eval_every=10,
-    train_defaults=dict(prompts_per_iter=4, group_size=4, num_steps=4, eval_num_steps=4, guidance=4.5,
-                        eval_guidance=4.5, lora_rank=4, lora_alpha=8, lr=1e-2, clip_range=1e-2, beta=0.0,
-                        num_threads=1),
-    needs="CPU; built in code on first use (cached under ~/.cache/opgrpo-bench or $OPGRPO_CACHE_DIR)",
-)
+# Random-init model with tiny-sd3-jpeg-v1's settings (large clip range and learning rate, no KL), true CFG
+# 4.5 as Wan2.1 uses it. Measured once (seed 0, Flow-GRPO, 2 loaded CPU cores, 168 s for 200 steps): base
+# eval -1.288 kB, then a slow steady climb, -1.276 at step 80, -1.273 at 120, -1.269 at 200. The target sits
+# inside that range (reached at step 120 in that run); one seed, one algorithm: a wiring check of the Wan
+# video path that also moves, not a calibrated benchmark.
+TINY_WAN_VIDEO_V1 = tiny_task("tiny-wan-video-v1", "tiny-wan", target=-1.275, guidance=4.5, group_size=4,
+                              reward="video", reward_args={"reward": "jpeg-compressibility", "aggregate": "mean"})
 
 # -- Wan2.1-T2V-1.3B tasks ---------------------------------------------------------------------------
-WAN21 = WeightsSource(env="OPGRPO_WAN_PATH", repo="Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
-                      what="Wan2.1-T2V-1.3B weights", resolver="opgrpo_bench.backbones.wan:resolve_wan_folder")
-WAN21_ENV, WAN21_REPO = WAN21.env, WAN21.repo
-WAN21_HEIGHT = 240
-WAN21_WIDTH = 416
-WAN21_NUM_FRAMES = 33
-"""Flow-GRPO's Wan2.1 OCR videos: 33 frames of 240x416 (latents [16, 9, 30, 52])."""
-WAN21_MAX_SEQUENCE_LENGTH = 512
-"""Flow-GRPO encodes Wan prompts with 512 UMT5 tokens (train_wan2_1.py's compute_text_embeddings)."""
-WAN21_MAX_BATCH = 8
-"""Rows per no-grad transformer/VAE call. A memory bound for 1.3B bf16 weights at 240x416x33; not measured."""
-
-
-wan21_source, wan21_weights_missing = WAN21.source, WAN21.missing
-
-
-def load_wan21_backbone():
-    """Wan2.1-T2V-1.3B at 240x416, 33 frames: bf16 on a GPU with a float32 VAE (Flow-GRPO's precisions; LoRA
-    stays float32), float32 on a CPU. Sampled with a FlowMatchEulerDiscreteScheduler at the folder's flow
-    shift (the folder's UniPC scheduler is not used; see :mod:`opgrpo_bench.backbones.wan`)."""
-    from opgrpo_bench.backbones.wan import WanBackbone
-
-    device = default_device()
-    cuda = device.type == "cuda"
-    return WanBackbone.from_pretrained(
-        WAN21.source(), dtype=torch.bfloat16 if cuda else torch.float32, device=device,
-        max_sequence_length=WAN21_MAX_SEQUENCE_LENGTH, height=WAN21_HEIGHT, width=WAN21_WIDTH,
-        num_frames=WAN21_NUM_FRAMES, max_batch=WAN21_MAX_BATCH, vae_dtype=torch.float32,
-        what=WAN21.what, env=WAN21.env,
-    )
-
-
 # Flow-GRPO's Wan2.1 OCR recipe (config/grpo.py:general_ocr_wan2_1, scripts/train_wan2_1.py): per GPU and
 # epoch 2 batches of 8 videos in groups of 4 (4 groups), one optimizer step per batch (2 per epoch); T = 20
 # with the base config's noise level 0.7, 50 evaluation steps, CFG 4.5 in sampling and training, KL beta
@@ -132,9 +64,8 @@ def _wan21_spec(smoke: bool) -> TaskSpec:
     return paper_task_spec(
         "video-ocr-wan21-smoke-v1" if smoke else "video-ocr-wan21-v1", smoke=smoke,
         smoke_task="video-ocr-wan21-smoke-v1", family="ocr", weights=WAN21, model="Wan2.1-T2V-1.3B",
-        size="240x416 x 33 frames", what="text rendering; reward = OCR per frame, mean", backbone="wan21-t2v-1.3b",
-        reward="video-ocr", target=VIDEO_OCR_WAN21_TARGET, budget=VIDEO_OCR_WAN21_BUDGET,
-        train_defaults=WAN21_SMOKE_TRAIN_DEFAULTS if smoke else WAN21_TRAIN_DEFAULTS, reward_needs="(rapidocr)",
+        backbone="wan21-t2v-1.3b", reward="video-ocr", target=VIDEO_OCR_WAN21_TARGET,
+        budget=VIDEO_OCR_WAN21_BUDGET, train_defaults=WAN21_SMOKE_TRAIN_DEFAULTS if smoke else WAN21_TRAIN_DEFAULTS,
     )
 
 

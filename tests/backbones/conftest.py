@@ -32,7 +32,7 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_folder(cache_dir: Path) -> Path:
     """The tiny-sd3-jpeg-v1 pipeline folder (the same one the task loads)."""
     from opgrpo_bench.backbones.tiny import TinySD3Config, tiny_sd3_folder
-    from opgrpo_bench.tasks.sd3_tasks import TINY_RESOLUTION, TINY_SEED
+    from opgrpo_bench.backbones.models import TINY_RESOLUTION, TINY_SEED
 
     return tiny_sd3_folder(TinySD3Config(resolution=TINY_RESOLUTION), seed=TINY_SEED)
 
@@ -52,7 +52,7 @@ def backbone(tiny_folder: Path):
 def tiny_flux_folder(cache_dir: Path) -> Path:
     """The tiny-flux-jpeg-v1 pipeline folder (the same one the task loads)."""
     from opgrpo_bench.backbones.tiny_flux import TinyFluxConfig, tiny_flux_folder as folder
-    from opgrpo_bench.tasks.flux_tasks import TINY_RESOLUTION, TINY_SEED
+    from opgrpo_bench.backbones.models import TINY_RESOLUTION, TINY_SEED
 
     return folder(TinyFluxConfig(resolution=TINY_RESOLUTION), seed=TINY_SEED)
 
@@ -72,9 +72,9 @@ def flux(tiny_flux_folder: Path):
 def tiny_wan_folder(cache_dir: Path) -> Path:
     """The tiny-wan-video-v1 pipeline folder (the same one the task loads)."""
     from opgrpo_bench.backbones.tiny_wan import TinyWanConfig, tiny_wan_folder as folder
-    from opgrpo_bench.tasks.wan_tasks import TINY_HEIGHT, TINY_NUM_FRAMES, TINY_SEED, TINY_WIDTH
+    from opgrpo_bench.backbones.models import TINY_NUM_FRAMES, TINY_RESOLUTION, TINY_SEED
 
-    return folder(TinyWanConfig(height=TINY_HEIGHT, width=TINY_WIDTH, num_frames=TINY_NUM_FRAMES), seed=TINY_SEED)
+    return folder(TinyWanConfig(height=TINY_RESOLUTION, width=TINY_RESOLUTION, num_frames=TINY_NUM_FRAMES), seed=TINY_SEED)
 
 
 @pytest.fixture()

@@ -26,7 +26,7 @@ class Family:
     module: str
     """``opgrpo_bench.tasks.<module>``."""
     weights: str
-    """The module's :class:`~opgrpo_bench.tasks.external.WeightsSource` attribute."""
+    """The module's :class:`~opgrpo_bench.backbones.folders.WeightsSource` attribute."""
     tiny_task: str
     tiny_folder: str
     """The session fixture building the tiny pipeline folder."""

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from opgrpo_bench.backbones import models
 from opgrpo_bench.registry import TASKS
 from opgrpo_bench.tasks import flux_tasks, sd3_tasks
 from opgrpo_bench.tasks.spec import TaskSpec
@@ -17,7 +18,7 @@ FLUX_DEV_TASKS = ("pickscore-flux-v1", "pickscore-flux-smoke-v1")
 @pytest.fixture()
 def no_flux(no_weights):
     """Neither prompt files nor the weights: an empty HF cache, no environment variables."""
-    no_weights("flux_tasks", flux_tasks.FLUX_DEV_ENV,
+    no_weights("flux_tasks", flux_tasks.FLUX_DEV.env,
                dict(zip(FLUX_DEV_TASKS, ("PICKSCORE_FLUX_V1", "PICKSCORE_FLUX_SMOKE_V1"))))
 
 
@@ -45,7 +46,7 @@ def test_pickscore_flux_settings_are_flow_grpos(no_flux, tmp_path: Path, monkeyp
     assert (d["num_steps"], d["eval_num_steps"], d["noise_level"], d["beta"]) == (6, 28, 0.9, 0.0)
     assert (d["guidance"], d["eval_guidance"]) == (1.0, 1.0)  # no true CFG
     assert (d["prompts_per_iter"], d["group_size"], d["lora_rank"], d["lora_alpha"]) == (48, 24, 64, 128)
-    assert flux_tasks.FLUX_DEV_GUIDANCE == 3.5 and flux_tasks.FLUX_DEV_RESOLUTION == 512
+    assert models.FLUX_DEV_GUIDANCE == 3.5 and models.FLUX_DEV_RESOLUTION == 512
     assert smoke.description.startswith("SMOKE") and smoke.budget_steps <= 10
     assert smoke.train_defaults["num_steps"] == 6 and smoke.train_defaults["group_size"] <= 8
     for task_id in FLUX_DEV_TASKS:

@@ -11,9 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from opgrpo_bench import devices
+from opgrpo_bench.backbones import models
 from opgrpo_bench.errors import MissingWeightsError, UserError
 from opgrpo_bench.registry import BACKBONES, TASKS
-from opgrpo_bench.tasks import external, sd3_tasks
+from opgrpo_bench.tasks import sd3_tasks
 from opgrpo_bench.tasks.spec import TaskSpec
 
 SD35M_TASKS = ("ocr-sd35m-v1", "pickscore-sd35m-v1", "geneval-sd35m-v1")
@@ -23,7 +25,7 @@ SMOKE_TASKS = ("ocr-sd35m-smoke-v1", "pickscore-sd35m-smoke-v1", "geneval-sd35m-
 @pytest.fixture()
 def no_sd35m(no_weights):
     """Neither prompt files nor SD3.5-M weights: an empty HF cache, no environment variables."""
-    no_weights("sd3_tasks", sd3_tasks.SD35M_ENV,
+    no_weights("sd3_tasks", sd3_tasks.SD35M.env,
                {t: t.replace("-v1", "").replace("-", "_").upper() + "_V1" for t in SD35M_TASKS + SMOKE_TASKS})
 
 
@@ -94,7 +96,7 @@ def test_sd35m_task_without_prompt_files_fails_with_one_line(no_sd35m, task_id: 
         TASKS.get(task_id)
     message = str(info.value)
     assert "\n" not in message and isinstance(info.value, UserError)
-    assert sd3_tasks.PROMPTS_ENV in message and sd3_tasks.SD35M_ENV in message and task_id in message
+    assert sd3_tasks.PROMPTS_ENV in message and sd3_tasks.SD35M.env in message and task_id in message
 
 
 def test_sd35m_tasks_read_flow_grpo_prompt_files(no_sd35m, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -140,10 +142,10 @@ def test_sd35m_backbone_without_weights_fails_fast(no_sd35m, tmp_path: Path, mon
     spec = TASKS.get("ocr-sd35m-v1")
     for source, expected in ((None, "not in the Hugging Face cache"), (str(tmp_path / "nope"), "does not exist")):
         if source:
-            monkeypatch.setenv(sd3_tasks.SD35M_ENV, source)
+            monkeypatch.setenv(sd3_tasks.SD35M.env, source)
         with pytest.raises(MissingWeightsError) as info:
             spec.build_backbone()
-        assert expected in str(info.value) and sd3_tasks.SD35M_ENV in str(info.value)
+        assert expected in str(info.value) and sd3_tasks.SD35M.env in str(info.value)
 
 
 def test_sd35m_run_fails_before_loading_anything(no_sd35m, tmp_path: Path):
@@ -156,7 +158,7 @@ def test_sd35m_run_fails_before_loading_anything(no_sd35m, tmp_path: Path):
 
 def test_cli_run_prints_one_line_and_exits_2(tmp_path: Path):
     """`opgrpo-bench run --task ocr-sd35m-v1` without prompt files or weights: one line, exit code 2."""
-    env = {k: v for k, v in os.environ.items() if k not in (sd3_tasks.PROMPTS_ENV, sd3_tasks.SD35M_ENV)}
+    env = {k: v for k, v in os.environ.items() if k not in (sd3_tasks.PROMPTS_ENV, sd3_tasks.SD35M.env)}
     env.update(HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(tmp_path / "empty-hub"))
     proc = subprocess.run(
         [sys.executable, "-c", "from opgrpo_bench.cli import main; main()", "run", "--task", "ocr-sd35m-v1",
@@ -194,6 +196,6 @@ def test_sample_prompts_suit_their_rewards():
 
 
 def test_sd35m_backbone_defaults():
-    assert sd3_tasks.SD35M_RESOLUTION == 512 and sd3_tasks.SD35M_MAX_SEQUENCE_LENGTH == 128
-    device = external.default_device()
+    assert models.SD35M_RESOLUTION == 512 and models.SD35M_MAX_SEQUENCE_LENGTH == 128
+    device = devices.default_device()
     assert device.type == ("cuda" if torch.cuda.is_available() else "cpu")

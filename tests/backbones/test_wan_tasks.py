@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from opgrpo_bench.backbones import models
 from opgrpo_bench.registry import TASKS
 from opgrpo_bench.tasks import sd3_tasks, wan_tasks
 from opgrpo_bench.tasks.spec import TaskSpec
@@ -17,7 +18,7 @@ WAN21_TASKS = ("video-ocr-wan21-v1", "video-ocr-wan21-smoke-v1")
 @pytest.fixture()
 def no_wan(no_weights):
     """Neither prompt files nor the weights: an empty HF cache, no environment variables."""
-    no_weights("wan_tasks", wan_tasks.WAN21_ENV,
+    no_weights("wan_tasks", wan_tasks.WAN21.env,
                dict(zip(WAN21_TASKS, ("VIDEO_OCR_WAN21_V1", "VIDEO_OCR_WAN21_SMOKE_V1"))))
 
 
@@ -44,7 +45,7 @@ def test_video_ocr_wan21_settings_are_flow_grpos(no_wan, tmp_path: Path, monkeyp
     d = spec.train_defaults
     assert (d["num_steps"], d["eval_num_steps"], d["guidance"], d["eval_guidance"]) == (20, 50, 4.5, 4.5)
     assert (d["group_size"], d["lr"], d["clip_range"], d["beta"], d["global_std"]) == (4, 1e-4, 1e-3, 0.004, False)
-    assert (wan_tasks.WAN21_HEIGHT, wan_tasks.WAN21_WIDTH, wan_tasks.WAN21_NUM_FRAMES) == (240, 416, 33)
+    assert (models.WAN21_HEIGHT, models.WAN21_WIDTH, models.WAN21_NUM_FRAMES) == (240, 416, 33)
     assert smoke.description.startswith("SMOKE") and smoke.budget_steps <= 10
     assert smoke.train_defaults["num_steps"] == 20 and smoke.train_defaults["group_size"] == 4
     from opgrpo_bench.runner import resolve

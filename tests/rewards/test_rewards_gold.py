@@ -11,9 +11,9 @@ from opgrpo_bench.rewards.digits import (
     DigitClassifier,
     GoldDigitClassifier,
     load_classifier,
-    train_gold_classifier,
 )
-from opgrpo_bench.tasks.digits import load_split
+from opgrpo_bench.pretraining.classifiers import train_gold_classifier
+from opgrpo_bench.pretraining.common import load_split
 
 
 def test_gold_is_another_architecture_trained_on_the_other_split():

@@ -8,8 +8,11 @@ import torch
 
 from opgrpo_bench.registry import REWARDS, TASKS
 from opgrpo_bench.rewards.digits import DigitNumberReward, prompted_number
+from opgrpo_bench.backbones import digits as digits_models
+from opgrpo_bench.backbones.digits import MAX_TOKENS
+from opgrpo_bench.pretraining import digits_number as pn
+from opgrpo_bench.pretraining.common import compose, load_split
 from opgrpo_bench.tasks import digits_number as dn
-from opgrpo_bench.tasks.digits import MAX_TOKENS, load_split
 
 VARIANTS = ("digits-number-v1", "digits-number-pool20-v1", "digits-number-pool100-v1")
 
@@ -21,7 +24,7 @@ def reward() -> DigitNumberReward:
 
 @pytest.fixture(scope="module")
 def backbone():
-    return dn.load_number_backbone()
+    return digits_models.load_number_backbone()
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +38,7 @@ def test_digits(reward: DigitNumberReward) -> dict[int, torch.Tensor]:
 
 def draw(number: str, digits: dict[int, torch.Tensor]) -> torch.Tensor:
     """An 8x24 image [1, 8, 24] of ``number`` composed of real digits."""
-    return dn.compose(*(digits[int(c)][None] for c in number))[0]
+    return compose(*(digits[int(c)][None] for c in number))[0]
 
 
 def test_split_is_disjoint_deterministic_and_large_enough() -> None:
@@ -77,7 +80,7 @@ def test_pool_variants_are_nested_and_otherwise_identical() -> None:
 
 def test_tokenizer_splits_numbers_into_digits(backbone) -> None:
     shipped = backbone.prompt_encoder.tokenizer
-    for tok in (dn.build_number_tokenizer(), shipped):
+    for tok in (pn.build_number_tokenizer(), shipped):
         ids = tok("the number 374").input_ids
         assert tok.convert_ids_to_tokens(ids) == ["[BOS]", "the", "number", "3", "7", "4", "[EOS]"]
         assert tok.convert_ids_to_tokens(tok("the number 042").input_ids)[3:6] == ["0", "4", "2"]
@@ -156,7 +159,7 @@ def test_assets_load_and_sample(backbone, reward: DigitNumberReward) -> None:
     cfg = backbone.transformer.config
     # diffusers crops the position grid to the 4x12 patch grid: the longer side must fit
     assert cfg.pos_embed_max_size * cfg.patch_size >= max(dn.IMAGE_SHAPE[1:])
-    assert (dn.NUMBER_ASSETS / "base_model.json").exists()
+    assert (digits_models.NUMBER_ASSETS / "base_model.json").exists()
     prompts = ["the number 374", "the number 042"]
     noise = torch.randn((2, *backbone.latent_shape), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -183,13 +186,13 @@ def test_base_model_is_in_the_measured_regime(backbone, reward: DigitNumberRewar
 
 def test_pretraining_draws_training_numbers_and_is_deterministic() -> None:
     train, evals = dn.number_split()
-    src = dn.NumberImages(train)
+    src = pn.NumberImages(train)
     images, numbers = src.draw(64, torch.Generator().manual_seed(0))
     assert images.shape == (64, 1, 8, 24) and set(numbers) <= set(train)
     assert float(images.min()) >= -1 and float(images.max()) <= 1
     torch.set_num_threads(1)
-    a = dn.pretrain_number_model(steps=2, jitter_steps=1, batch_size=4)[0].state_dict()
-    b = dn.pretrain_number_model(steps=2, jitter_steps=1, batch_size=4)[0].state_dict()
+    a = pn.pretrain_number_model(steps=2, jitter_steps=1, batch_size=4)[0].state_dict()
+    b = pn.pretrain_number_model(steps=2, jitter_steps=1, batch_size=4)[0].state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 

@@ -7,8 +7,10 @@ import torch
 
 from opgrpo_bench.registry import REWARDS, TASKS
 from opgrpo_bench.rewards.digits import DigitPairReward, prompted_pair
+from opgrpo_bench.backbones import digits as digits_models
+from opgrpo_bench.pretraining import digits_pair as pp
+from opgrpo_bench.pretraining.common import compose, load_split
 from opgrpo_bench.tasks import digits_pair as dp
-from opgrpo_bench.tasks.digits import load_split
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +20,7 @@ def reward() -> DigitPairReward:
 
 @pytest.fixture(scope="module")
 def backbone():
-    return dp.load_pair_backbone()
+    return digits_models.load_pair_backbone()
 
 
 @pytest.fixture(scope="module")
@@ -74,12 +76,12 @@ def test_assets_load(backbone) -> None:
     cfg = backbone.transformer.config
     # diffusers crops the position grid to the 4x8 patch grid: the longer side must fit
     assert cfg.pos_embed_max_size * cfg.patch_size >= max(dp.IMAGE_SHAPE[1:])
-    assert (dp.PAIR_ASSETS / "base_model.json").exists()
+    assert (digits_models.PAIR_ASSETS / "base_model.json").exists()
 
 
 def test_real_pair_scores_success_and_swap_fails(reward: DigitPairReward, test_digits) -> None:
     pairs = list(dp.PAIRS)
-    images = torch.stack([dp.compose(test_digits[a][None], test_digits[b][None])[0] for a, b in pairs])
+    images = torch.stack([compose(test_digits[a][None], test_digits[b][None])[0] for a, b in pairs])
     assert images.shape == (90, 1, 8, 16)
     left_of = [f"a {a} left of a {b}" for a, b in pairs]
     right_of = [f"a {b} right of a {a}" for a, b in pairs]
@@ -93,7 +95,7 @@ def test_real_pair_scores_success_and_swap_fails(reward: DigitPairReward, test_d
 
 
 def test_nan_for_unparsable_prompt_and_broken_pixels(reward: DigitPairReward, test_digits) -> None:
-    img = dp.compose(test_digits[3][None], test_digits[7][None]).repeat(3, 1, 1, 1)
+    img = compose(test_digits[3][None], test_digits[7][None]).repeat(3, 1, 1, 1)
     img[2] = float("nan")
     out = reward(img, ["a 3 left of a 7", "a handwritten 3", "a 3 left of a 7"])
     assert out.scores[0] == 1.0 and torch.isnan(out.scores[1:]).all()
@@ -131,17 +133,17 @@ def test_base_model_generates_pairs(backbone, reward: DigitPairReward) -> None:
 def test_pretraining_is_deterministic() -> None:
     torch.set_num_threads(1)
     # one centred step, then one jittered step: both phases
-    a = dp.pretrain_pair_model(steps=2, jitter_steps=1, batch_size=8)[0].state_dict()
-    b = dp.pretrain_pair_model(steps=2, jitter_steps=1, batch_size=8)[0].state_dict()
+    a = pp.pretrain_pair_model(steps=2, jitter_steps=1, batch_size=8)[0].state_dict()
+    b = pp.pretrain_pair_model(steps=2, jitter_steps=1, batch_size=8)[0].state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_jitter_shifts_by_at_most_one_pixel() -> None:
     img = torch.full((64, 1, 8, 8), -1.0)
     img[:, :, 3:5, 3:5] = 1.0  # a 2x2 blob in the centre
-    out = dp.jitter(img, torch.Generator().manual_seed(0))
+    out = pp.jitter(img, torch.Generator().manual_seed(0))
     assert out.shape == img.shape
-    again = dp.jitter(img, torch.Generator().manual_seed(0))
+    again = pp.jitter(img, torch.Generator().manual_seed(0))
     assert torch.equal(out, again)
     for o in out:
         ys, xs = torch.nonzero(o[0] > 0, as_tuple=True)

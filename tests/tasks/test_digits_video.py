@@ -10,8 +10,11 @@ import torch
 
 from opgrpo_bench.registry import ALGORITHMS, BACKBONES, REWARDS, TASKS
 from opgrpo_bench.rewards.digits import DigitVideoReward, prompted_digit, prompted_direction
+from opgrpo_bench.backbones import digits as digits_models
+from opgrpo_bench.backbones.digits import MAX_TOKENS
+from opgrpo_bench.pretraining import digits_video as pv
+from opgrpo_bench.pretraining.common import load_split
 from opgrpo_bench.tasks import digits_video as dvid
-from opgrpo_bench.tasks.digits import MAX_TOKENS, load_split
 
 
 @pytest.fixture(autouse=True)
@@ -26,7 +29,7 @@ def reward() -> DigitVideoReward:
 
 @pytest.fixture(scope="module")
 def backbone():
-    return dvid.load_video_backbone()
+    return digits_models.load_video_backbone()
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +43,7 @@ def test_digits(reward: DigitVideoReward) -> dict[int, torch.Tensor]:
 
 def video(digit_image: torch.Tensor, direction: int) -> torch.Tensor:
     """[F, 1, 8, W] video (the reward's layout) of one real digit moving right (+1) or left (-1)."""
-    return dvid.moving_videos(digit_image[None], torch.tensor([direction]))[0].permute(1, 0, 2, 3)
+    return pv.moving_videos(digit_image[None], torch.tensor([direction]))[0].permute(1, 0, 2, 3)
 
 
 # -- prompts -----------------------------------------------------------------------------------------
@@ -80,8 +83,8 @@ def test_direction_parsing(text: str, meta: dict | None, expected: str | None) -
 # -- the reward --------------------------------------------------------------------------------------
 def test_moving_videos_follow_the_documented_paths() -> None:
     image = torch.rand(1, 1, 8, 8)
-    right = dvid.moving_videos(image, torch.tensor([1]))[0, 0]  # [F, 8, W]
-    left = dvid.moving_videos(image, torch.tensor([-1]))[0, 0]
+    right = pv.moving_videos(image, torch.tensor([1]))[0, 0]  # [F, 8, W]
+    left = pv.moving_videos(image, torch.tensor([-1]))[0, 0]
     assert right.shape == (dvid.N_FRAMES, 8, dvid.FRAME_WIDTH)
     for f in range(dvid.N_FRAMES):  # the digit at its offset, background (0) everywhere else
         for frames, x in ((right, f * dvid.SPEED), (left, dvid.FRAME_WIDTH - 8 - f * dvid.SPEED)):
@@ -90,7 +93,7 @@ def test_moving_videos_follow_the_documented_paths() -> None:
             rest[:, x:x + 8] = 0
             assert not rest.any()
     with pytest.raises(ValueError):
-        dvid.moving_videos(image, torch.tensor([1]), width=10)
+        pv.moving_videos(image, torch.tensor([1]), width=10)
 
 
 def test_reward_on_real_digits_in_motion(reward: DigitVideoReward, test_digits) -> None:
@@ -192,10 +195,10 @@ def test_assets_load_and_sample(backbone, reward: DigitVideoReward) -> None:
     assert backbone.latent_shape == dvid.VIDEO_SHAPE and backbone.num_frames == dvid.N_FRAMES
     assert type(backbone.transformer).__name__ == "WanTransformer3DModel" and backbone.vae is None
     assert backbone.transformer.config.in_channels == 1 + backbone.condition.shape[0]
-    meta = json.loads((dvid.VIDEO_ASSETS / "base_model.json").read_text())
-    assert meta["pretrain_steps"] == dvid.PRETRAIN_STEPS and meta["frame_steps"] == dvid.FRAME_STEPS
+    meta = json.loads((digits_models.VIDEO_ASSETS / "base_model.json").read_text())
+    assert meta["pretrain_steps"] == pv.PRETRAIN_STEPS and meta["frame_steps"] == pv.FRAME_STEPS
     assert meta["video_shape"] == list(dvid.VIDEO_SHAPE)
-    size = sum(f.stat().st_size for f in dvid.VIDEO_ASSETS.rglob("*") if f.is_file())
+    size = sum(f.stat().st_size for f in digits_models.VIDEO_ASSETS.rglob("*") if f.is_file())
     assert size < 1_000_000, size
     prompts = ["a handwritten 7 moving left", "the digit 2 moving right"]
     noise = torch.randn((2, *backbone.latent_shape), generator=torch.Generator().manual_seed(0))
@@ -225,20 +228,20 @@ def test_base_score_is_the_recorded_one_and_below_the_target(backbone) -> None:
 # -- the build ---------------------------------------------------------------------------------------
 def test_pretraining_is_deterministic_and_trains_both_phases() -> None:
     def run() -> dict[str, torch.Tensor]:
-        transformer, text_encoder, _, _ = dvid.pretrain_video_model(steps=3, frame_steps=1, batch_size=4)
+        transformer, text_encoder, _, _ = pv.pretrain_video_model(steps=3, frame_steps=1, batch_size=4)
         return {**{f"t.{k}": v for k, v in transformer.state_dict().items()},
                 **{f"e.{k}": v for k, v in text_encoder.state_dict().items()}}
 
     a, b = run(), run()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    fresh = dvid.build_video_transformer().state_dict()
+    fresh = pv.build_video_transformer().state_dict()
     assert any(not torch.equal(fresh[k], a[f"t.{k}"]) for k in fresh)
 
 
 def test_build_script_writes_a_loadable_folder(tmp_path) -> None:
-    meta = dvid.build_video_assets(tmp_path, steps=2, frame_steps=1, batch_size=2)
+    meta = pv.build_video_assets(tmp_path, steps=2, frame_steps=1, batch_size=2)
     assert meta["pretrain_steps"] == 2 and (tmp_path / "base_model.json").exists()
-    bb = dvid.load_video_backbone(tmp_path)
+    bb = digits_models.load_video_backbone(tmp_path)
     assert bb.latent_shape == dvid.VIDEO_SHAPE
 
 
