@@ -39,6 +39,18 @@ def _print_summary(doc: dict, out: Path) -> None:
                   highlight=False)
 
 
+def _update_results_doc(path: Path, doc: dict) -> None:
+    """Regenerate the marked tables of ``path`` from ``doc`` (atomically; the prose is left alone)."""
+    from opgrpo_bench.leaderboard.results_doc import ResultsDocError, update_tables
+    from opgrpo_bench.storage import atomic_write_text
+
+    try:
+        text = path.read_text(encoding="utf-8")
+        atomic_write_text(path, update_tables(text, doc))
+    except (OSError, UnicodeDecodeError, ResultsDocError) as exc:
+        raise LeaderboardError(f"--results-doc {path}: {exc}") from None
+
+
 def leaderboard(
     runs_dir: Annotated[Path, typer.Argument(help="Directory searched recursively for metrics.jsonl (or packed metrics.jsonl.gz) files.")]
     = Path("runs"),
@@ -48,6 +60,9 @@ def leaderboard(
     reference: Annotated[str, typer.Option("--reference", help="The algorithm every ratio, probability of "
                                                                "improvement and paper-protocol target is "
                                                                "taken against.")] = DEFAULT_REFERENCE,
+    results_doc: Annotated[Path | None, typer.Option("--results-doc", help="A Markdown file whose marked tables "
+                                                     "(<!-- table: ... -->) are regenerated from this "
+                                                     "leaderboard, e.g. docs/RESULTS.md.")] = None,
 ) -> None:
     """Rank algorithms by steps to target from results files; write Markdown, JSON and HTML reports."""
     from opgrpo_bench.errors import UserError
@@ -57,7 +72,11 @@ def leaderboard(
         check_output_dir(out, "--out")
         if not reference.strip():
             raise LeaderboardError("--reference must name an algorithm")
+        if results_doc is not None and not results_doc.is_file():
+            raise LeaderboardError(f"--results-doc: {results_doc} is not a file")
         doc = build_leaderboard(runs_dir, out, reference=reference)
+        if results_doc is not None:
+            _update_results_doc(results_doc, doc)
     except (LeaderboardError, UserError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
