@@ -18,9 +18,41 @@ from opgrpo_bench.errors import UserError
 from opgrpo_bench.registry import ALGORITHMS, BACKBONES, TASKS, UnknownNameError
 
 
-def run_id_for(task: str, algorithm: str, seed: int) -> str:
-    """Deterministic run id, so that finished runs can be found and skipped."""
-    return f"{task}__{algorithm}__seed{seed}"
+def run_id_for(task: str, algorithm: str, seed: int, setup: str = "", variant: str = "") -> str:
+    """Deterministic run id, so that finished runs can be found and skipped: ``task__algorithm__seedK`` at the
+    task's and preset's defaults, ``task__algorithm+HASH__seedK`` otherwise (``HASH``: 8 hex digits of the
+    changed trainer and algorithm settings, :func:`variant_of`), so that no two configurations share a
+    directory."""
+    if not setup and not variant:
+        return f"{task}__{algorithm}__seed{seed}"
+    import hashlib
+
+    digest = hashlib.sha256(f"{setup}|{variant}".encode()).hexdigest()[:8]
+    return f"{task}__{algorithm}+{digest}__seed{seed}"
+
+
+def find_run_dir(out: str | Path, task: str, algorithm: str, seed: int) -> Path:
+    """The one run directory of (task, algorithm, seed) under ``out``, the preset's or a variant's
+    (:func:`run_id_for`); :class:`UserError` when there is none or there are several."""
+    out = Path(out)
+    names = [f"{task}__{algorithm}__seed{seed}"]
+    found = [p for p in [out / names[0], *sorted(out.glob(f"{task}__{algorithm}+*__seed{seed}"))] if p.is_dir()]
+    if len(found) != 1:
+        what = "no run" if not found else f"{len(found)} runs ({', '.join(p.name for p in found)})"
+        raise UserError(f"{out} holds {what} of {task} / {algorithm} / seed {seed}")
+    return found[0]
+
+
+def variant_of(default: Any, resolved: Any) -> str:
+    """The fields in which the config ``resolved`` differs from ``default``, as ``key=value,...`` in key
+    order; "" when none (seed and budget excluded: they are not a configuration).
+
+    Trainer settings changed from the task's defaults make a *setup* (the experiment every algorithm of a
+    comparison shares; the leaderboard compares rows of one setup only), algorithm settings changed from
+    the preset's make a *variant* (its own row beside the preset's)."""
+    default_fields, fields = dataclasses.asdict(default), dataclasses.asdict(resolved)
+    return ",".join(f"{key}={json.dumps(fields[key])}" for key in sorted(fields)
+                    if key not in ("seed", "steps") and fields[key] != default_fields.get(key))
 
 
 def parse_sets(sets: list[str] | None) -> dict[str, str]:
@@ -41,6 +73,10 @@ class ResolvedRun:
     algorithm: Any
     train_config: Any
     run_id: str
+    setup: str = ""
+    """Trainer settings changed from the task's defaults (:func:`variant_of`); "" at the defaults."""
+    variant: str = ""
+    """Algorithm settings changed from the preset's (:func:`variant_of`); "" for the preset itself."""
 
 
 def resolve(task: str, algorithm: str, seed: int, steps: int | None = None,
@@ -60,8 +96,14 @@ def resolve(task: str, algorithm: str, seed: int, steps: int | None = None,
         raise UserError(f"task '{spec.id}' names an {err}") from None
     preset = ALGORITHMS.get(algorithm)
     entry = ALGORITHMS.entry(algorithm)
-    train_config, algo = build_settings(spec, preset, entry.name, seed, steps, parse_sets(sets))
-    return ResolvedRun(spec, entry.name, algo, train_config, run_id_for(spec.id, entry.name, seed))
+    pairs = parse_sets(sets)
+    train_config, algo = build_settings(spec, preset, entry.name, seed, steps, pairs)
+    setup = variant = ""
+    if pairs:  # a result's identity includes its configuration: it gets its own run id and row
+        base_train, base_algo = build_settings(spec, preset, entry.name, seed, steps, {})
+        setup, variant = variant_of(base_train, train_config), variant_of(base_algo.config, algo.config)
+    return ResolvedRun(spec, entry.name, algo, train_config,
+                       run_id_for(spec.id, entry.name, seed, setup, variant), setup, variant)
 
 
 HASH_NEUTRAL_DEFAULTS = {"gradient_checkpointing": False, "compile": False, "latent_dtype": "float32",
@@ -197,7 +239,8 @@ def run_one(task: str, algorithm: str, seed: int, out: str | Path = "runs", step
         if action == "done":
             return end
         trainer = Trainer(resolved.task, resolved.algorithm, resolved.train_config, run_dir,
-                          algorithm_name=resolved.algorithm_name, progress=progress, mirrors=log or [])
+                          algorithm_name=resolved.algorithm_name, progress=progress, mirrors=log or [],
+                          setup=resolved.setup, variant=resolved.variant)
         return trainer.run(resolved.run_id, resume=action == "resume", config_hash=config_hash(resolved))
 
 
@@ -221,5 +264,5 @@ def _run_one_of_many(resolved: ResolvedRun, run_dir: Path, resume: bool,
             return end if dist.is_main else follower_end(dist.rank)
         trainer = Trainer(resolved.task, resolved.algorithm, resolved.train_config, run_dir,
                           algorithm_name=resolved.algorithm_name, progress=progress, distributed=dist,
-                          mirrors=log)
+                          mirrors=log, setup=resolved.setup, variant=resolved.variant)
         return trainer.run(resolved.run_id, resume=action == "resume", config_hash=config_hash(resolved))

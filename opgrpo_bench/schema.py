@@ -118,6 +118,8 @@ START_OPTIONAL: dict[str, Check] = {
     "num_eval_prompts": _OPTIONAL_POSITIVE,
     "world_size": (lambda v: is_int(v) and v > 0, "a positive integer"),
     "fsdp": (lambda v: isinstance(v, bool), "true or false"),
+    "setup": (lambda v: isinstance(v, str) and 0 < len(v) <= 4096, "a non-empty text of at most 4096 characters"),
+    "variant": (lambda v: isinstance(v, str) and 0 < len(v) <= 4096, "a non-empty text of at most 4096 characters"),
 }
 
 PROGRESS_FIELDS: dict[str, Check] = {"samples": _OPTIONAL_FINITE, "nfe": _OPTIONAL_FINITE, "wall_s": _OPTIONAL_FINITE}

@@ -57,9 +57,9 @@ class Trainer:
 
     def __init__(self, task: TaskSpec, algorithm: Algorithm, config: TrainConfig, run_dir: str | Path,
                  algorithm_name: str | None = None, progress: Callable[[dict[str, Any]], None] | None = None,
-                 distributed: Distributed | None = None, mirrors: Sequence[str] = ()):
+                 distributed: Distributed | None = None, mirrors: Sequence[str] = (), setup: str = "", variant: str = ""):
         self.task, self.algorithm, self.cfg = task, algorithm, config
-        self.algorithm_name = algorithm_name or algorithm.name
+        self.algorithm_name, self.setup, self.variant = algorithm_name or algorithm.name, setup, variant
         self.run_dir, self.mirror_names = Path(run_dir), list(mirrors)
         self.progress = progress or (lambda record: None)
         self.dist = distributed or Distributed()
@@ -166,7 +166,7 @@ class Trainer:
     def run_start_record(self, run_id: str, config_hash: str | None = None) -> dict[str, Any]:
         return run_start_fields(self.task, self.algorithm, self.algorithm_name, self.cfg, run_id, config_hash,
                                 self.dist.world_size, self.dist.fsdp,
-                                str(getattr(self.backbone, "dtype", torch.float32)), self.device)
+                                str(getattr(self.backbone, "dtype", torch.float32)), self.device, self.setup, self.variant)
 
     def run(self, run_id: str, resume: bool = False, config_hash: str | None = None) -> dict[str, Any]:
         """Train to the step budget (or continue from the last checkpoint) and write ``run_end``.

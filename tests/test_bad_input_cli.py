@@ -316,7 +316,7 @@ def test_a_task_naming_an_unknown_backbone_is_refused(workspace, monkeypatch, ca
 
 
 def test_another_algorithms_setting_in_task_defaults_is_fine(bad_task) -> None:
-    from opgrpo_bench.runner import resolve
+    from opgrpo_bench.runner import find_run_dir, resolve
 
     bad_task(t_off=3, replay_proportion=0.25)
     assert resolve("bad-defaults-v1", "flow-grpo", 0).train_config.group_size == 8  # ignored by flow-grpo

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+from opgrpo_bench.runner import find_run_dir
 
 
 def cli(*args, timeout=300):
@@ -43,7 +44,7 @@ def test_run_writes_schema_records_and_skips_finished_runs(tmp_path):
             "--set", "eval_every=2", "--set", "eval_num_steps=4", "-j", "1"]
     res = cli(*args)
     assert res.returncode == 0, res.stderr
-    path = tmp_path / "digits-v1__op-grpo__seed0" / "metrics.jsonl"
+    path = find_run_dir(tmp_path, "digits-v1", "op-grpo", 0) / "metrics.jsonl"
     records = [json.loads(line) for line in path.read_text().splitlines()]
     assert [r["type"] for r in records] == ["run_start", "eval", "step", "step", "eval", "run_end"]
     assert records[0]["config"]["train"]["group_size"] == 4

@@ -5,6 +5,7 @@ import json
 
 from opgrpo_bench import cli
 from opgrpo_bench.specs import load_spec
+from opgrpo_bench.runner import find_run_dir
 
 SMALL = '[set]\nprompts_per_iter = 2\ngroup_size = 4\neval_every = 2\neval_num_steps = 4\n'
 
@@ -23,7 +24,7 @@ def test_a_run_file_is_its_flags(tmp_path, monkeypatch, capsys):
     (tmp_path / "run.toml").write_text('task = "digits-v1"\nalgorithm = ["flow-grpo"]\nseed = 0\nsteps = 2\n'
                                        'out = "runs"\njobs = 1\n' + SMALL)
     assert _main(["run", "run.toml"], monkeypatch) in (0, None)
-    metrics = tmp_path / "runs" / "digits-v1__flow-grpo__seed0" / "metrics.jsonl"
+    metrics = find_run_dir(tmp_path / "runs", "digits-v1", "flow-grpo", 0) / "metrics.jsonl"
     before = metrics.read_bytes()
     first = capsys.readouterr().out.strip().splitlines()[-1]
     # the same run through the flags has the same configuration hash: returned as it is, not retrained
@@ -45,9 +46,12 @@ def test_a_suite_file_runs_its_grids_then_the_leaderboard(tmp_path, monkeypatch)
     assert spec.grids == [(("digits-v1",), ("flow-grpo", "op-grpo"), (0,))] and "group_size=4" in spec.sets
     assert _main(["run", "suite.toml"], monkeypatch) in (0, None)
     rows = json.loads((tmp_path / "report" / "leaderboard.json").read_text())
-    assert {(r["task"], r["algorithm"]) for r in rows["rows"]} == {("digits-v1", "flow-grpo"), ("digits-v1", "op-grpo")}
-    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["digits-v1__flow-grpo__seed0",
-                                                                      "digits-v1__op-grpo__seed0"]
+    # the suite's --set trainer settings are its setup, shown with the task
+    assert {(r["task"].split(" [")[0], r["algorithm"]) for r in rows["rows"]} == {("digits-v1", "flow-grpo"),
+                                                                                 ("digits-v1", "op-grpo")}
+    assert len(list((tmp_path / "runs").iterdir())) == 2
+    assert find_run_dir(tmp_path / "runs", "digits-v1", "flow-grpo", 0) and find_run_dir(tmp_path / "runs",
+                                                                                           "digits-v1", "op-grpo", 0)
 
 
 def test_toml_values_become_the_text_of_set():

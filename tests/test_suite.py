@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from opgrpo_bench.errors import RunInterrupted
-from opgrpo_bench.runner import resolve
+from opgrpo_bench.runner import find_run_dir, resolve
 from opgrpo_bench.suite import SUITES, GridInterrupted, run_grid
 
 SMALL = ["prompts_per_iter=2", "group_size=4", "eval_every=2", "eval_num_steps=4"]
@@ -29,7 +29,7 @@ def test_grid_in_two_worker_processes_then_skips_finished_runs(tmp_path):
     combos = [("digits-v1", "flow-grpo", 0), ("digits-v1", "op-grpo", 0)]
     ends = run_grid(combos, tmp_path, steps=2, sets=SMALL, jobs=2)
     assert [e["type"] for e in ends] == ["run_end", "run_end"]
-    paths = [tmp_path / f"digits-v1__{a}__seed0" / "metrics.jsonl" for _, a, _ in combos]
+    paths = [find_run_dir(tmp_path, "digits-v1", a, 0) / "metrics.jsonl" for _, a, _ in combos]
     before = [p.read_text() for p in paths]
     assert all(json.loads(t.splitlines()[0])["type"] == "run_start" for t in before)
     again = run_grid(combos, tmp_path, steps=2, sets=SMALL, jobs=1)

@@ -22,8 +22,10 @@ DIAG_LOGRATIO = "op/logratio_by_step"
 def declared(algorithm: str) -> tuple[Any, ...]:
     """The :class:`~opgrpo_bench.algorithms.base.Diagnostic` declarations of a registered algorithm (its
     preset's class); none for a name the registry does not know or whose class cannot be loaded."""
+    from opgrpo_bench.leaderboard.load import base_algorithm
     from opgrpo_bench.registry import ALGORITHMS
 
+    algorithm = base_algorithm(algorithm)  # a variant's row declares what its algorithm declares
     if algorithm not in ALGORITHMS:
         return ()
     try:

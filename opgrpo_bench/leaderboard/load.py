@@ -171,9 +171,9 @@ def read_run(path: Path, shown: str, issues: list[Issue]) -> Run | None:
     run = Run(
         path=shown,
         run_id=str(start.get("run_id") or path.parent.name),
-        task=start["task"],
+        task=f"{start['task']} [{start['setup']}]" if start.get("setup") else start["task"],
         task_version=str(start["task_version"]),
-        algorithm=start["algorithm"],
+        algorithm=row_label(start),
         seed=start["seed"],
         target=float(start["target"]),
         higher_is_better=start["higher_is_better"],
@@ -236,6 +236,63 @@ def task_family(task: str, version: str) -> str:
         if task.endswith(suffix) and len(task) > len(suffix):
             return task[: -len(suffix)]
     return task
+
+
+def row_label(start: dict[str, Any]) -> str:
+    """The row a run belongs to: its algorithm, and for a variant (settings changed from the preset's
+    defaults, ``run_start["variant"]``) the changed settings in brackets, e.g. ``op-grpo[replay_proportion=0.25]``."""
+    variant = start.get("variant")
+    return f"{start['algorithm']}[{variant}]" if variant else str(start["algorithm"])
+
+
+def base_algorithm(label: str) -> str:
+    """The registered algorithm of a row label (:func:`row_label`; a split suffix is dropped too)."""
+    return label.split("[", 1)[0]
+
+
+SETTINGS_IGNORED = ("seed", "steps")
+"""``config.train`` keys that are not a configuration: which seed, and the budget (compared on its own)."""
+
+
+def settings_key(start: dict[str, Any]) -> str:
+    """A canonical text of the settings a run was made with (trainer and algorithm config, seed and budget
+    left out; settings added after results were published count only when changed from their default)."""
+    from opgrpo_bench.runner import HASH_NEUTRAL_DEFAULTS
+
+    config = start.get("config") or {}
+    train = {k: v for k, v in (config.get("train") or {}).items() if k not in SETTINGS_IGNORED
+             and not (k in HASH_NEUTRAL_DEFAULTS and v == HASH_NEUTRAL_DEFAULTS[k])}
+    return json.dumps({"train": train, "algorithm": config.get("algorithm") or {}}, sort_keys=True, default=str)
+
+
+def _split_differing(runs: list[Run], issues: list[Issue]) -> None:
+    """Runs of one row must share their configuration and budget, or their statistics would mix two
+    experiments. Where they do not, the most common (configuration, budget) keeps the row and every other
+    gets its own row (``[config HASH]`` or ``[budget N]`` appended to the label), with one warning."""
+    import hashlib
+
+    groups: dict[tuple[str, str, str], list[Run]] = defaultdict(list)
+    for run in runs:
+        groups[(run.task, run.task_version, run.algorithm)].append(run)
+    for (task, version, label), group in sorted(groups.items()):
+        kinds: dict[tuple[str, int], list[Run]] = defaultdict(list)
+        for run in group:
+            kinds[(settings_key(run.start), run.budget_steps)].append(run)
+        if len(kinds) == 1:
+            continue
+        ordered = sorted(kinds.items(), key=lambda kv: (-len(kv[1]), min(r.path for r in kv[1])))
+        (main_settings, main_budget), _ = ordered[0]
+        new_labels = []
+        for (settings, budget), members in ordered[1:]:
+            suffix = f"config {hashlib.sha256(settings.encode()).hexdigest()[:6]}" if settings != main_settings \
+                else f"budget {budget}"
+            if settings != main_settings and budget != main_budget:
+                suffix += f", budget {budget}"
+            for run in members:
+                run.algorithm = f"{label}[{suffix}]"
+            new_labels.append(f"{label}[{suffix}]")
+        issues.append(Issue(f"{task} (version {version})", f"runs of {label} differ in configuration or budget; "
+                                                            f"split into the rows {label}, {', '.join(new_labels)}"))
 
 
 def _check_consistency(runs: list[Run], issues: list[Issue]) -> None:
@@ -304,7 +361,9 @@ def load_runs(runs_dir: str | os.PathLike[str]) -> LoadResult:
         skipped.append(loser.path)
         issues.append(Issue(loser.path, f"same task, version, algorithm and seed as {winner.path}; "
                                         f"that file is used and this one ignored"))
-    runs = sorted(kept.values(), key=lambda r: (r.task, r.task_version, r.algorithm, r.seed, r.path))
+    runs = list(kept.values())
+    _split_differing(runs, issues)
+    runs.sort(key=lambda r: (r.task, r.task_version, r.algorithm, r.seed, r.path))
     _check_consistency(runs, issues)
     return LoadResult(runs_dir=str(root), files=shown_files, runs=runs, issues=issues,
                       skipped_files=sorted(skipped))

@@ -141,7 +141,11 @@ def version_sort_key(version: str) -> tuple[int, float, str]:
 
 
 def task_label(task: str, version: str) -> str:
-    """How a task version is named in the report: the id alone when it already ends with the version."""
+    """How a task version is named in the report: the id alone when it already ends with the version; a
+    setup (trainer settings changed from the task's defaults, ``task [k=v,...]``) stays at the end."""
+    if task.endswith("]") and " [" in task:
+        base, setup = task.split(" [", 1)
+        return f"{task_label(base, version)} [{setup}"
     v = version.lstrip("v")
     if task.endswith(f"-v{v}") or task.endswith(f"@{version}"):
         return task

@@ -48,9 +48,11 @@ def device_name(device: torch.device) -> str:
 
 def run_start_fields(task: TaskSpec, algorithm: Algorithm, algorithm_name: str, config: TrainConfig,
                      run_id: str, config_hash: str | None, world_size: int, fsdp: bool, precision: str,
-                     device: torch.device) -> dict[str, Any]:
-    """The fields of a run's ``run_start`` record."""
-    return dict(
+                     device: torch.device, setup: str = "", variant: str = "") -> dict[str, Any]:
+    """The fields of a run's ``run_start`` record; ``setup`` and ``variant`` (the trainer and algorithm
+    settings changed from the task's and preset's defaults) only when there are any, so the records of a
+    run at the defaults stay those of earlier versions."""
+    return dict(**({"setup": setup} if setup else {}), **({"variant": variant} if variant else {}),
         run_id=run_id, task=task.id, task_version=task.version, prompt_hash=task.prompt_hash,
         num_train_prompts=len(task.train_prompts), num_eval_prompts=len(task.eval_prompts),
         algorithm=algorithm_name, algorithm_class=type(algorithm).__name__, seed=config.seed,

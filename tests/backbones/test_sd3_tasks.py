@@ -65,11 +65,11 @@ def test_tiny_backbone_is_registered(cache_dir: Path, tiny_folder: Path):
 def test_tiny_task_trains_two_iterations(cache_dir: Path, tiny_folder: Path, tmp_path: Path):
     """2 iterations x 2 optimizer steps through the runner, with the KL term on (reference forward passes)."""
     from opgrpo_bench.results import read_records
-    from opgrpo_bench.runner import run_one
+    from opgrpo_bench.runner import find_run_dir, run_one
 
     end = run_one("tiny-sd3-jpeg-v1", "flow-grpo", seed=0, out=tmp_path, steps=4,
                   sets=["eval_every=2", "beta=0.04", "prompts_per_iter=2", "group_size=4"], resume=False)
-    records = read_records(tmp_path / "tiny-sd3-jpeg-v1__flow-grpo__seed0" / "metrics.jsonl")
+    records = read_records(find_run_dir(tmp_path, "tiny-sd3-jpeg-v1", "flow-grpo", 0) / "metrics.jsonl")
     types = [r["type"] for r in records]
     assert types[0] == "run_start" and types[-1] == "run_end" and end["type"] == "run_end"
     steps = [r for r in records if r["type"] == "step"]
@@ -153,7 +153,7 @@ def test_sd35m_run_fails_before_loading_anything(no_sd35m, tmp_path: Path):
 
     with pytest.raises(UserError, match=sd3_tasks.PROMPTS_ENV):
         run_one("geneval-sd35m-v1", "flow-grpo", seed=0, out=tmp_path)
-    assert not (tmp_path / "geneval-sd35m-v1__flow-grpo__seed0").exists()
+    assert not list(tmp_path.glob("geneval-sd35m-v1__flow-grpo*"))
 
 
 def test_cli_run_prints_one_line_and_exits_2(tmp_path: Path):

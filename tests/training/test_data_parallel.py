@@ -16,6 +16,7 @@ import time
 import pytest
 
 from opgrpo_bench.results import read_records
+from opgrpo_bench.runner import find_run_dir
 
 SETS = ["prompts_per_iter=2", "group_size=4", "eval_every=2", "eval_num_steps=4", "micro_batch=2",
         "replay_proportion=0.5"]
@@ -29,7 +30,7 @@ def _run(out, processes: int, steps: int, timeout: float = 300, algorithm: str =
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
-    return read_records(out / f"digits-v1__{algorithm}__seed0" / "metrics.jsonl")
+    return read_records(find_run_dir(out, "digits-v1", algorithm, 0) / "metrics.jsonl")
 
 
 def _close(a, b, rel=1e-5):
@@ -82,7 +83,7 @@ def test_killing_one_rank_ends_the_run_with_an_error(tmp_path):
         argv += ["--set", item]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True)
-    metrics = tmp_path / "digits-v1__op-grpo__seed0" / "metrics.jsonl"
+    metrics = find_run_dir(tmp_path, "digits-v1", "op-grpo", 0) / "metrics.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and not (metrics.exists() and '"type": "step"' in metrics.read_text()):
         time.sleep(0.5)

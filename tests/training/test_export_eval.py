@@ -12,7 +12,7 @@ from safetensors import safe_open
 from opgrpo_bench import cli
 from opgrpo_bench.export import WEIGHT_NAME
 from opgrpo_bench.results import read_records
-from opgrpo_bench.runner import run_one
+from opgrpo_bench.runner import find_run_dir, run_one
 
 from small import FAST
 
@@ -35,7 +35,7 @@ def _eval_cli(argv, monkeypatch, capsys):
 
 def test_digits_run_saves_adapters_that_the_eval_command_scores_like_the_run(tmp_path, monkeypatch, capsys):
     run_one("digits-v1", "op-grpo", 0, out=tmp_path, steps=4, sets=FAST)
-    run_dir = tmp_path / "digits-v1__op-grpo__seed0"
+    run_dir = find_run_dir(tmp_path, "digits-v1", "op-grpo", 0)
     for folder in ("lora", "lora_ema"):
         with safe_open(str(run_dir / folder / WEIGHT_NAME), "pt") as f:
             keys = list(f.keys())
@@ -62,7 +62,7 @@ def test_tiny_sd3_adapter_loads_into_the_diffusers_pipeline(tmp_path):
 
     run_one("tiny-sd3-jpeg-v1", "flow-grpo", 0, out=tmp_path, steps=2,
             sets=["eval_every=2", "prompts_per_iter=2", "group_size=4"])
-    run_dir = tmp_path / "tiny-sd3-jpeg-v1__flow-grpo__seed0"
+    run_dir = find_run_dir(tmp_path, "tiny-sd3-jpeg-v1", "flow-grpo", 0)
     task = TASKS.get("tiny-sd3-jpeg-v1")
     train = read_records(run_dir / "metrics.jsonl")[0]["config"]["train"]
     torch.set_num_threads(train["num_threads"])
@@ -102,7 +102,7 @@ def test_a_fresh_run_interrupted_early_leaves_no_adapters_of_the_run_it_replaced
     from opgrpo_bench.errors import RunInterrupted
 
     run_one("digits-v1", "flow-grpo", 0, out=tmp_path, steps=2, sets=FAST)
-    run_dir = tmp_path / "digits-v1__flow-grpo__seed0"
+    run_dir = find_run_dir(tmp_path, "digits-v1", "flow-grpo", 0)
     assert (run_dir / "lora" / WEIGHT_NAME).exists() and (run_dir / "lora_ema" / WEIGHT_NAME).exists()
 
     def interrupt(record):

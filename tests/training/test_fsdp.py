@@ -13,6 +13,7 @@ import sys
 import textwrap
 
 import pytest
+from opgrpo_bench.runner import find_run_dir
 
 from test_data_parallel import _compare, _run
 
@@ -29,7 +30,7 @@ def _run_fsdp(out, steps: int, algorithm: str = "op-grpo", sets=UNEVEN):
     assert done.returncode == 0, done.stderr[-3000:]
     from opgrpo_bench.results import read_records
 
-    return read_records(out / f"digits-v1__{algorithm}__seed0" / "metrics.jsonl")
+    return read_records(find_run_dir(out, "digits-v1", algorithm, 0) / "metrics.jsonl")
 
 
 WALL_CLOCK = ("wall_s", "start_time", "wall_s_to_target", "fsdp", "device")
@@ -131,6 +132,6 @@ def test_the_packaged_fsdp_config_through_accelerate_launch(tmp_path):
         argv += ["--set", item]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
-    launched = read_records(tmp_path / "acc" / "digits-v1__op-grpo__seed0" / "metrics.jsonl")
+    launched = read_records(find_run_dir(tmp_path / "acc", "digits-v1", "op-grpo", 0) / "metrics.jsonl")
     assert launched[0]["fsdp"] is True and launched[0]["world_size"] == 2
     assert _without_wall_clock(launched) == _without_wall_clock(_run_fsdp(tmp_path / "flag", steps=3))

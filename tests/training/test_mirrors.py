@@ -7,7 +7,7 @@ import pytest
 from opgrpo_bench.errors import UserError
 from opgrpo_bench.mirrors import check_mirrors
 from opgrpo_bench.results import read_records
-from opgrpo_bench.runner import run_one
+from opgrpo_bench.runner import find_run_dir, run_one
 
 from small import FAST
 
@@ -17,7 +17,7 @@ def test_tensorboard_holds_the_records_scalars(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     run_one("digits-v1", "flow-grpo", 0, out=tmp_path, steps=2, sets=FAST, log=["tensorboard"])
-    run_dir = tmp_path / "digits-v1__flow-grpo__seed0"
+    run_dir = find_run_dir(tmp_path, "digits-v1", "flow-grpo", 0)
     records = read_records(run_dir / "metrics.jsonl")
     events = EventAccumulator(str(run_dir / "tensorboard"))
     events.Reload()
@@ -31,7 +31,7 @@ def test_tensorboard_holds_the_records_scalars(tmp_path):
 def test_wandb_offline_run_has_the_last_eval(tmp_path):
     pytest.importorskip("wandb")
     run_one("digits-v1", "flow-grpo", 0, out=tmp_path, steps=2, sets=FAST, log=["wandb"])
-    run_dir = tmp_path / "digits-v1__flow-grpo__seed0"
+    run_dir = find_run_dir(tmp_path, "digits-v1", "flow-grpo", 0)
     last = [r for r in read_records(run_dir / "metrics.jsonl") if r["type"] == "eval"][-1]
     logs = list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(logs) == 1  # offline: a local log for `wandb sync`, nothing sent

@@ -13,7 +13,7 @@ import torch
 
 from opgrpo_bench.errors import UserError
 from opgrpo_bench.results import RunLock, read_records
-from opgrpo_bench.runner import resolve, run_one
+from opgrpo_bench.runner import find_run_dir, resolve, run_one
 from opgrpo_bench.trainer import CHECKPOINT, Trainer
 
 from small import FAST, comparable
@@ -73,8 +73,8 @@ def test_kill_anywhere_resumes_to_identical_records(tmp_path, monkeypatch):
 def test_budget_is_exact_and_evals_see_exactly_their_step(tmp_path):
     run_one("digits-v1", "flow-grpo", 0, out=tmp_path / "a", steps=3, sets=FLOW)
     run_one("digits-v1", "flow-grpo", 0, out=tmp_path / "b", steps=4, sets=FLOW)
-    a = read_records(tmp_path / "a" / "digits-v1__flow-grpo__seed0" / "metrics.jsonl")
-    b = read_records(tmp_path / "b" / "digits-v1__flow-grpo__seed0" / "metrics.jsonl")
+    a = read_records(find_run_dir(tmp_path / "a", "digits-v1", "flow-grpo", 0) / "metrics.jsonl")
+    b = read_records(find_run_dir(tmp_path / "b", "digits-v1", "flow-grpo", 0) / "metrics.jsonl")
     assert [r["step"] for r in a if r["type"] == "step"] == [1, 2, 3]
     assert a[-1]["type"] == "run_end" and a[-1]["steps"] == 3
     eval_a = [r for r in a if r["type"] == "eval" and r["step"] == 3]

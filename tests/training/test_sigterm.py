@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from opgrpo_bench.runner import find_run_dir
 
 from small import FAST, comparable, run_records
 
@@ -38,7 +39,7 @@ def _wait_for_a_step(metrics: Path, proc: subprocess.Popen, limit_s: float = 300
 
 def test_sigterm_prints_the_resume_line_exits_143_and_the_rerun_is_exact(tmp_path):
     out = tmp_path / "runs"
-    run_dir = out / "digits-v1__flow-grpo__seed0"
+    run_dir = find_run_dir(out, "digits-v1", "flow-grpo", 0)
     proc = _cli(out)
     _wait_for_a_step(run_dir / "metrics.jsonl", proc)
     proc.send_signal(signal.SIGTERM)
@@ -57,4 +58,4 @@ def test_sigterm_prints_the_resume_line_exits_143_and_the_rerun_is_exact(tmp_pat
     _, err = whole.communicate(timeout=600)
     assert whole.returncode == 0, err
     assert comparable(run_records(run_dir / "metrics.jsonl")) == comparable(
-        run_records(tmp_path / "whole" / "digits-v1__flow-grpo__seed0" / "metrics.jsonl"))
+        run_records(find_run_dir(tmp_path / "whole", "digits-v1", "flow-grpo", 0) / "metrics.jsonl"))

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from opgrpo_bench.runner import resolve, run_one
+from opgrpo_bench.runner import find_run_dir, resolve, run_one
 from opgrpo_bench.trainer import Trainer
 
 from small import FAST, comparable, run_records
@@ -43,7 +43,7 @@ def test_trainable_parameters_change_and_frozen_ones_do_not(tmp_path):
 
 def test_same_seed_gives_identical_metrics(tmp_path):
     ends = [run_one("digits-v1", "flow-grpo", 3, out=tmp_path / d, steps=4, sets=FAST) for d in ("a", "b")]
-    recs = [run_records(tmp_path / d / "digits-v1__flow-grpo__seed3" / "metrics.jsonl") for d in ("a", "b")]
+    recs = [run_records(find_run_dir(tmp_path / d, "digits-v1", "flow-grpo", 3) / "metrics.jsonl") for d in ("a", "b")]
     assert comparable(recs[0]) == comparable(recs[1])
     assert len([r for r in recs[0] if r["type"] == "step"]) == 4
     other = run_one("digits-v1", "flow-grpo", 4, out=tmp_path / "c", steps=4, sets=FAST)
@@ -52,7 +52,7 @@ def test_same_seed_gives_identical_metrics(tmp_path):
 
 def test_records_follow_the_schema(tmp_path):
     end = run_one("digits-v1", "op-grpo", 0, out=tmp_path, steps=4, sets=FAST + ["replay_proportion=0.5"])
-    recs = run_records(tmp_path / "digits-v1__op-grpo__seed0" / "metrics.jsonl")
+    recs = run_records(find_run_dir(tmp_path, "digits-v1", "op-grpo", 0) / "metrics.jsonl")
     assert [r["type"] for r in recs][0] == "run_start" and recs[-1]["type"] == "run_end"
     assert all(r["schema"] == "opgrpo-bench/v1" for r in recs)
     start = recs[0]
@@ -73,8 +73,8 @@ def test_records_follow_the_schema(tmp_path):
 def test_op_grpo_no_replay_reproduces_flow_grpo_exactly(tmp_path):
     run_one("digits-v1", "flow-grpo", 1, out=tmp_path, steps=4, sets=FAST)
     run_one("digits-v1", "op-grpo-no-replay", 1, out=tmp_path, steps=4, sets=FAST)
-    flow = run_records(tmp_path / "digits-v1__flow-grpo__seed1" / "metrics.jsonl")
-    op = run_records(tmp_path / "digits-v1__op-grpo-no-replay__seed1" / "metrics.jsonl")
+    flow = run_records(find_run_dir(tmp_path, "digits-v1", "flow-grpo", 1) / "metrics.jsonl")
+    op = run_records(find_run_dir(tmp_path, "digits-v1", "op-grpo-no-replay", 1) / "metrics.jsonl")
     assert comparable(flow) == comparable(op)
 
 
@@ -135,7 +135,7 @@ def test_resume_continues_an_interrupted_run_identically(tmp_path):
 
 def test_short_run_eval_score_rises(tmp_path):
     end = run_one("digits-v1", "flow-grpo", 0, out=tmp_path, steps=20)
-    evals = [r for r in run_records(tmp_path / "digits-v1__flow-grpo__seed0" / "metrics.jsonl")
+    evals = [r for r in run_records(find_run_dir(tmp_path, "digits-v1", "flow-grpo", 0) / "metrics.jsonl")
              if r["type"] == "eval"]
     assert evals[-1]["score"] > evals[0]["score"] + 0.02
     assert end["best_score"] >= evals[-1]["score"]
