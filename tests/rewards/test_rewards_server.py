@@ -82,7 +82,11 @@ def recv(sock: socket.socket) -> dict[str, Any]:
 
 
 def authenticate(sock: socket.socket, secret: bytes | None = None) -> dict[str, Any]:
-    challenge = recv(sock)
+    return authenticate_after_challenge(sock, recv(sock), secret)
+
+
+def authenticate_after_challenge(sock: socket.socket, challenge: dict[str, Any],
+                                 secret: bytes | None = None) -> dict[str, Any]:
     assert challenge["type"] == "challenge" and challenge["protocol"] == PROTOCOL
     nonce = "ab" * 32
     mac = _mac(secret or os.environ[SECRET_ENV].encode(), "client", challenge["nonce"])
@@ -299,8 +303,7 @@ def _hostile_pickle(port: int, tmp_path: Path) -> None:
 
     with pytest.raises(Exception):
         Client(("127.0.0.1", port), authkey=b"opgrpo-bench").send({"op": "describe"})
-    time.sleep(0.2)
-    assert not marker.exists()
+    assert not marker.exists()  # each pickle above was answered, so the server had already read it
 
 
 def _hostile_silent(port: int, tmp_path: Path) -> None:
@@ -400,11 +403,20 @@ def test_handshake_timeout_and_busy() -> None:
     port = start_thread_server(handshake_timeout=0.3, max_clients=1)
     with connect(port) as silent:
         recv(silent)
-        time.sleep(0.6)
-        assert closed_by_server(silent)  # dropped: the slot is free again
-    time.sleep(0.3)
-    with connect(port) as holder:
-        authenticate(holder)
+        assert silent.recv(1) == b""  # dropped after 0.3 s without a handshake (recv waits up to 10 s)
+    # the slot is free again once the server has noticed the dropped client: connect until one is served
+    # (a generous deadline, since when the server notices depends on the machine's load)
+    deadline = time.monotonic() + 60
+    while True:
+        holder = connect(port)
+        first = recv(holder)
+        if first.get("type") == "challenge" or time.monotonic() > deadline:
+            break
+        holder.close()
+        time.sleep(0.05)
+    with holder:
+        assert first["type"] == "challenge", first
+        authenticate_after_challenge(holder, first)
         with connect(port) as second:
             answer = recv(second)
             assert answer["ok"] is False and "busy" in answer["error"]
@@ -423,6 +435,7 @@ def test_remote_reward_without_server_is_a_clear_error() -> None:
 
 def test_client_refuses_a_server_without_the_secret() -> None:
     """A process squatting on the port that does not know the secret learns nothing and is refused."""
+    checked = threading.Event()  # each fake server keeps its connection open until the client has judged it
     with socket.create_server(("127.0.0.1", 0)) as fake:
         port = fake.getsockname()[1]
 
@@ -433,12 +446,14 @@ def test_client_refuses_a_server_without_the_secret() -> None:
                                                "max_message_bytes": 1 << 20}).encode()))
                 recv(conn)
                 conn.sendall(frame(json.dumps({"type": "welcome", "ok": True, "mac": "00" * 32}).encode()))
-                time.sleep(0.5)
+                checked.wait(60)
 
         threading.Thread(target=impostor, daemon=True).start()
         with pytest.raises(RewardUnavailableError, match="could not prove"):
             RemoteReward(address=f"127.0.0.1:{port}")
+        checked.set()
 
+    checked.clear()
     with socket.create_server(("127.0.0.1", 0)) as other:  # some other service: not our protocol
         port = other.getsockname()[1]
 
@@ -446,11 +461,12 @@ def test_client_refuses_a_server_without_the_secret() -> None:
             conn, _ = other.accept()
             with conn:
                 conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
-                time.sleep(0.5)
+                checked.wait(60)
 
         threading.Thread(target=talker, daemon=True).start()
         with pytest.raises(RewardUnavailableError, match="handshake"):
             RemoteReward(address=f"127.0.0.1:{port}")
+        checked.set()
 
 
 # -- the secret ---------------------------------------------------------------------------------------
