@@ -206,12 +206,14 @@ def test_sample_efficiency_curve(suite: Path) -> None:
 
 
 def test_seeds_needed_against_a_hand_computation() -> None:
-    # n = ((2.801585 * sd) / |log r|)^2, rounded up; log 0.7 = -0.356675, log 0.342 = -1.072945
-    assert (Z_SUM * 0.25 / 0.356675) ** 2 == pytest.approx(3.8560, abs=1e-3)
+    # n = ((Z_SUM * sd) / |log r|)^2, rounded up; Z_SUM = z(0.975) + z(0.8) (two-sided 5%, 80% power);
+    # by hand: (2.801585 * 0.25 / 0.356675)^2 = 3.856, (2.801585 * 0.5 / 0.356675)^2 = 15.42,
+    # (2.801585 / 1.072945)^2 = 6.818
+    from scipy.stats import norm
+
+    assert Z_SUM == pytest.approx(norm.ppf(0.975) + norm.ppf(0.8), abs=1e-6)
     assert seeds_needed(0.25, 0.7) == 4
-    assert (Z_SUM * 0.5 / 0.356675) ** 2 == pytest.approx(15.424, abs=1e-3)
     assert seeds_needed(0.5, 0.7) == 16
-    assert (Z_SUM * 1.0 / 1.072945) ** 2 == pytest.approx(6.8179, abs=1e-3)
     assert seeds_needed(1.0, 0.342) == 7
     assert seeds_needed(0.5, 1 / 0.7) == 16  # symmetric in log r
     assert seeds_needed(0.01, 0.342) == 2  # at least two seeds
