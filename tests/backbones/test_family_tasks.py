@@ -79,6 +79,23 @@ def _lora_b(run_dir: Path) -> dict[str, torch.Tensor]:
 
 
 # -- the tiny task -----------------------------------------------------------------------------------
+TINY_TASKS = {"sd3": "tiny-sd3-jpeg-v1", "flux": "tiny-flux-jpeg-v1", "wan": "tiny-wan-video-v1"}
+"""Every family's tiny task (SD3's included), registered under ``tiny-<family>`` too, on backbone ``tiny-<family>``."""
+
+
+@pytest.mark.parametrize("name", sorted(TINY_TASKS))
+def test_tiny_task_spec(name: str):
+    """The tiny task's spec: its alias, its tiny backbone, and held-out eval prompts (the family's own
+    reward and guidance are checked in test_<family>_tasks.py)."""
+    from opgrpo_bench.tasks.spec import TaskSpec
+
+    spec = TASKS.get(TINY_TASKS[name])
+    assert isinstance(spec, TaskSpec) and spec.id == TINY_TASKS[name] and spec.version == "v1"
+    assert TASKS.get(f"tiny-{name}") is spec and spec.backbone == f"tiny-{name}"
+    assert len(spec.train_prompts) >= 4 and len(spec.eval_prompts) >= 2
+    assert not {p.text for p in spec.train_prompts} & {p.text for p in spec.eval_prompts}
+
+
 @pytest.mark.parametrize("algorithm", ["flow-grpo", "op-grpo"])
 def test_tiny_task_trains_two_steps(tiny: Family, tmp_path: Path, algorithm: str):
     """Two optimizer steps through the runner: records complete, the family's network calls per sample and
