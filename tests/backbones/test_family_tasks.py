@@ -1,8 +1,8 @@
-"""What every model family's tasks must do, checked for FLUX and Wan with one set of tests: the tiny task
-trains two steps with Flow-GRPO and OP-GRPO and saves an adapter its diffusers pipeline loads (reproducing
-the run's last eval); the paper tasks, without prompt files or weights, fail with one line before anything
-loads. The family-specific settings are in ``test_flux_tasks.py`` and ``test_wan_tasks.py`` (SD3's in
-``test_sd3_tasks.py``)."""
+"""What every model family's tasks must do, checked for SD3, FLUX and Wan with one set of tests: the tiny
+task's spec; the tiny task trains two steps with Flow-GRPO and OP-GRPO and saves an adapter its diffusers
+pipeline loads (reproducing the run's last eval); the paper tasks, without prompt files or weights, fail
+with one line before anything loads. The family-specific settings are in ``test_sd3_tasks.py``,
+``test_flux_tasks.py`` and ``test_wan_tasks.py``."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ class Family:
     backbones: tuple[str, str, str]
     """(family backbone, paper backbone, tiny backbone)."""
     cfg_calls: int
-    """Network calls per sample and denoising step: 1 for FLUX's distilled guidance, 2 for Wan's true CFG."""
+    """Network calls per sample and denoising step: 1 for FLUX's distilled guidance, 2 for SD3's and Wan's CFG."""
 
     @property
     def mod(self):
@@ -47,6 +47,9 @@ class Family:
 
 
 FAMILIES = {
+    "sd3": Family("sd3_tasks", "SD35M", "tiny-sd3-jpeg-v1", "tiny_folder",
+                  {"ocr-sd35m-v1": "OCR_SD35M_V1", "ocr-sd35m-smoke-v1": "OCR_SD35M_SMOKE_V1"},
+                  ("sd3", "sd35m", "tiny-sd3"), cfg_calls=2),
     "flux": Family("flux_tasks", "FLUX_DEV", "tiny-flux-jpeg-v1", "tiny_flux_folder",
                    {"pickscore-flux-v1": "PICKSCORE_FLUX_V1", "pickscore-flux-smoke-v1": "PICKSCORE_FLUX_SMOKE_V1"},
                    ("flux", "flux1-dev", "tiny-flux"), cfg_calls=1),
