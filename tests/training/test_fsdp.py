@@ -32,7 +32,9 @@ def _run_fsdp(out, steps: int, algorithm: str = "op-grpo", sets=UNEVEN):
     return read_records(out / f"digits-v1__{algorithm}__seed0" / "metrics.jsonl")
 
 
-WALL_CLOCK = ("wall_s", "start_time", "wall_s_to_target", "fsdp", "device")
+# git_sha too: the two runs are separate processes, and a commit between them (while the suite runs in a
+# working copy) must not fail the comparison of their numbers
+WALL_CLOCK = ("wall_s", "start_time", "wall_s_to_target", "fsdp", "device", "git_sha")
 
 
 def _without_wall_clock(records):
