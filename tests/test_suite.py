@@ -25,6 +25,7 @@ def test_every_suite_resolves():
             resolve(task, algorithm, seed, suite.steps, list(suite.sets))
 
 
+@pytest.mark.train
 def test_grid_in_two_worker_processes_then_skips_finished_runs(tmp_path):
     combos = [("digits-v1", "flow-grpo", 0), ("digits-v1", "op-grpo", 0)]
     ends = run_grid(combos, tmp_path, steps=2, sets=SMALL, jobs=2)
@@ -36,6 +37,7 @@ def test_grid_in_two_worker_processes_then_skips_finished_runs(tmp_path):
     assert again == ends and [p.read_text() for p in paths] == before
 
 
+@pytest.mark.train
 def test_a_log_that_is_not_a_terminal_gets_a_plain_progress_line(tmp_path, monkeypatch):
     import io
     import re

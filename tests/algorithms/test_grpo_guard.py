@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 
 from opgrpo_bench.core.losses import guard_log_ratio
@@ -35,6 +36,7 @@ def test_guard_log_ratio_is_the_bias_free_inner_product_for_the_sde_step():
     assert torch.allclose(got, want, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.train
 def test_a_guard_run_keeps_the_samplers_means_and_starts_at_ratio_one(tmp_path):
     assert ALGORITHMS.get("grpo-guard").build().needs_behaviour_means
     run_one("digits-v1", "grpo-guard", 0, out=tmp_path, steps=2, sets=FAST)

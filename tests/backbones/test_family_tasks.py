@@ -99,6 +99,7 @@ def test_tiny_task_spec(name: str):
     assert not {p.text for p in spec.train_prompts} & {p.text for p in spec.eval_prompts}
 
 
+@pytest.mark.train
 @pytest.mark.parametrize("algorithm", ["flow-grpo", "op-grpo"])
 def test_tiny_task_trains_two_steps(tiny: Family, tmp_path: Path, algorithm: str):
     """Two optimizer steps through the runner: records complete, the family's network calls per sample and
@@ -122,6 +123,7 @@ def test_tiny_task_trains_two_steps(tiny: Family, tmp_path: Path, algorithm: str
     assert all(k.startswith("transformer.") for k in lora_b)  # diffusers' LoRA format
 
 
+@pytest.mark.train
 def test_tiny_adapter_loads_into_the_pipeline(tiny: Family, tmp_path: Path):
     """The pipeline's ``load_lora_weights`` takes the run's EMA adapter; evaluating that pipeline's
     transformer gives the run's last eval score (the adapter format is loadable, rank and alpha included)."""

@@ -55,6 +55,7 @@ def test_tiny_backbone_is_registered(cache_dir: Path, tiny_folder: Path):
     assert backbone.pipeline.text_encoder_3 is not None and backbone.vae is not None
 
 
+@pytest.mark.train
 def test_tiny_task_trains_two_iterations(cache_dir: Path, tiny_folder: Path, tmp_path: Path):
     """2 iterations x 2 optimizer steps through the runner, with the KL term on (reference forward passes)."""
     from opgrpo_bench.results import read_records

@@ -17,6 +17,8 @@ import pytest
 
 from opgrpo_bench.results import read_records
 
+pytestmark = pytest.mark.train  # every test runs `opgrpo-bench run` (one or two processes)
+
 SETS = ["prompts_per_iter=2", "group_size=4", "eval_every=2", "eval_num_steps=4", "micro_batch=2",
         "replay_proportion=0.5"]
 

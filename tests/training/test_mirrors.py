@@ -12,6 +12,7 @@ from opgrpo_bench.runner import run_one
 from small import FAST
 
 
+@pytest.mark.train
 def test_tensorboard_holds_the_records_scalars(tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -28,6 +29,7 @@ def test_tensorboard_holds_the_records_scalars(tmp_path):
     assert "gold/correct" in events.Tags()["scalars"]
 
 
+@pytest.mark.train
 def test_wandb_offline_run_has_the_last_eval(tmp_path, monkeypatch):
     """Checked through wandb's public run object (what the mirror passed to ``run.log``, offline mode, the
     run's folder, one ``finish()``), never through wandb's binary run log: wandb's service process writes
