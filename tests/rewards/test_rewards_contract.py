@@ -95,7 +95,7 @@ def _remote(request: pytest.FixtureRequest) -> Any:
 
     ready = threading.Event()
     threading.Thread(target=serve, args=(JpegIncompressibility(), "127.0.0.1", 0, ready, 1), daemon=True).start()
-    assert ready.wait(10)
+    assert ready.wait(60)  # returns once listening; the bound is for a server that never starts
     reward = REWARDS.get("remote")(address=f"127.0.0.1:{ready.port}")  # type: ignore[attr-defined]
     request.addfinalizer(reward.close)
     return reward

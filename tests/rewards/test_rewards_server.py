@@ -61,9 +61,13 @@ class Mean(BaseReward):
 
 def start_thread_server(reward: Any = None, host: str = "127.0.0.1", **kwargs: Any) -> int:
     ready = threading.Event()
-    threading.Thread(target=serve, args=(reward or Mean(), host, 0, ready, kwargs.pop("max_connections", None)),
-                     kwargs=kwargs, daemon=True).start()
-    assert ready.wait(10)
+    thread = threading.Thread(target=serve, args=(reward or Mean(), host, 0, ready,
+                                                  kwargs.pop("max_connections", None)), kwargs=kwargs, daemon=True)
+    thread.start()
+    # listening, or the thread ended (e.g. the address cannot be bound); the deadline only ends a hung start
+    deadline = time.monotonic() + 60
+    while not ready.wait(0.05):
+        assert thread.is_alive() and time.monotonic() < deadline, "the reward server did not start"
     return ready.port  # type: ignore[attr-defined]
 
 
