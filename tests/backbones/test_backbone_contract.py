@@ -147,6 +147,18 @@ def test_reference_is_the_base_model_and_the_adapted_model_differs(name: str):
     assert all(torch.equal(a, b) for a, b in zip(adapted, _velocities(bb, x, cond)))  # adapters back on
 
 
+def test_reference_restores_the_adapters_after_an_exception(name: str):
+    bb = _build(name)
+    x, cond = _inputs(bb)
+    torch.manual_seed(0)
+    bb.add_lora(rank=4, alpha=8)
+    _perturb_lora(bb)
+    adapted = _velocities(bb, x, cond)
+    with pytest.raises(ValueError), bb.reference():
+        raise ValueError("boom")
+    assert all(torch.equal(a, b) for a, b in zip(adapted, _velocities(bb, x, cond)))
+
+
 def test_only_lora_parameters_train_and_they_get_gradients(name: str):
     bb = _build(name)
     assert bb.trainable_parameters() == []

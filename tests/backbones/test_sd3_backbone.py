@@ -1,4 +1,6 @@
-"""SD3Backbone on a tiny SD3 pipeline built in code: loading, shapes, CFG, LoRA/reference, errors."""
+"""SD3Backbone on a tiny SD3 pipeline built in code: loading, the schedule, CFG, LoRA targets, errors, checked
+against diffusers' own StableDiffusion3Pipeline. The generic properties (shapes, determinism, LoRA identity,
+the reference policy, row batching, folder errors) are the contract test's."""
 
 from __future__ import annotations
 
@@ -88,18 +90,6 @@ def test_encode_shapes_and_negative_prompt(backbone: SD3Backbone):
     assert not torch.allclose(cond["embeds"][0], cond["embeds"][1])
 
 
-def test_velocity_and_decode_shapes(backbone: SD3Backbone):
-    cond = backbone.encode(PROMPTS)
-    x, sigma = _inputs(backbone)
-    for guidance in (1.0, 4.5):
-        v = backbone.velocity(x, sigma, cond, guidance)
-        assert v.shape == x.shape and v.dtype == x.dtype and torch.isfinite(v).all()
-    assert backbone.nfe_per_sample(1.0) == 1 and backbone.nfe_per_sample(4.5) == 2
-    images = backbone.decode(x)
-    assert images.shape == (2, 3, 32, 32) and images.dtype == torch.float32
-    assert images.min() >= 0 and images.max() <= 1
-
-
 def test_decode_undoes_the_sd3_latent_normalisation(backbone: SD3Backbone):
     x, _ = _inputs(backbone)
     vae = backbone.vae
@@ -144,18 +134,6 @@ def test_cfg_combines_two_separate_passes(backbone: SD3Backbone, guidance: float
     assert not torch.allclose(v_cond, v_uncond)  # the test would be vacuous otherwise
 
 
-def test_max_batch_splits_no_grad_calls_without_changing_results(tiny_folder: Path, backbone: SD3Backbone):
-    chunked = SD3Backbone.from_pretrained(tiny_folder, resolution=32, max_sequence_length=16, max_batch=1)
-    prompts = PROMPTS + ["a blue sky"]
-    x, sigma = _inputs(backbone, n=3)
-    cond, cond_chunked = backbone.encode(prompts), chunked.encode(prompts)
-    assert torch.allclose(cond["embeds"], cond_chunked["embeds"], atol=1e-6)
-    with torch.no_grad():
-        v, v_chunked = backbone.velocity(x, sigma, cond, 4.5), chunked.velocity(x, sigma, cond, 4.5)
-    assert torch.allclose(v, v_chunked, atol=1e-5)
-    assert torch.allclose(backbone.decode(x), chunked.decode(x), atol=1e-5)
-
-
 # -- LoRA and the reference policy ------------------------------------------------------------------
 def test_add_lora_trains_only_adapters_of_the_joint_attention(backbone: SD3Backbone):
     backbone.add_lora(rank=4, alpha=8)
@@ -171,39 +149,6 @@ def test_add_lora_trains_only_adapters_of_the_joint_attention(backbone: SD3Backb
         assert not any(p.requires_grad for p in module.parameters())
     with pytest.raises(RuntimeError):
         backbone.add_lora(rank=4, alpha=8)
-
-
-def test_reference_is_the_base_model_and_lora_changes_the_policy(backbone: SD3Backbone):
-    cond = backbone.encode(PROMPTS)
-    x, sigma = _inputs(backbone)
-    with torch.no_grad():
-        base = backbone.velocity(x, sigma, cond, 4.5)
-    torch.manual_seed(0)
-    backbone.add_lora(rank=4, alpha=8)
-    with torch.no_grad():  # peft's gaussian init: lora_B = 0, the adapted model starts at the base model
-        assert torch.equal(backbone.velocity(x, sigma, cond, 4.5), base)
-        for p in backbone.trainable_parameters():
-            p.add_(0.1 * torch.randn_like(p))
-        adapted = backbone.velocity(x, sigma, cond, 4.5)
-        with backbone.reference():
-            reference = backbone.velocity(x, sigma, cond, 4.5)
-        after = backbone.velocity(x, sigma, cond, 4.5)
-    assert not torch.allclose(adapted, base, atol=1e-4)
-    assert torch.equal(reference, base)
-    assert torch.equal(after, adapted)  # adapters back on after the block
-
-
-def test_reference_restores_adapters_after_an_exception(backbone: SD3Backbone):
-    cond = backbone.encode(PROMPTS)
-    x, sigma = _inputs(backbone)
-    backbone.add_lora(rank=4, alpha=8)
-    with torch.no_grad():
-        for p in backbone.trainable_parameters():
-            p.add_(0.1 * torch.randn_like(p))
-        adapted = backbone.velocity(x, sigma, cond, 1.0)
-        with pytest.raises(ValueError), backbone.reference():
-            raise ValueError("boom")
-        assert torch.equal(backbone.velocity(x, sigma, cond, 1.0), adapted)
 
 
 def test_gradients_reach_lora_through_cfg(backbone: SD3Backbone):
