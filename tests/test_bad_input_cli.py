@@ -253,10 +253,6 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(argv: list[str], needl
     assert snapshot(workspace) == before  # nothing written, nothing changed, nothing removed
 
 
-def test_there_are_at_least_40_cases() -> None:
-    assert len(CASES) >= 40 and len({i for i, _, _ in CASES}) == len(CASES)
-
-
 @pytest.fixture
 def bad_task(monkeypatch: pytest.MonkeyPatch):
     """Register task 'bad-defaults-v1' (digits-v1 with the given train_defaults) for one test."""

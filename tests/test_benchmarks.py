@@ -5,9 +5,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.train
 def test_gpu_iteration_tiny_runs_both_loops():
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_iteration.py"), "--tiny", "--repeats", "1"],
                           capture_output=True, text=True, timeout=300)

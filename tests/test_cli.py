@@ -38,6 +38,7 @@ def test_list_shows_every_registry():
         assert name in res.stdout
 
 
+@pytest.mark.train
 def test_run_writes_schema_records_and_skips_finished_runs(tmp_path):
     args = ["run", "--task", "digits-v1", "--algorithm", "op-grpo", "--seed", "0", "--steps", "2",
             "--out", str(tmp_path), "--set", "prompts_per_iter=2", "--set", "group_size=4",

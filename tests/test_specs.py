@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 
 from opgrpo_bench import cli
 from opgrpo_bench.specs import load_spec
@@ -19,6 +20,7 @@ def _main(argv, monkeypatch):
     return 0
 
 
+@pytest.mark.train
 def test_a_run_file_is_its_flags(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "run.toml").write_text('task = "digits-v1"\nalgorithm = ["flow-grpo"]\nseed = 0\nsteps = 2\n'
@@ -37,6 +39,7 @@ def test_a_run_file_is_its_flags(tmp_path, monkeypatch, capsys):
     assert start["config"]["train"]["prompts_per_iter"] == 2 and start["budget_steps"] == 2
 
 
+@pytest.mark.train
 def test_a_suite_file_runs_its_grids_then_the_leaderboard(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "suite.toml").write_text(

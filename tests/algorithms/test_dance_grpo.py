@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 
 from opgrpo_bench.core.sde import constant_noise_sde_step_with_logprob
@@ -24,6 +25,7 @@ def test_constant_noise_step_hand_computed():
     assert math.isclose(float(got_std), a, rel_tol=1e-7)  # s = eta whatever sigma
 
 
+@pytest.mark.train
 def test_groups_share_their_initial_noise_and_a_random_subset_of_steps_is_trained(tmp_path):
     r = resolve("digits-v1", "dance-grpo", 0, 4, FAST)
     trainer = Trainer(r.task, r.algorithm, r.train_config, tmp_path, algorithm_name=r.algorithm_name)

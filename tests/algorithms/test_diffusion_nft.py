@@ -1,5 +1,6 @@
 """diffusion-nft: the likelihood-free forward-process loss by hand, its gradient, and a run through the trainer."""
 
+import pytest
 import torch
 
 from opgrpo_bench.algorithms.diffusion_nft import nft_loss
@@ -32,6 +33,7 @@ def test_at_the_sampling_policy_the_gradient_is_reward_weighted_flow_matching():
     assert torch.allclose(v.grad, want, atol=1e-6)
 
 
+@pytest.mark.train
 def test_a_run_trains_on_the_forward_process(tmp_path):
     run_one("digits-v1", "diffusion-nft", 0, out=tmp_path, steps=2, sets=FAST)
     records = read_records(next(tmp_path.glob("*/metrics.jsonl")))

@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 
 from opgrpo_bench.algorithms.base import SamplerSettings
@@ -45,6 +46,7 @@ def test_the_divergence_is_the_exact_kl_of_the_two_gaussian_transitions():
     assert torch.allclose(got, want, rtol=1e-5)
 
 
+@pytest.mark.train
 def test_a_dppo_run_keeps_the_samplers_means_and_reports_its_divergence(tmp_path):
     assert ALGORITHMS.get("flow-dppo").build().sampler_settings(SamplerSettings()).keep_means
     run_one("digits-v1", "flow-dppo", 0, out=tmp_path, steps=2, sets=FAST)

@@ -36,6 +36,7 @@ def test_the_sampler_takes_cps_steps():
         assert torch.equal(traj.latents[:, k + 1], x) and torch.equal(traj.log_probs[:, k], logp)
 
 
+@pytest.mark.train
 def test_a_cps_run_starts_with_ratio_one(tmp_path):
     run_one("digits-v1", "flow-grpo-cps", 0, out=tmp_path, steps=2, sets=FAST)
     steps = [r for r in read_records(next(tmp_path.glob("*/metrics.jsonl"))) if r["type"] == "step"]

@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 
 from opgrpo_bench.algorithms.base import SamplerSettings
@@ -36,6 +37,7 @@ def test_guard_log_ratio_is_the_bias_free_inner_product_for_the_sde_step():
     assert torch.allclose(got, want, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.train
 def test_a_guard_run_keeps_the_samplers_means_and_starts_at_ratio_one(tmp_path):
     assert ALGORITHMS.get("grpo-guard").build().sampler_settings(SamplerSettings()).keep_means
     run_one("digits-v1", "grpo-guard", 0, out=tmp_path, steps=2, sets=FAST)

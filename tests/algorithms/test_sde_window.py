@@ -1,5 +1,6 @@
 """Flow-GRPO-Fast and MixGRPO: where the SDE window lies, and that only it is sampled stochastically and trained."""
 
+import pytest
 import torch
 
 from opgrpo_bench.registry import ALGORITHMS
@@ -33,6 +34,7 @@ def test_mixgrpo_slides_every_shift_interval_iterations_and_stops_at_the_end_of_
     assert [int(whole.window(10, it, gen).nonzero()[0]) for it in (0, 10, 30, 40, 90)] == [0, 2, 6, 8, 8]
 
 
+@pytest.mark.train
 def test_only_the_window_is_sde_and_trained(tmp_path):
     run_one("digits-v1", "mixgrpo", 0, out=tmp_path, steps=2, sets=FAST)
     steps = [r for r in read_records(next(tmp_path.glob("*/metrics.jsonl"))) if r["type"] == "step"]

@@ -147,6 +147,18 @@ def test_reference_is_the_base_model_and_the_adapted_model_differs(name: str):
     assert all(torch.equal(a, b) for a, b in zip(adapted, _velocities(bb, x, cond)))  # adapters back on
 
 
+def test_reference_restores_the_adapters_after_an_exception(name: str):
+    bb = _build(name)
+    x, cond = _inputs(bb)
+    torch.manual_seed(0)
+    bb.add_lora(rank=4, alpha=8)
+    _perturb_lora(bb)
+    adapted = _velocities(bb, x, cond)
+    with pytest.raises(ValueError), bb.reference():
+        raise ValueError("boom")
+    assert all(torch.equal(a, b) for a, b in zip(adapted, _velocities(bb, x, cond)))
+
+
 def test_only_lora_parameters_train_and_they_get_gradients(name: str):
     bb = _build(name)
     assert bb.trainable_parameters() == []
@@ -179,3 +191,39 @@ def test_max_batch_splits_calls_without_changing_results(name: str):
     assert all(torch.allclose(cond[k], chunked[k], atol=1e-6) for k in cond)
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(whole, _velocities(bb, x, cond)))
     assert torch.allclose(decoded, bb.decode(x), atol=1e-5)
+
+
+# -- the diffusers families' folders ------------------------------------------------------------------
+# (family backbone class, tiny folder fixture, environment variable, the name the message gives the weights,
+#  a component whose weights are removed); SD3's other damaged folders are in test_sd3_backbone.py
+FOLDERS = {
+    "sd3": ("opgrpo_bench.backbones.sd3:SD3Backbone", "tiny_folder", "OPGRPO_SD35M_PATH", "SD3", "text_encoder_3"),
+    "flux": ("opgrpo_bench.backbones.flux:FluxBackbone", "tiny_flux_folder", "OPGRPO_FLUX_PATH", "FLUX.1",
+             "text_encoder_2"),
+    "wan": ("opgrpo_bench.backbones.wan:WanBackbone", "tiny_wan_folder", "OPGRPO_WAN_PATH", "Wan2.1", "text_encoder"),
+}
+
+
+@pytest.mark.parametrize("family", sorted(FOLDERS))
+def test_missing_or_incomplete_folders_fail_with_one_line(family: str, tmp_path, request: pytest.FixtureRequest,
+                                                         no_network: list):
+    """A folder that does not exist, and a copy of the tiny folder without one component's weights: one line
+    that says what is missing and how to provide it, without reaching for the network."""
+    import importlib
+    import shutil
+
+    target, fixture, env, what, component = FOLDERS[family]
+    module, cls = target.split(":")
+    backbone_cls = getattr(importlib.import_module(module), cls)
+    with pytest.raises(MissingWeightsError) as info:
+        backbone_cls.from_pretrained(tmp_path / "nope", env=env)
+    message = str(info.value)
+    assert "\n" not in message and "does not exist" in message and what in message and env in message
+    broken = tmp_path / "broken"
+    shutil.copytree(request.getfixturevalue(fixture), broken)
+    for f in (broken / component).glob("*.safetensors"):
+        f.unlink()
+    with pytest.raises(MissingWeightsError, match=f"missing: {component}/ weights") as info:
+        backbone_cls.from_pretrained(broken)
+    assert "\n" not in str(info.value)
+    assert no_network == []

@@ -1,8 +1,8 @@
-"""What every model family's tasks must do, checked for FLUX and Wan with one set of tests: the tiny task
-trains two steps with Flow-GRPO and OP-GRPO and saves an adapter its diffusers pipeline loads (reproducing
-the run's last eval); the paper tasks, without prompt files or weights, fail with one line before anything
-loads. The family-specific settings are in ``test_flux_tasks.py`` and ``test_wan_tasks.py`` (SD3's in
-``test_sd3_tasks.py``)."""
+"""What every model family's tasks must do, checked for SD3, FLUX and Wan with one set of tests: the tiny
+task's spec; the tiny task trains two steps with Flow-GRPO and OP-GRPO and saves an adapter its diffusers
+pipeline loads (reproducing the run's last eval); the paper tasks, without prompt files or weights, fail
+with one line before anything loads. The family-specific settings are in ``test_sd3_tasks.py``,
+``test_flux_tasks.py`` and ``test_wan_tasks.py``."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ class Family:
     backbones: tuple[str, str, str]
     """(family backbone, paper backbone, tiny backbone)."""
     cfg_calls: int
-    """Network calls per sample and denoising step: 1 for FLUX's distilled guidance, 2 for Wan's true CFG."""
+    """Network calls per sample and denoising step: 1 for FLUX's distilled guidance, 2 for SD3's and Wan's CFG."""
 
     @property
     def mod(self):
@@ -47,6 +47,9 @@ class Family:
 
 
 FAMILIES = {
+    "sd3": Family("sd3_tasks", "SD35M", "tiny-sd3-jpeg-v1", "tiny_folder",
+                  {"ocr-sd35m-v1": "OCR_SD35M_V1", "ocr-sd35m-smoke-v1": "OCR_SD35M_SMOKE_V1"},
+                  ("sd3", "sd35m", "tiny-sd3"), cfg_calls=2),
     "flux": Family("flux_tasks", "FLUX_DEV", "tiny-flux-jpeg-v1", "tiny_flux_folder",
                    {"pickscore-flux-v1": "PICKSCORE_FLUX_V1", "pickscore-flux-smoke-v1": "PICKSCORE_FLUX_SMOKE_V1"},
                    ("flux", "flux1-dev", "tiny-flux"), cfg_calls=1),
@@ -79,6 +82,24 @@ def _lora_b(run_dir: Path) -> dict[str, torch.Tensor]:
 
 
 # -- the tiny task -----------------------------------------------------------------------------------
+TINY_TASKS = {"sd3": "tiny-sd3-jpeg-v1", "flux": "tiny-flux-jpeg-v1", "wan": "tiny-wan-video-v1"}
+"""Every family's tiny task (SD3's included), registered under ``tiny-<family>`` too, on backbone ``tiny-<family>``."""
+
+
+@pytest.mark.parametrize("name", sorted(TINY_TASKS))
+def test_tiny_task_spec(name: str):
+    """The tiny task's spec: its alias, its tiny backbone, and held-out eval prompts (the family's own
+    reward and guidance are checked in test_<family>_tasks.py)."""
+    from opgrpo_bench.tasks.spec import TaskSpec
+
+    spec = TASKS.get(TINY_TASKS[name])
+    assert isinstance(spec, TaskSpec) and spec.id == TINY_TASKS[name] and spec.version == "v1"
+    assert TASKS.get(f"tiny-{name}") is spec and spec.backbone == f"tiny-{name}"
+    assert len(spec.train_prompts) >= 4 and len(spec.eval_prompts) >= 2
+    assert not {p.text for p in spec.train_prompts} & {p.text for p in spec.eval_prompts}
+
+
+@pytest.mark.train
 @pytest.mark.parametrize("algorithm", ["flow-grpo", "op-grpo"])
 def test_tiny_task_trains_two_steps(tiny: Family, tmp_path: Path, algorithm: str):
     """Two optimizer steps through the runner: records complete, the family's network calls per sample and
@@ -102,6 +123,7 @@ def test_tiny_task_trains_two_steps(tiny: Family, tmp_path: Path, algorithm: str
     assert all(k.startswith("transformer.") for k in lora_b)  # diffusers' LoRA format
 
 
+@pytest.mark.train
 def test_tiny_adapter_loads_into_the_pipeline(tiny: Family, tmp_path: Path):
     """The pipeline's ``load_lora_weights`` takes the run's EMA adapter; evaluating that pipeline's
     transformer gives the run's last eval score (the adapter format is loadable, rank and alpha included)."""

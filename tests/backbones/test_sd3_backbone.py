@@ -1,10 +1,11 @@
-"""SD3Backbone on a tiny SD3 pipeline built in code: loading, shapes, CFG, LoRA/reference, errors."""
+"""SD3Backbone on a tiny SD3 pipeline built in code: loading, the schedule, CFG, LoRA targets, errors, checked
+against diffusers' own StableDiffusion3Pipeline. The generic properties (shapes, determinism, LoRA identity,
+the reference policy, row batching, folder errors) are the contract test's."""
 
 from __future__ import annotations
 
 import json
 import shutil
-import time
 from pathlib import Path
 
 import pytest
@@ -89,18 +90,6 @@ def test_encode_shapes_and_negative_prompt(backbone: SD3Backbone):
     assert not torch.allclose(cond["embeds"][0], cond["embeds"][1])
 
 
-def test_velocity_and_decode_shapes(backbone: SD3Backbone):
-    cond = backbone.encode(PROMPTS)
-    x, sigma = _inputs(backbone)
-    for guidance in (1.0, 4.5):
-        v = backbone.velocity(x, sigma, cond, guidance)
-        assert v.shape == x.shape and v.dtype == x.dtype and torch.isfinite(v).all()
-    assert backbone.nfe_per_sample(1.0) == 1 and backbone.nfe_per_sample(4.5) == 2
-    images = backbone.decode(x)
-    assert images.shape == (2, 3, 32, 32) and images.dtype == torch.float32
-    assert images.min() >= 0 and images.max() <= 1
-
-
 def test_decode_undoes_the_sd3_latent_normalisation(backbone: SD3Backbone):
     x, _ = _inputs(backbone)
     vae = backbone.vae
@@ -145,18 +134,6 @@ def test_cfg_combines_two_separate_passes(backbone: SD3Backbone, guidance: float
     assert not torch.allclose(v_cond, v_uncond)  # the test would be vacuous otherwise
 
 
-def test_max_batch_splits_no_grad_calls_without_changing_results(tiny_folder: Path, backbone: SD3Backbone):
-    chunked = SD3Backbone.from_pretrained(tiny_folder, resolution=32, max_sequence_length=16, max_batch=1)
-    prompts = PROMPTS + ["a blue sky"]
-    x, sigma = _inputs(backbone, n=3)
-    cond, cond_chunked = backbone.encode(prompts), chunked.encode(prompts)
-    assert torch.allclose(cond["embeds"], cond_chunked["embeds"], atol=1e-6)
-    with torch.no_grad():
-        v, v_chunked = backbone.velocity(x, sigma, cond, 4.5), chunked.velocity(x, sigma, cond, 4.5)
-    assert torch.allclose(v, v_chunked, atol=1e-5)
-    assert torch.allclose(backbone.decode(x), chunked.decode(x), atol=1e-5)
-
-
 # -- LoRA and the reference policy ------------------------------------------------------------------
 def test_add_lora_trains_only_adapters_of_the_joint_attention(backbone: SD3Backbone):
     backbone.add_lora(rank=4, alpha=8)
@@ -172,39 +149,6 @@ def test_add_lora_trains_only_adapters_of_the_joint_attention(backbone: SD3Backb
         assert not any(p.requires_grad for p in module.parameters())
     with pytest.raises(RuntimeError):
         backbone.add_lora(rank=4, alpha=8)
-
-
-def test_reference_is_the_base_model_and_lora_changes_the_policy(backbone: SD3Backbone):
-    cond = backbone.encode(PROMPTS)
-    x, sigma = _inputs(backbone)
-    with torch.no_grad():
-        base = backbone.velocity(x, sigma, cond, 4.5)
-    torch.manual_seed(0)
-    backbone.add_lora(rank=4, alpha=8)
-    with torch.no_grad():  # peft's gaussian init: lora_B = 0, the adapted model starts at the base model
-        assert torch.equal(backbone.velocity(x, sigma, cond, 4.5), base)
-        for p in backbone.trainable_parameters():
-            p.add_(0.1 * torch.randn_like(p))
-        adapted = backbone.velocity(x, sigma, cond, 4.5)
-        with backbone.reference():
-            reference = backbone.velocity(x, sigma, cond, 4.5)
-        after = backbone.velocity(x, sigma, cond, 4.5)
-    assert not torch.allclose(adapted, base, atol=1e-4)
-    assert torch.equal(reference, base)
-    assert torch.equal(after, adapted)  # adapters back on after the block
-
-
-def test_reference_restores_adapters_after_an_exception(backbone: SD3Backbone):
-    cond = backbone.encode(PROMPTS)
-    x, sigma = _inputs(backbone)
-    backbone.add_lora(rank=4, alpha=8)
-    with torch.no_grad():
-        for p in backbone.trainable_parameters():
-            p.add_(0.1 * torch.randn_like(p))
-        adapted = backbone.velocity(x, sigma, cond, 1.0)
-        with pytest.raises(ValueError), backbone.reference():
-            raise ValueError("boom")
-        assert torch.equal(backbone.velocity(x, sigma, cond, 1.0), adapted)
 
 
 def test_gradients_reach_lora_through_cfg(backbone: SD3Backbone):
@@ -247,11 +191,12 @@ def test_resolution_sets_the_latent_side(tiny_folder: Path):
 
 
 # -- missing weights --------------------------------------------------------------------------------
-def _assert_fast_one_line(fn, *match: str, limit_s: float = 2.0) -> str:
-    start = time.perf_counter()
+def _assert_fast_one_line(fn, tried: list, *match: str) -> str:
+    """``fn`` fails with one line, and fast: without reaching for the network (``tried``: the hosts the
+    ``no_network`` fixture refused), rather than within a wall-time limit a loaded machine could break."""
     with pytest.raises(MissingWeightsError) as info:
         fn()
-    assert time.perf_counter() - start < limit_s
+    assert tried == []
     message = str(info.value)
     assert "\n" not in message
     for m in match:
@@ -260,17 +205,18 @@ def _assert_fast_one_line(fn, *match: str, limit_s: float = 2.0) -> str:
     return message
 
 
-def test_missing_folder_and_cache_entry_fail_fast(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def test_missing_folder_and_cache_entry_fail_fast(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_network: list):
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
-    _assert_fast_one_line(lambda: SD3Backbone.from_pretrained(tmp_path / "nope"), "does not exist", "nope")
-    _assert_fast_one_line(lambda: SD3Backbone.from_pretrained("./relative/nope"), "does not exist")
+    _assert_fast_one_line(lambda: SD3Backbone.from_pretrained(tmp_path / "nope"), no_network, "does not exist",
+                          "nope")
+    _assert_fast_one_line(lambda: SD3Backbone.from_pretrained("./relative/nope"), no_network, "does not exist")
     _assert_fast_one_line(lambda: SD3Backbone.from_pretrained("stabilityai/stable-diffusion-3.5-medium",
-                                                              env="OPGRPO_SD35M_PATH"),
+                                                              env="OPGRPO_SD35M_PATH"), no_network,
                           "not in the Hugging Face cache", "hf download", "OPGRPO_SD35M_PATH")
     (tmp_path / "empty").mkdir()
-    _assert_fast_one_line(lambda: SD3Backbone.from_pretrained(tmp_path / "empty"), "model_index.json")
+    _assert_fast_one_line(lambda: SD3Backbone.from_pretrained(tmp_path / "empty"), no_network, "model_index.json")
 
 
 @pytest.mark.parametrize("damage, expected", [
@@ -281,7 +227,8 @@ def test_missing_folder_and_cache_entry_fail_fast(tmp_path: Path, monkeypatch: p
     ("rm:scheduler/scheduler_config.json", "scheduler/"),
     ("corrupt:transformer/diffusion_pytorch_model.safetensors", "cannot load"),
 ])
-def test_partial_folder_names_what_is_missing(tiny_folder: Path, tmp_path: Path, damage: str, expected: str):
+def test_partial_folder_names_what_is_missing(tiny_folder: Path, tmp_path: Path, damage: str, expected: str,
+                                              no_network: list):
     folder = tmp_path / "partial"
     shutil.copytree(tiny_folder, folder)
     action, rel = damage.split(":")
@@ -290,7 +237,7 @@ def test_partial_folder_names_what_is_missing(tiny_folder: Path, tmp_path: Path,
         shutil.rmtree(target) if target.is_dir() else target.unlink()
     else:
         target.write_bytes(b"not a safetensors file")
-    _assert_fast_one_line(lambda: SD3Backbone.from_pretrained(folder), expected)
+    _assert_fast_one_line(lambda: SD3Backbone.from_pretrained(folder), no_network, expected)
 
 
 def test_loads_from_a_hugging_face_cache_snapshot(tiny_folder: Path, tmp_path: Path,

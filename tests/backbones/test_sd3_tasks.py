@@ -1,11 +1,10 @@
-"""The SD3 task specs: tiny-sd3-jpeg-v1 end to end, and the SD3.5-M tasks' prompt files and missing-weights errors."""
+"""The SD3 task specs' own settings: tiny-sd3-jpeg-v1 with its KL term, and the SD3.5-M tasks' prompt files,
+settings and smoke variants (what every family's tasks must do, SD3's included, is in
+``test_family_tasks.py``)."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,8 +14,7 @@ from opgrpo_bench import devices
 from opgrpo_bench.backbones import models
 from opgrpo_bench.errors import MissingWeightsError, UserError
 from opgrpo_bench.registry import BACKBONES, TASKS
-from opgrpo_bench.tasks import sd3_tasks
-from opgrpo_bench.tasks.spec import TaskSpec
+from opgrpo_bench.tasks import external, sd3_tasks
 
 SD35M_TASKS = ("ocr-sd35m-v1", "pickscore-sd35m-v1", "geneval-sd35m-v1")
 SMOKE_TASKS = ("ocr-sd35m-smoke-v1", "pickscore-sd35m-smoke-v1", "geneval-sd35m-smoke-v1")
@@ -46,14 +44,11 @@ def _write_prompt_dir(root: Path) -> Path:
 
 
 # -- tiny-sd3-jpeg-v1 --------------------------------------------------------------------------------
-def test_tiny_task_spec():
+def test_tiny_task_reward_and_guidance():
+    """The family's own settings (the spec contract is test_family_tasks.py's)."""
     spec = TASKS.get("tiny-sd3-jpeg-v1")
-    assert isinstance(spec, TaskSpec) and spec.id == "tiny-sd3-jpeg-v1" and spec.version == "v1"
-    assert TASKS.get("tiny-sd3") is spec
     assert spec.reward == "jpeg-compressibility"
     assert spec.train_defaults["guidance"] > 1 and spec.train_defaults["eval_guidance"] > 1  # CFG exercised
-    assert len(spec.train_prompts) >= 4 and len(spec.eval_prompts) >= 2
-    assert not {p.text for p in spec.train_prompts} & {p.text for p in spec.eval_prompts}
 
 
 def test_tiny_backbone_is_registered(cache_dir: Path, tiny_folder: Path):
@@ -62,6 +57,7 @@ def test_tiny_backbone_is_registered(cache_dir: Path, tiny_folder: Path):
     assert backbone.pipeline.text_encoder_3 is not None and backbone.vae is not None
 
 
+@pytest.mark.train
 def test_tiny_task_trains_two_iterations(cache_dir: Path, tiny_folder: Path, tmp_path: Path):
     """2 iterations x 2 optimizer steps through the runner, with the KL term on (reference forward passes)."""
     from opgrpo_bench.results import read_records
@@ -85,7 +81,7 @@ def test_tiny_task_trains_two_iterations(cache_dir: Path, tiny_folder: Path, tmp
 
 
 # -- SD3.5-Medium tasks ------------------------------------------------------------------------------
-@pytest.mark.parametrize("task_id", SD35M_TASKS)
+@pytest.mark.parametrize("task_id", SD35M_TASKS[1:])  # ocr-sd35m-v1: test_family_tasks.py
 def test_sd35m_task_without_prompt_files_fails_with_one_line(no_sd35m, task_id: str, monkeypatch):
     import diffusers
 
@@ -137,38 +133,12 @@ def test_bad_prompt_file_is_a_user_error(no_sd35m, tmp_path: Path, monkeypatch: 
         TASKS.get("ocr-sd35m-v1")
 
 
-def test_sd35m_backbone_without_weights_fails_fast(no_sd35m, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv(sd3_tasks.PROMPTS_ENV, str(_write_prompt_dir(tmp_path / "dataset")))
-    spec = TASKS.get("ocr-sd35m-v1")
-    for source, expected in ((None, "not in the Hugging Face cache"), (str(tmp_path / "nope"), "does not exist")):
-        if source:
-            monkeypatch.setenv(sd3_tasks.SD35M.env, source)
-        with pytest.raises(MissingWeightsError) as info:
-            spec.build_backbone()
-        assert expected in str(info.value) and sd3_tasks.SD35M.env in str(info.value)
-
-
 def test_sd35m_run_fails_before_loading_anything(no_sd35m, tmp_path: Path):
     from opgrpo_bench.runner import run_one
 
     with pytest.raises(UserError, match=sd3_tasks.PROMPTS_ENV):
         run_one("geneval-sd35m-v1", "flow-grpo", seed=0, out=tmp_path)
     assert not list(tmp_path.glob("geneval-sd35m-v1__flow-grpo*"))
-
-
-def test_cli_run_prints_one_line_and_exits_2(tmp_path: Path):
-    """`opgrpo-bench run --task ocr-sd35m-v1` without prompt files or weights: one line, exit code 2."""
-    env = {k: v for k, v in os.environ.items() if k not in (sd3_tasks.PROMPTS_ENV, sd3_tasks.SD35M.env)}
-    env.update(HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(tmp_path / "empty-hub"))
-    proc = subprocess.run(
-        [sys.executable, "-c", "from opgrpo_bench.cli import main; main()", "run", "--task", "ocr-sd35m-v1",
-         "--out", str(tmp_path / "runs")],
-        capture_output=True, text=True, env=env, timeout=120,
-    )
-    assert proc.returncode == 2, proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and sd3_tasks.PROMPTS_ENV in lines[0], proc.stderr
-    assert "Traceback" not in proc.stderr
 
 
 # -- smoke variants ----------------------------------------------------------------------------------

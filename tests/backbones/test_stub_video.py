@@ -61,6 +61,7 @@ def test_samplers_keep_the_video_shape():
     assert not torch.equal(replay.latents[1], traj.latents[1])
 
 
+@pytest.mark.train
 @pytest.mark.parametrize("algorithm, steps, sets", [
     ("flow-grpo", 2, {}),
     ("op-grpo", 4, {"replay_proportion": "0.5"}),  # the second iteration replays stored 5-D trajectories

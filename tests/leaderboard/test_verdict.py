@@ -1,8 +1,5 @@
 """The suite's closing verdict: both the ratio interval and the P(improvement) interval must agree."""
 
-import json
-from pathlib import Path
-
 import pytest
 
 from opgrpo_bench.leaderboard.verdict import verdict, verdict_rows
@@ -21,9 +18,19 @@ def test_verdict_rules(ratio_ci, p_ci, expected):
     assert verdict(row) == expected
 
 
-def test_committed_leaderboard_verdicts():
-    doc = json.loads((Path(__file__).resolve().parents[2] / "leaderboard" / "leaderboard.json").read_text())
+def test_verdict_rows_leave_out_the_reference_and_rows_without_a_ratio():
+    faster = {"task": "t", "algorithm": "a", "seeds": 5, "speedup_vs_flow_grpo": 0.7, "speedup_ci_low": 0.5,
+              "speedup_ci_high": 0.9, "prob_improvement": 0.8, "prob_improvement_ci_low": 0.6,
+              "prob_improvement_ci_high": 0.9}
+    doc = {"rows": [
+        {"task": "t", "algorithm": "flow-grpo", "speedup_vs_flow_grpo": 1.0, "speedup_ci_low": 1.0,
+         "speedup_ci_high": 1.0},
+        faster,
+        {"task": "t", "algorithm": "b", "speedup_vs_flow_grpo": None},  # no finished reference runs
+        {**faster, "task": "u", "speedup_ci_high": 1.2},
+    ]}
     rows = verdict_rows(doc)
-    assert rows and all(r["algorithm"] != "flow-grpo" for r in rows)
-    headline = {(r["task"], r["algorithm"]): r["verdict"] for r in rows}
-    assert headline[("digits-v1", "op-grpo")] == "inconclusive"  # 1.00x [0.56, 1.13]
+    assert [(r["task"], r["algorithm"], r["verdict"]) for r in rows] == [("t", "a", "faster"),
+                                                                         ("u", "a", "inconclusive")]
+    assert rows[0]["ci"] == (0.5, 0.9) and rows[0]["p_ci"] == (0.6, 0.9) and rows[0]["ratio"] == 0.7
+    assert verdict_rows({}) == []

@@ -28,6 +28,7 @@ def test_gold_is_another_architecture_trained_on_the_other_split():
     assert acc == pytest.approx(info["accuracy"], abs=2e-3) and acc > 0.95
 
 
+@pytest.mark.train
 def test_gold_training_is_seeded():
     _, _, x_test, y_test = load_split()
     a, acc_a = train_gold_classifier(x_test[:64], y_test[:64], x_test[64:128], y_test[64:128], epochs=2)

@@ -184,6 +184,7 @@ def test_base_model_is_in_the_measured_regime(backbone, reward: DigitNumberRewar
     assert 0.35 < score < 0.75 and 0.0 < success < 0.3, (score, success)
 
 
+@pytest.mark.train
 def test_pretraining_draws_training_numbers_and_is_deterministic() -> None:
     train, evals = dn.number_split()
     src = pn.NumberImages(train)
@@ -196,6 +197,7 @@ def test_pretraining_draws_training_numbers_and_is_deterministic() -> None:
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.train
 def test_two_step_rl_run(tmp_path) -> None:
     from opgrpo_bench.runner import run_one
 

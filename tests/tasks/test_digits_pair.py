@@ -130,6 +130,7 @@ def test_base_model_generates_pairs(backbone, reward: DigitPairReward) -> None:
     assert bool(((scores == 0) | (scores == 1)).all())
 
 
+@pytest.mark.train
 def test_pretraining_is_deterministic() -> None:
     torch.set_num_threads(1)
     # one centred step, then one jittered step: both phases

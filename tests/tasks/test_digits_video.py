@@ -226,6 +226,7 @@ def test_base_score_is_the_recorded_one_and_below_the_target(backbone) -> None:
 
 
 # -- the build ---------------------------------------------------------------------------------------
+@pytest.mark.train
 def test_pretraining_is_deterministic_and_trains_both_phases() -> None:
     def run() -> dict[str, torch.Tensor]:
         transformer, text_encoder, _, _ = pv.pretrain_video_model(steps=3, frame_steps=1, batch_size=4)
@@ -238,6 +239,7 @@ def test_pretraining_is_deterministic_and_trains_both_phases() -> None:
     assert any(not torch.equal(fresh[k], a[f"t.{k}"]) for k in fresh)
 
 
+@pytest.mark.train
 def test_build_script_writes_a_loadable_folder(tmp_path) -> None:
     meta = pv.build_video_assets(tmp_path, steps=2, frame_steps=1, batch_size=2)
     assert meta["pretrain_steps"] == 2 and (tmp_path / "base_model.json").exists()
@@ -246,6 +248,7 @@ def test_build_script_writes_a_loadable_folder(tmp_path) -> None:
 
 
 # -- RL ----------------------------------------------------------------------------------------------
+@pytest.mark.train
 @pytest.mark.parametrize("algorithm", ["flow-grpo", "op-grpo"])
 def test_two_step_run_changes_the_lora_adapter(tmp_path, algorithm: str) -> None:
     from opgrpo_bench.results import read_records

@@ -6,6 +6,7 @@ the same shapes and code path, so the re-evaluated score must equal the recorded
 
 import json
 
+import pytest
 import torch
 from safetensors import safe_open
 
@@ -33,6 +34,7 @@ def _eval_cli(argv, monkeypatch, capsys):
     return json.loads(out.strip().splitlines()[-1])
 
 
+@pytest.mark.train
 def test_digits_run_saves_adapters_that_the_eval_command_scores_like_the_run(tmp_path, monkeypatch, capsys):
     run_one("digits-v1", "op-grpo", 0, out=tmp_path, steps=4, sets=FAST)
     run_dir = find_run_dir(tmp_path, "digits-v1", "op-grpo", 0)
@@ -54,6 +56,7 @@ def test_digits_run_saves_adapters_that_the_eval_command_scores_like_the_run(tmp
     assert other["task"] == "digits-sparse-v1" and other["run_task"] == "digits-v1" and 0 <= other["score"] <= 1
 
 
+@pytest.mark.train
 def test_tiny_sd3_adapter_loads_into_the_diffusers_pipeline(tmp_path):
     """``StableDiffusion3Pipeline.load_lora_weights`` takes the EMA adapter; evaluating that pipeline's
     transformer gives the run's last eval score."""

@@ -33,13 +33,16 @@ def _run_fsdp(out, steps: int, algorithm: str = "op-grpo", sets=UNEVEN):
     return read_records(find_run_dir(out, "digits-v1", algorithm, 0) / "metrics.jsonl")
 
 
-WALL_CLOCK = ("wall_s", "start_time", "wall_s_to_target", "fsdp", "device")
+# git_sha too: the two runs are separate processes, and a commit between them (while the suite runs in a
+# working copy) must not fail the comparison of their numbers
+WALL_CLOCK = ("wall_s", "start_time", "wall_s_to_target", "fsdp", "device", "git_sha")
 
 
 def _without_wall_clock(records):
     return [{k: v for k, v in r.items() if k not in WALL_CLOCK} for r in records]
 
 
+@pytest.mark.train
 def test_fsdp_gives_the_unsharded_runs_records(tmp_path):
     """Same 2 processes, same blocks per rank, same gradient sum: sharding changes where the weights live,
     not one number (the gathered weights are the same values; idle calls add exact zeros)."""
@@ -58,6 +61,7 @@ def test_fsdp_gives_the_unsharded_runs_records(tmp_path):
         assert all(bool((sharded[k] == whole[k]).all()) for k in whole)
 
 
+@pytest.mark.train
 @pytest.mark.multi_process
 def test_fsdp_first_step_matches_one_process(tmp_path):
     one = _run(tmp_path / "one", 1, steps=3, sets=UNEVEN)
@@ -70,6 +74,7 @@ def test_fsdp_first_step_matches_one_process(tmp_path):
     assert max(abs(a["score"] - b["score"]) for a, b in zip(evals1, evals2)) < 1e-4
 
 
+@pytest.mark.train
 @pytest.mark.multi_process
 def test_fsdp_forward_process_objective(tmp_path):
     """DiffusionNFT's update (a no-gradient call under the sampling weights, then a call with gradient per
@@ -116,6 +121,7 @@ def test_each_rank_holds_half_the_base_weights(tmp_path):
     assert 0.49 * found["whole"] <= found["local"] <= 0.55 * found["whole"], found
 
 
+@pytest.mark.train
 @pytest.mark.multi_process
 def test_the_packaged_fsdp_config_through_accelerate_launch(tmp_path):
     """``accelerate launch --config_file .../fsdp-gpus.yaml`` (2 processes; gloo on a CPU machine) shards

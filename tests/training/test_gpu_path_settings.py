@@ -8,6 +8,7 @@ from opgrpo_bench.runner import config_hash, resolve, run_one
 from small import FAST, comparable
 
 
+@pytest.mark.train
 def test_gradient_checkpointing_gives_the_same_records(tmp_path):
     run_one("digits-v1", "flow-grpo", 0, out=tmp_path / "plain", steps=2, sets=FAST)
     run_one("digits-v1", "flow-grpo", 0, out=tmp_path / "ckpt", steps=2, sets=FAST + ["gradient_checkpointing=true"])
@@ -22,6 +23,7 @@ def test_settings_added_later_leave_earlier_hashes_alone():
     assert config_hash(resolve("digits-v1", "flow-grpo", 0, None, ["gradient_checkpointing=true"])) != base
 
 
+@pytest.mark.train
 def test_bfloat16_latents_keep_the_first_ratio_exactly_one(tmp_path):
     run_one("digits-v1", "op-grpo", 0, out=tmp_path, steps=4,
             sets=FAST + ["latent_dtype=bfloat16", "trajectory_device=cpu", "replay_proportion=0.5"])
@@ -30,6 +32,7 @@ def test_bfloat16_latents_keep_the_first_ratio_exactly_one(tmp_path):
     assert all(r["loss/total"] == r["loss/total"] for r in steps)  # finite (NaN != NaN)
 
 
+@pytest.mark.train
 @pytest.mark.slow
 def test_a_compiled_transformer_trains(tmp_path):
     run_one("digits-v1", "flow-grpo", 0, out=tmp_path, steps=2, sets=FAST + ["compile=true"])

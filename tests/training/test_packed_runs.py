@@ -16,6 +16,8 @@ from opgrpo_bench.trainer import Trainer
 
 from small import FAST
 
+pytestmark = pytest.mark.train  # every test reads the run its module fixture trains
+
 OP = FAST + ["eval_every=1"]
 RUN = "digits-v1__op-grpo__seed0"
 

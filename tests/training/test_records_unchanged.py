@@ -24,6 +24,8 @@ from opgrpo_bench.runner import run_one
 
 from small import FAST
 
+pytestmark = pytest.mark.train  # every case trains 7 steps
+
 RECORDS = Path(__file__).parent / "records"
 DROP = ("wall_s", "start_time", "wall_s_to_target", "run_id", "device", "git_sha", "versions", "config_hash",
         "config", "fsdp")  # fsdp: how the run was laid out, a run_start field that came after the records

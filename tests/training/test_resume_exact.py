@@ -18,6 +18,8 @@ from opgrpo_bench.trainer import CHECKPOINT, Trainer
 
 from small import FAST, comparable
 
+pytestmark = pytest.mark.train  # every test trains, or reads the run its module fixture trains
+
 OP = FAST + ["replay_proportion=0.5", "eval_every=3"]
 FLOW = FAST + ["eval_every=3"]
 RUN = "digits-v1__op-grpo__seed0"

@@ -8,6 +8,8 @@ from opgrpo_bench.trainer import Trainer
 
 from small import FAST, comparable, run_records
 
+pytestmark = pytest.mark.train  # every test builds a Trainer
+
 
 def make_trainer(tmp_path, algorithm="flow-grpo", seed=0, steps=4, sets=()):
     r = resolve("digits-v1", algorithm, seed, steps, FAST + list(sets))
