@@ -105,10 +105,10 @@ def test_tiny_task_trains_two_steps(tiny: Family, tmp_path: Path, algorithm: str
     """Two optimizer steps through the runner: records complete, the family's network calls per sample and
     step, and the saved adapters moved away from their zero start (lora_B starts at 0)."""
     from opgrpo_bench.results import read_records
-    from opgrpo_bench.runner import run_one
+    from opgrpo_bench.runner import find_run_dir, run_one
 
     end = run_one(tiny.tiny_task, algorithm, seed=0, out=tmp_path, steps=2, sets=SMALL, resume=False)
-    run_dir = tmp_path / f"{tiny.tiny_task}__{algorithm}__seed0"
+    run_dir = find_run_dir(tmp_path, tiny.tiny_task, algorithm, 0)
     records = read_records(run_dir / "metrics.jsonl")
     steps = [r for r in records if r["type"] == "step"]
     evals = [r for r in records if r["type"] == "eval"]
@@ -130,10 +130,10 @@ def test_tiny_adapter_loads_into_the_pipeline(tiny: Family, tmp_path: Path):
     from opgrpo_bench.evaluation import Evaluator
     from opgrpo_bench.registry import REWARDS
     from opgrpo_bench.results import read_records
-    from opgrpo_bench.runner import run_one
+    from opgrpo_bench.runner import find_run_dir, run_one
 
     run_one(tiny.tiny_task, "flow-grpo", seed=0, out=tmp_path, steps=2, sets=SMALL, resume=False)
-    run_dir = tmp_path / f"{tiny.tiny_task}__flow-grpo__seed0"
+    run_dir = find_run_dir(tmp_path, tiny.tiny_task, "flow-grpo", 0)
     records = read_records(run_dir / "metrics.jsonl")
     train = records[0]["config"]["train"]
     task = TASKS.get(tiny.tiny_task)

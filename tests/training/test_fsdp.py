@@ -55,8 +55,9 @@ def test_fsdp_gives_the_unsharded_runs_records(tmp_path):
     from safetensors.torch import load_file
 
     for folder in ("lora", "lora_ema"):
-        name = f"digits-v1__op-grpo__seed0/{folder}/pytorch_lora_weights.safetensors"
-        sharded, whole = load_file(tmp_path / "fsdp" / name), load_file(tmp_path / "ddp" / name)
+        name = f"{folder}/pytorch_lora_weights.safetensors"
+        sharded = load_file(find_run_dir(tmp_path / "fsdp", "digits-v1", "op-grpo", 0) / name)
+        whole = load_file(find_run_dir(tmp_path / "ddp", "digits-v1", "op-grpo", 0) / name)
         assert sharded.keys() == whole.keys() and sharded
         assert all(bool((sharded[k] == whole[k]).all()) for k in whole)
 

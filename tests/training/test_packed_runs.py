@@ -11,7 +11,7 @@ import pytest
 from opgrpo_bench.errors import UserError
 from opgrpo_bench.leaderboard.load import load_runs
 from opgrpo_bench.results import METRICS_FILE, PACKED_FILE, RunLock, pack_run, pack_tree, read_records
-from opgrpo_bench.runner import run_one
+from opgrpo_bench.runner import resolve, run_one
 from opgrpo_bench.trainer import Trainer
 
 from small import FAST
@@ -19,7 +19,7 @@ from small import FAST
 pytestmark = pytest.mark.train  # every test reads the run its module fixture trains
 
 OP = FAST + ["eval_every=1"]
-RUN = "digits-v1__op-grpo__seed0"
+RUN = resolve("digits-v1", "op-grpo", 0, None, OP).run_id  # the run directory of these settings
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.train  # every test trains, or reads the run its module
 
 OP = FAST + ["replay_proportion=0.5", "eval_every=3"]
 FLOW = FAST + ["eval_every=3"]
-RUN = "digits-v1__op-grpo__seed0"
+RUN = resolve("digits-v1", "op-grpo", 0, None, OP).run_id  # the run directory of these settings
 DROP = ("wall_s", "start_time", "wall_s_to_target")
 
 

@@ -128,7 +128,7 @@ def test_resume_continues_an_interrupted_run_identically(tmp_path):
         run_one("digits-v1", "op-grpo", 0, out=part, steps=6, sets=FAST + ["replay_proportion=0.5"],
                 progress=stop_at_5)
     run_one("digits-v1", "op-grpo", 0, out=part, steps=6, sets=FAST + ["replay_proportion=0.5"])
-    name = "digits-v1__op-grpo__seed0/metrics.jsonl"
+    name = find_run_dir(full, "digits-v1", "op-grpo", 0).name + "/metrics.jsonl"
     drop = ("wall_s", "start_time", "wall_s_to_target")
     a = comparable(run_records(full / name), drop)
     b = comparable(run_records(part / name), drop)
