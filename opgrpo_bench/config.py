@@ -26,6 +26,10 @@ class TrainConfig:
     """SDE denoising steps per rollout, T."""
     noise_level: float = setting(0.7, gt=0)
     """SDE noise level a."""
+    transition: str = setting("sde", choices=("sde", "sde-wan", "sde-constant", "cps"))
+    """The stochastic step of the rollouts (:func:`opgrpo_bench.core.sde.transition_function`): Flow-GRPO's
+    ``"sde"``; ``"sde-wan"``, Flow-GRPO's Wan2.1 step (no noise-level setting). An algorithm with its own
+    step (CPS, DanceGRPO) replaces it."""
     guidance: float = setting(1.0, ge=0)
     """CFG scale during rollouts and training (1 = no CFG)."""
     cfg_detach_uncond: bool = setting(True)

@@ -107,7 +107,7 @@ def resolve(task: str, algorithm: str, seed: int, steps: int | None = None,
 
 
 HASH_NEUTRAL_DEFAULTS = {"gradient_checkpointing": False, "compile": False, "latent_dtype": "float32",
-                         "trajectory_device": "auto"}
+                         "trajectory_device": "auto", "transition": "sde"}
 """Trainer settings added after results were published: they enter the configuration hash only when set
 away from these defaults, so every earlier result keeps its hash (and stays resumable and comparable)."""
 

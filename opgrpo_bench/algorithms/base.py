@@ -74,10 +74,10 @@ class SamplerSettings:
 
     @classmethod
     def from_config(cls, config: Any) -> "SamplerSettings":
-        """The trainer's defaults: ``noise_level``, ``logprob_reduction`` and ``guidance`` of a
-        :class:`opgrpo_bench.config.TrainConfig`."""
-        return cls(noise_level=config.noise_level, logprob_reduction=config.logprob_reduction,
-                   guidance=config.guidance)
+        """The trainer's defaults: ``transition``, ``noise_level``, ``logprob_reduction`` and ``guidance`` of
+        a :class:`opgrpo_bench.config.TrainConfig`."""
+        return cls(transition=getattr(config, "transition", "sde"), noise_level=config.noise_level,
+                   logprob_reduction=config.logprob_reduction, guidance=config.guidance)
 
     def transition_log_prob(self, v: torch.Tensor, sigmas: torch.Tensor, step: int, x: torch.Tensor,
                             x_next: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

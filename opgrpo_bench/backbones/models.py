@@ -96,14 +96,14 @@ def load_flux_dev_backbone():
 
 def load_wan21_backbone():
     """Wan2.1-T2V-1.3B at 240x416, 33 frames (``$OPGRPO_WAN_PATH`` or the HF cache): bf16 on a GPU with a
-    float32 VAE (Flow-GRPO's precisions), float32 on a CPU. Sampled with a FlowMatchEulerDiscreteScheduler at
-    the folder's flow shift (the folder's UniPC scheduler is not used; see :mod:`opgrpo_bench.backbones.wan`)."""
+    float32 VAE (Flow-GRPO's precisions), float32 on a CPU. Sampled on the folder's UniPC flow-sigma grid, as
+    Flow-GRPO's Wan code samples (``schedule="unipc"``; :mod:`opgrpo_bench.backbones.wan`)."""
     from opgrpo_bench.backbones.wan import WanBackbone
 
     return WanBackbone.from_pretrained(
         WAN21.source(), max_sequence_length=WAN21_MAX_SEQUENCE_LENGTH, height=WAN21_HEIGHT, width=WAN21_WIDTH,
         num_frames=WAN21_NUM_FRAMES, max_batch=WAN21_MAX_BATCH, what=WAN21.what, env=WAN21.env,
-        **_precision(vae_float32=True),
+        schedule="unipc", **_precision(vae_float32=True),
     )
 
 

@@ -65,6 +65,19 @@ WAN_LORA_TARGETS = (
 )
 
 
+def _schedule(scheduler: Any, kind: str) -> Any:
+    """The scheduler whose ``sigmas`` the backbone samples along: :func:`euler_scheduler`, or the folder's
+    UniPC scheduler itself when it uses flow sigmas (``kind == "unipc"``; anything else is refused)."""
+    if kind == "euler":
+        return euler_scheduler(scheduler)
+    from diffusers import UniPCMultistepScheduler
+
+    if not isinstance(scheduler, UniPCMultistepScheduler) or not scheduler.config.get("use_flow_sigmas"):
+        raise UserError(f"schedule 'unipc' needs a folder whose scheduler is a UniPCMultistepScheduler with flow "
+                        f"sigmas (Wan2.1's), not {type(scheduler).__name__}")
+    return scheduler
+
+
 def euler_scheduler(scheduler: Any) -> FlowMatchEulerDiscreteScheduler:
     """A ``FlowMatchEulerDiscreteScheduler`` with ``scheduler``'s flow shift (``scheduler`` itself if it is one).
 
@@ -172,7 +185,7 @@ class WanBackbone(DiffusersBackbone):
                         width: int = 832, num_frames: int = 81, negative_prompt: str = "",
                         max_batch: int | None = None, gradient_checkpointing: bool = False,
                         vae_dtype: torch.dtype | None = None, what: str = "Wan2.1 weights",
-                        env: str | None = None) -> "WanBackbone":
+                        env: str | None = None, schedule: str = "euler") -> "WanBackbone":
         """Load a Wan2.1 text-to-video diffusers folder (local path or Hugging Face cache id), offline only.
 
         Args:
@@ -187,6 +200,9 @@ class WanBackbone(DiffusersBackbone):
             vae_dtype: the VAE's dtype when it differs from ``dtype`` (Flow-GRPO decodes Wan in float32).
             what, env: name of the weights and the environment variable that provides them, for the error
                 message only.
+            schedule: ``"euler"`` (a flow-matching Euler grid at the folder's flow shift) or ``"unipc"``
+                (the folder's own ``UniPCMultistepScheduler`` flow-sigma grid, which Flow-GRPO's Wan code
+                samples on; the SDE still takes single Euler-Maruyama steps along it).
 
         Raises:
             MissingWeightsError: one line naming what is missing, at once (no network, no retries).
@@ -194,6 +210,8 @@ class WanBackbone(DiffusersBackbone):
         """
         if max_sequence_length <= 0:
             raise UserError(f"max_sequence_length {max_sequence_length} must be positive")
+        if schedule not in ("euler", "unipc"):
+            raise UserError(f"schedule must be 'euler' or 'unipc', not {schedule!r}")
 
         def check(pipe: Any, folder: Path) -> None:
             if pipe.transformer is None:
@@ -220,7 +238,7 @@ class WanBackbone(DiffusersBackbone):
         temporal = pipe.vae_scale_factor_temporal
         latent_shape = (pipe.transformer.config.in_channels, (num_frames - 1) // temporal + 1,
                         height // pipe.vae_scale_factor_spatial, width // pipe.vae_scale_factor_spatial)
-        backbone = cls(pipe.transformer, encode_prompt, euler_scheduler(pipe.scheduler), pipe.vae, latent_shape,
-                       negative_prompt=negative_prompt, max_batch=max_batch)
+        backbone = cls(pipe.transformer, encode_prompt, _schedule(pipe.scheduler, schedule), pipe.vae,
+                       latent_shape, negative_prompt=negative_prompt, max_batch=max_batch)
         backbone.pipeline = pipe
         return backbone

@@ -41,10 +41,14 @@ TINY_WAN_VIDEO_V1 = tiny_task("tiny-wan-video-v1", "tiny-wan", target=-1.275, gu
 # -- Wan2.1-T2V-1.3B tasks ---------------------------------------------------------------------------
 # Flow-GRPO's Wan2.1 OCR recipe (config/grpo.py:general_ocr_wan2_1, scripts/train_wan2_1.py): per GPU and
 # epoch 2 batches of 8 videos in groups of 4 (4 groups), one optimizer step per batch (2 per epoch); T = 20
-# with the base config's noise level 0.7, 50 evaluation steps, CFG 4.5 in sampling and training, KL beta
-# 0.004, clip range 1e-3, lr 1e-4, per-group std, EMA 0.9 every 8 steps, LoRA r32/alpha64, bf16.
+# on the folder's UniPC grid with Flow-GRPO's Wan SDE step (flow_grpo/diffusers_patch/
+# wan_pipeline_with_logprob.py: std = sigma_min + (sigmas[1] - sigma_min) * sigma, no noise-level setting;
+# transition "sde-wan", the backbone's schedule "unipc"), 50 evaluation steps, CFG 4.5 in sampling and
+# training, KL beta 0.004, clip range 1e-3, lr 1e-4, per-group std, EMA 0.9 every 8 steps, LoRA r32/alpha64,
+# bf16. Until this was matched the task sampled with the SD3 step at noise level 0.7 on an Euler grid,
+# 1.3-5.5 times more noise per step.
 WAN21_TRAIN_DEFAULTS: dict[str, Any] = dict(
-    prompts_per_iter=4, group_size=4, num_steps=20, noise_level=0.7, guidance=4.5, eval_num_steps=50,
+    prompts_per_iter=4, group_size=4, num_steps=20, transition="sde-wan", guidance=4.5, eval_num_steps=50,
     eval_guidance=4.5, optimizer_steps_per_iter=2, lora_rank=32, lora_alpha=64, lr=1e-4, clip_range=1e-3,
     beta=0.004, ema_decay=0.9, ema_update_interval=8, cfg_detach_uncond=True, micro_batch=8, global_std=False,
 )

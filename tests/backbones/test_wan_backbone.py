@@ -166,3 +166,56 @@ def test_bad_sizes_are_user_errors(tiny_wan_folder: Path):
         WanBackbone.from_pretrained(tiny_wan_folder, height=40, width=32, num_frames=9)
     with pytest.raises(UserError, match="num_frames"):
         WanBackbone.from_pretrained(tiny_wan_folder, height=32, width=32, num_frames=8)
+
+
+def _unipc_folder(tmp_path: Path, tiny_wan_folder: Path) -> Path:
+    """The tiny folder with Wan2.1-T2V-1.3B's scheduler: UniPC, flow sigmas, flow shift 3, final sigma 0."""
+    folder = tmp_path / "unipc"
+    shutil.copytree(tiny_wan_folder, folder)
+    shutil.rmtree(folder / "scheduler")
+    UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0,
+                            num_train_timesteps=1000, final_sigmas_type="zero").save_pretrained(folder / "scheduler")
+    index = json.loads((folder / "model_index.json").read_text())
+    index["scheduler"] = ["diffusers", "UniPCMultistepScheduler"]
+    (folder / "model_index.json").write_text(json.dumps(index))
+    return folder
+
+
+def test_the_wan_paper_tasks_sample_flow_grpos_wan_sde_on_the_unipc_grid(tmp_path: Path, tiny_wan_folder: Path):
+    """video-ocr-wan21-v1's sampler is Flow-GRPO's Wan code: the folder's UniPC flow-sigma grid and the step
+    ``std = sigma_min + (sigmas[1] - sigma_min) * sigma``; its per-step log-probs equal the reference formula
+    (written here from flow_grpo/diffusers_patch/wan_pipeline_with_logprob.py) within 1e-5."""
+    import math
+
+    from opgrpo_bench.algorithms.base import SamplerSettings
+    from opgrpo_bench.runner import resolve
+    from opgrpo_bench.sampling import sample_sde
+
+    train = resolve("video-ocr-wan21-smoke-v1", "flow-grpo", 0).train_config
+    settings = SamplerSettings.from_config(train)
+    assert settings.transition == "sde-wan" and settings.guidance == 4.5
+    bb = WanBackbone.from_pretrained(_unipc_folder(tmp_path, tiny_wan_folder), height=32, width=32, num_frames=9,
+                                     max_sequence_length=MAX_SEQ, schedule="unipc")
+    reference = UniPCMultistepScheduler.from_pretrained(tmp_path / "unipc" / "scheduler")
+    reference.set_timesteps(6)
+    sigmas = bb.sigmas(6)
+    assert torch.equal(sigmas, reference.sigmas.float()) and sigmas[-1] == 0  # the folder's own grid
+
+    cond = bb.encode(["a sign that says HI", "a sign that says NO"])
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        traj = sample_sde(bb, cond, _noise(bb), sigmas, settings.noise_level, settings.guidance, gen,
+                          transition=settings.transition)
+        sigma_max, sigma_min = reference.sigmas[1].item(), reference.sigmas[-1].item()
+        for i in range(len(sigmas) - 1):
+            x, x_next = traj.latents[:, i].float(), traj.latents[:, i + 1].float()
+            v = bb.velocity(traj.latents[:, i], sigmas[i].expand(2), cond, settings.guidance).float()
+            sigma, dt = reference.sigmas[i].float(), (reference.sigmas[i + 1] - reference.sigmas[i]).float()
+            std = sigma_min + (sigma_max - sigma_min) * sigma
+            mean = x * (1 + std**2 / (2 * sigma) * dt) + v * (1 + std**2 * (1 - sigma) / (2 * sigma)) * dt
+            logp = (-((x_next - mean) ** 2) / (2 * ((std * torch.sqrt(-1 * dt)) ** 2))
+                    - torch.log(std * torch.sqrt(-1 * dt)) - math.log(math.sqrt(2 * math.pi)))
+            assert torch.allclose(traj.log_probs[:, i], logp.mean(dim=tuple(range(1, logp.ndim))), atol=1e-5, rtol=0)
+    with pytest.raises(UserError, match="UniPCMultistepScheduler"):
+        WanBackbone.from_pretrained(tiny_wan_folder, height=32, width=32, num_frames=9, max_sequence_length=MAX_SEQ,
+                                    schedule="unipc")
