@@ -27,6 +27,23 @@ app.command("leaderboard")(leaderboard)
 app.command("score")(score)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"opgrpo-bench {version('opgrpo-bench')}")
+        except PackageNotFoundError:  # run from a source tree without installing
+            typer.echo("opgrpo-bench (not installed)")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                                help="print the version and exit")] = False) -> None:
+    """Benchmark RL post-training of flow-matching models: steps to a target reward."""
+
+
 @app.command("run")
 def run(
     spec: Annotated[Optional[Path], typer.Argument(help="a run or suite file in TOML (instead of the flags; "

@@ -202,9 +202,16 @@ def pack_run(run_dir: str | os.PathLike[str]) -> Path | None:
     Returns the packed file, or ``None`` when there is nothing to pack: no plain results file, or a run
     that has no ``run_end`` (an unfinished run must stay appendable). The packed file is written to a
     temporary name, fsynced, read back and compared with the original before it replaces it, so a
-    failure at any point leaves the plain file intact.
+    failure at any point leaves the plain file intact. A directory that already holds a packed file beside
+    the plain one is refused (:class:`~opgrpo_bench.errors.UserError`): the two may be different runs, and
+    packing would replace the packed one's records.
     """
+    from opgrpo_bench.errors import UserError
+
     plain = Path(run_dir) / METRICS_FILE
+    if plain.is_file() and plain.with_name(PACKED_FILE).exists():
+        raise UserError(f"{run_dir} holds both {METRICS_FILE} and {PACKED_FILE}; they may be different runs, "
+                        "so nothing is packed: keep the one that belongs there and remove the other")
     if not plain.is_file() or not any(r.get("type") == "run_end" for r in read_records(plain)):
         return None
     data = plain.read_bytes()
@@ -224,15 +231,21 @@ def pack_tree(root: str | os.PathLike[str]) -> tuple[list[Path], list[Path]]:
     """Pack every finished run under ``root`` (:func:`pack_run`), each under its :class:`RunLock`.
 
     Returns ``(packed, left)``: the packed files, and the plain results files left as they are (unfinished,
-    or locked by a process that is writing them). Symlinked directories are not followed.
+    or locked by a process that is writing them). Symlinked directories are not followed. A directory that
+    holds a plain and a packed results file is refused before anything is packed (:class:`UserError`).
     """
     from opgrpo_bench.errors import UserError
 
-    packed, left = [], []
+    found = []
     for dirpath, dirs, files in os.walk(root, followlinks=False):
         dirs.sort()
-        if METRICS_FILE not in files:
-            continue
+        if METRICS_FILE in files:
+            if PACKED_FILE in files:
+                raise UserError(f"{dirpath} holds both {METRICS_FILE} and {PACKED_FILE}; they may be different "
+                                "runs, so nothing was packed: keep the one that belongs there and remove the other")
+            found.append(dirpath)
+    packed, left = [], []
+    for dirpath in found:
         try:
             with RunLock(dirpath):
                 done = pack_run(dirpath)

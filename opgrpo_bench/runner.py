@@ -164,8 +164,8 @@ def plan_run(resolved: ResolvedRun, run_dir: Path, resume: bool = True) -> tuple
         return "fresh", None
     hint = "use --fresh to retrain it or another --out"
     if (run_dir / METRICS_FILE).exists() and (run_dir / PACKED_FILE).exists():
-        raise UserError(f"run {run_dir} has both {METRICS_FILE} and {PACKED_FILE}; keep the one that is right "
-                        f"(they are the same results, plain and packed) or {hint}")
+        raise UserError(f"run {run_dir} has both {METRICS_FILE} and {PACKED_FILE}, which may hold different "
+                        f"runs; keep the one that belongs there and remove the other, or {hint}")
     metrics = results_file(run_dir)
     if metrics is None:
         return "fresh", None

@@ -123,3 +123,10 @@ def test_leaderboard_default_output_is_not_the_committed_leaderboard(tmp_path, m
     assert code == 0, err
     assert (tmp_path / "leaderboard" / "LEADERBOARD.md").read_text() == "committed\n"
     assert (tmp_path / "leaderboard-out" / "index.html").is_file()
+
+
+def test_version_prints_the_installed_version(monkeypatch, capsys):
+    from importlib.metadata import version
+
+    code, out, err = main_(["--version"], monkeypatch, capsys)
+    assert code in (0, None) and out.strip() == f"opgrpo-bench {version('opgrpo-bench')}" and not err.strip()

@@ -78,4 +78,12 @@ def render_markdown(doc: dict[str, Any], cmp: Comparison, analyses: Sequence[Ana
                   exc.markdown(), ""]
     if doc["warnings"]:
         lines += ["## Input warnings", "", *[f"- {w}" for w in doc["warnings"]], ""]
-    return "\n".join(lines).rstrip() + "\n"
+    return inert("\n".join(lines).rstrip() + "\n")
+
+
+def inert(markdown: str) -> str:
+    """The one escaping rule of the Markdown report: results files are data from elsewhere, and any name in
+    them (task, algorithm, variant, file, warning) must render as text. The report's own text uses neither
+    raw HTML nor links, so every ``&`` and ``<`` becomes an entity (no tag, comment or entity can open) and
+    every link or image opener a literal bracket (no ``javascript:`` link): the text reads the same."""
+    return markdown.replace("&", "&amp;").replace("<", "&lt;").replace("](", "]\\(").replace("![", "!\\[")

@@ -31,6 +31,7 @@ from opgrpo_bench.leaderboard.format import (
     fmt_reached,
     ratio_text,
 )
+from opgrpo_bench.leaderboard.markdown import inert
 from opgrpo_bench.leaderboard.outcomes import task_label
 from opgrpo_bench.leaderboard.robust import POWER_RATIOS
 
@@ -100,11 +101,11 @@ def render(spec: str, doc: dict[str, Any]) -> str:
         if "task" not in options:
             raise ResultsDocError(f"table marker '{spec}' needs task=LABEL")
         algorithms = options["algorithms"].split(",") if options.get("algorithms") else None
-        return results_table(doc, options["task"], algorithms).markdown()
+        return inert(results_table(doc, options["task"], algorithms).markdown())
     if kind == "aggregate":
-        return aggregate_table(doc).markdown()
+        return inert(aggregate_table(doc).markdown())
     if kind == "power":
-        return power_table(doc).markdown()
+        return inert(power_table(doc).markdown())
     raise ResultsDocError(f"table marker '{spec}': unknown kind '{kind}' (results, aggregate, power)")
 
 

@@ -76,9 +76,10 @@ def test_a_packed_run_is_done_without_training_and_refuses_to_continue(packed, m
     with pytest.raises(UserError, match=f"gunzip .*{PACKED_FILE}") as err:
         run_one("digits-v1", "op-grpo", 0, out=out, steps=4, sets=OP)
     assert "\n" not in str(err.value)
-    with pytest.raises(UserError, match="another configuration"):
-        run_one("digits-v1", "op-grpo", 0, out=out, steps=2, sets=OP + ["lr=0.5"])
-    assert (out / RUN / PACKED_FILE).read_bytes() == before
+    # another configuration is another result: its own directory, the packed run untouched
+    monkeypatch.undo()
+    run_one("digits-v1", "op-grpo", 0, out=out, steps=1, sets=OP + ["lr=0.5"])
+    assert (out / RUN / PACKED_FILE).read_bytes() == before and len([p for p in out.iterdir() if p.is_dir()]) == 2
 
 
 def test_plain_and_packed_side_by_side_is_refused(packed):
@@ -90,9 +91,11 @@ def test_plain_and_packed_side_by_side_is_refused(packed):
 
 def test_fresh_replaces_a_packed_run(packed):
     out, _ = packed
-    run_one("digits-v1", "op-grpo", 0, out=out, steps=2, sets=OP + ["lr=0.01"], resume=False)
+    before = read_records(out / RUN / PACKED_FILE)[0]["start_time"]
+    run_one("digits-v1", "op-grpo", 0, out=out, steps=2, sets=OP, resume=False)
     assert not (out / RUN / PACKED_FILE).exists()
-    assert read_records(out / RUN / METRICS_FILE)[0]["config"]["train"]["lr"] == 0.01
+    records = read_records(out / RUN / METRICS_FILE)
+    assert records[0]["type"] == "run_start" and records[-1]["type"] == "run_end" and records[0]["start_time"] >= before
 
 
 def test_the_leaderboard_reads_packed_runs_as_plain_ones(finished, packed):
@@ -125,3 +128,16 @@ def test_eval_reads_a_packed_run(packed):
     out, _ = packed
     last = [r for r in read_records(out / RUN / PACKED_FILE) if r["type"] == "eval"][-1]
     assert evaluate_saved_run(out / RUN)["score"] == last["score"]
+
+
+def test_pack_refuses_a_directory_holding_plain_and_packed_results(packed, tmp_path):
+    """Another run's plain records beside a packed run: packing would overwrite the packed run with them."""
+    out, plain = packed
+    run_dir = out / RUN
+    other = plain.replace(b'"seed": 0', b'"seed": 0').replace(b'"op-grpo"', b'"flow-grpo"')
+    (run_dir / METRICS_FILE).write_bytes(other)
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    with pytest.raises(UserError, match="both"):
+        pack_tree(out)
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before
+    (run_dir / METRICS_FILE).unlink()

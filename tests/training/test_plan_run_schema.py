@@ -9,12 +9,12 @@ import pytest
 from opgrpo_bench import SCHEMA
 from opgrpo_bench.errors import UserError
 from opgrpo_bench.results import METRICS_FILE
-from opgrpo_bench.runner import run_one
+from opgrpo_bench.runner import resolve, run_one
 from opgrpo_bench.trainer import Trainer
 
 from small import FAST
 
-RUN = "digits-v1__flow-grpo__seed0"
+RUN = resolve("digits-v1", "flow-grpo", 0, None, FAST).run_id  # the directory these settings train into
 
 
 @pytest.mark.parametrize("change, problem", [

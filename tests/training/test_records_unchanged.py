@@ -28,7 +28,7 @@ pytestmark = pytest.mark.train  # every case trains 7 steps
 
 RECORDS = Path(__file__).parent / "records"
 DROP = ("wall_s", "start_time", "wall_s_to_target", "run_id", "device", "git_sha", "versions", "config_hash",
-        "config", "fsdp")  # fsdp: how the run was laid out, a run_start field that came after the records
+        "config", "fsdp", "setup", "variant")  # fsdp, setup, variant: run_start fields that came after the records
 
 
 def is_gold(key: str) -> bool:

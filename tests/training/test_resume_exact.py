@@ -13,7 +13,7 @@ import torch
 
 from opgrpo_bench.errors import UserError
 from opgrpo_bench.results import RunLock, read_records
-from opgrpo_bench.runner import find_run_dir, resolve, run_one
+from opgrpo_bench.runner import config_hash, find_run_dir, resolve, run_one
 from opgrpo_bench.trainer import CHECKPOINT, Trainer
 
 from small import FAST, comparable
@@ -114,21 +114,53 @@ def test_same_configuration_returns_the_finished_result_without_training(finishe
     assert end["type"] == "run_end" and snapshot_files(out / RUN) == before
 
 
+def _record_another_configuration(run_dir):
+    """Make the finished run's records say they were made with another configuration (as results of an
+    older version, or a directory renamed by hand, would)."""
+    path = run_dir / "metrics.jsonl"
+    recs = read_records(path)
+    recs[0]["config_hash"] = "0" * 16
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+
+
 @pytest.mark.parametrize("change, message", [
-    (dict(sets=OP + ["lr=0.5"]), "another configuration"),
-    (dict(sets=OP + ["group_size=8"]), "another configuration"),
-    (dict(sets=OP + ["clip_range=0.001"]), "another configuration"),
+    (dict(sets=OP), "another configuration"),
     (dict(sets=OP, steps=1), "budget of 2 steps"),
 ])
 def test_a_different_configuration_is_refused_and_nothing_is_touched(finished, tmp_path, monkeypatch, change,
                                                                      message):
     out = copy_of(finished, tmp_path)
+    if message == "another configuration":
+        _record_another_configuration(out / RUN)
     before = snapshot_files(out / RUN)
     monkeypatch.setattr(Trainer, "__init__", lambda *a, **k: pytest.fail("a model was loaded"))
     kwargs = {"steps": 2, **change}
     with pytest.raises(UserError, match=message) as err:
         run_one("digits-v1", "op-grpo", 0, out=out, **kwargs)
     assert "--fresh" in str(err.value) and "\n" not in str(err.value)
+    assert snapshot_files(out / RUN) == before
+
+
+class _WouldTrain(Exception):
+    pass
+
+
+@pytest.mark.parametrize("extra", [["lr=0.5"], ["group_size=8"], ["clip_range=0.001"]])
+def test_changed_settings_are_another_result_in_their_own_directory(finished, tmp_path, monkeypatch, extra):
+    """A changed trainer or algorithm setting never reuses, refuses or touches the finished run: it is another
+    result, with its own run id."""
+    out = copy_of(finished, tmp_path)
+    before = snapshot_files(out / RUN)
+    other = resolve("digits-v1", "op-grpo", 0, 2, OP + extra).run_id
+    assert other != RUN
+
+    def would_train(self, *args, **kwargs):
+        raise _WouldTrain(args[3])  # the run directory it was given
+
+    monkeypatch.setattr(Trainer, "__init__", would_train)
+    with pytest.raises(_WouldTrain) as err:
+        run_one("digits-v1", "op-grpo", 0, out=out, steps=2, sets=OP + extra)
+    assert err.value.args[0] == out / other
     assert snapshot_files(out / RUN) == before
 
 
@@ -175,9 +207,11 @@ def test_a_second_writer_is_refused_with_the_holders_pid(finished, tmp_path):
 
 def test_fresh_retrains_a_run_of_another_configuration(finished, tmp_path):
     out = copy_of(finished, tmp_path)
-    end = run_one("digits-v1", "op-grpo", 0, out=out, steps=2, sets=OP + ["lr=0.01"], resume=False)
+    _record_another_configuration(out / RUN)
+    end = run_one("digits-v1", "op-grpo", 0, out=out, steps=2, sets=OP, resume=False)
     assert end["steps"] == 2
-    assert read_records(out / RUN / "metrics.jsonl")[0]["config"]["train"]["lr"] == 0.01
+    assert read_records(out / RUN / "metrics.jsonl")[0]["config_hash"] == config_hash(resolve("digits-v1", "op-grpo",
+                                                                                                0, 2, OP))
 
 
 def test_a_full_disk_keeps_the_last_checkpoint_and_the_metrics(finished, tmp_path, monkeypatch):

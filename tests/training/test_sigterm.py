@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from opgrpo_bench.runner import find_run_dir
+from opgrpo_bench.runner import find_run_dir, resolve
 
 from small import FAST, comparable, run_records
 
@@ -39,7 +39,7 @@ def _wait_for_a_step(metrics: Path, proc: subprocess.Popen, limit_s: float = 300
 
 def test_sigterm_prints_the_resume_line_exits_143_and_the_rerun_is_exact(tmp_path):
     out = tmp_path / "runs"
-    run_dir = find_run_dir(out, "digits-v1", "flow-grpo", 0)
+    run_dir = out / resolve("digits-v1", "flow-grpo", 0, 6, FAST).run_id
     proc = _cli(out)
     _wait_for_a_step(run_dir / "metrics.jsonl", proc)
     proc.send_signal(signal.SIGTERM)
