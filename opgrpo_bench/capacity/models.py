@@ -137,14 +137,19 @@ def task_spec(plan_task: PlanTask) -> Any:
 
 # -- meta-device models ------------------------------------------------------------------------------------
 def meta_backbone(geometry: Geometry, lora_rank: int, lora_alpha: int, gradient_checkpointing: bool,
-                  depth: int | None = None, device: str = "meta") -> Any:
+                  depth: int | None = None, device: str = "meta", overrides: dict[str, Any] | None = None) -> Any:
     """The task's backbone class around its transformer at the published architecture (``depth`` blocks per
-    stack if given), on ``device`` (meta: no memory), with the trainer's LoRA adapters (float32)."""
+    stack if given), on ``device`` (meta: no memory), with the trainer's LoRA adapters (float32).
+
+    ``overrides`` replaces transformer settings (a check at tiny sizes shrinks SD3's 384x384 position table,
+    whose computation dominates building a small model on a CPU)."""
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     from opgrpo_bench.arch.configs import build_module, family_components
 
     comp = family_components(geometry.family, depth)["transformer"]
+    if overrides:
+        comp = dataclasses.replace(comp, kwargs={**comp.kwargs, **overrides})
     transformer = build_module(comp, device).to(geometry.dtype)
     transformer.requires_grad_(False)
     if gradient_checkpointing:
