@@ -52,8 +52,8 @@ def _fill_(module: torch.nn.Module, dtype: torch.dtype, generator: torch.Generat
             shape = tuple(p.shape)
             if len(shape) >= 2:
                 fan_in = math.prod(shape[1:])
-                value = torch.empty(shape, dtype=torch.float32).normal_(0.0, 1.0 / math.sqrt(fan_in),
-                                                                        generator=generator)
+                # drawn in the saved dtype directly: half the memory and time of float32 for bf16 folders
+                value = torch.empty(shape, dtype=dtype).normal_(0.0, 1.0 / math.sqrt(fan_in), generator=generator)
             elif pname == "bias" or "bias" in full:
                 value = torch.zeros(shape)
             else:  # norm scales and other vectors
