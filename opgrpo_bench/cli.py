@@ -20,11 +20,13 @@ import typer  # noqa: E402
 
 from opgrpo_bench.leaderboard.cli import DEFAULT_OUT as LEADERBOARD_OUT, leaderboard  # noqa: E402
 from opgrpo_bench.rewards.cli import score  # noqa: E402
+from opgrpo_bench.capacity.cli import plan  # noqa: E402
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Benchmark RL post-training of flow-matching models: steps to a target reward.")
 app.command("leaderboard")(leaderboard)
 app.command("score")(score)
+app.command("plan")(plan)
 
 
 def _print_version(value: bool) -> None:
