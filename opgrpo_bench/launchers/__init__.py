@@ -79,9 +79,17 @@ def check_launcher(name: str) -> None:
                         + f" (launchers: {', '.join(LAUNCHERS)})")
     if name in EXTRAS:
         module, extra = EXTRAS[name]
-        if importlib.util.find_spec(module) is None:
+        if not installed(module):
             raise UserError(f"--launcher {name} needs the optional extra '{extra}': pip install "
                             f"'opgrpo-bench[{extra}]'")
+
+
+def installed(module: str) -> bool:
+    """Whether ``module`` can be imported (looked up, not imported: ray takes seconds to import)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 class JobState(Protocol):
