@@ -11,6 +11,7 @@ What happens to each run:
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from pathlib import Path
@@ -107,7 +108,8 @@ def run_on_cluster(combos: list[Combo], resolved: dict[Combo, Any], out: str | P
         if lock_held(dirs[c]):
             follow[c] = launched if launched.get("launcher") == launch.launcher else {}
             continue
-        if launched.get("launcher") == launch.launcher and resume:
+        # (a note naming this very process: the background driver that --no-wait started for these runs)
+        if launched.get("launcher") == launch.launcher and resume and launched.get("driver_pid") != os.getpid():
             polled = launched_state(launched)
             if polled is not None and not polled.done and not (dirs[c] / ERROR_FILE).exists():
                 follow[c] = launched

@@ -18,9 +18,12 @@ Nothing here reads submitit's pickled results: a run's outcome is read from its 
 
 from __future__ import annotations
 
+import os
 import shutil
+import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from opgrpo_bench.errors import UserError
 from opgrpo_bench.launchers import LaunchOptions, Polled
@@ -85,7 +88,7 @@ class SlurmLauncher:
     def submit(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """One job per request, as one job array on Slurm."""
         try:
-            with self.executor.batch():
+            with _quiet_children(self.cluster != "slurm"), self.executor.batch():
                 jobs = [self.executor.submit(RunJob(), request) for request in requests]
         except Exception as err:  # sbatch refused (a partition, account or time limit the cluster rejects)
             raise UserError(f"submitting {len(requests)} job(s) to Slurm failed: "
@@ -107,6 +110,29 @@ class SlurmLauncher:
 
     def close(self) -> None:
         self.jobs.clear()
+
+
+@contextmanager
+def _quiet_children(active: bool) -> Iterator[None]:
+    """The local executor's job processes inherit the submitter's stdout and stderr (their own output goes to
+    their log files): pointed at /dev/null while they start, so that a caller reading the command's output
+    through a pipe (``| tee``, a test) sees it end when the command does, not when the jobs do."""
+    if not active:
+        yield
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 1)
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, null):
+            os.close(fd)
 
 
 def job_state(launched: dict[str, Any]) -> Polled | None:
