@@ -163,7 +163,7 @@ def run(
 
         log = check_mirrors(log)
     ends = run_grid(combos, out, steps, list(set_ or []), jobs=min(jobs, len(combos)), resume=not fresh,
-                    console=console, log=log, launch=launch)
+                    console=console, log=log, **_launch_kwarg(launch))
     if not dist.is_main:
         return
     for (t, a, s), end in zip(combos, ends):
@@ -224,7 +224,8 @@ def _run_named_suite(s, out: Path, leaderboard_out: Path, jobs: int, fresh: bool
     where = f"{jobs} jobs" if launch is None or launch.launcher == "local" else f"on {launch.launcher}"
     console.print(f"suite '{s.name}': {len(s.combos())} runs ({s.describe()}; {s.steps or 'task budget'} steps "
                   f"each), {where} -> {out}")
-    result = run_suite(s, out, leaderboard_out, jobs=jobs, console=console, resume=not fresh, launch=launch)
+    result = run_suite(s, out, leaderboard_out, jobs=jobs, console=console, resume=not fresh,
+                       **_launch_kwarg(launch))
     console.print(f"suite '{s.name}' finished in {result['wall_s']:.0f} s; report in {leaderboard_out}/")
     _print_verdict(result.get("leaderboard"))
 
@@ -247,6 +248,11 @@ def _launch_options(launcher: str | None, **given):
     options = LaunchOptions(launcher=launcher or "local", **{k: v for k, v in given.items() if v is not None})
     options.check()
     return options
+
+
+def _launch_kwarg(launch) -> dict:
+    """``launch=`` for the grid functions when a cluster launcher is asked for (the local path: unchanged)."""
+    return {} if launch is None or launch.launcher == "local" else {"launch": launch}
 
 
 def _score(value: float | None) -> str:

@@ -242,3 +242,16 @@ def test_tail_reads_whole_new_lines_and_starts_over_on_a_rewrite(tmp_path):
     tmp.write_text('{"step": 1}\n')
     tmp.replace(path)  # a resume rewrites the file (atomically: a new inode)
     assert tail.read() == [{"step": 1}]
+
+
+@pytest.mark.parametrize("name", ["reference-slurm.toml", "reference-ray.toml"])
+def test_example_files_name_the_reference_suite_and_valid_launch_options(name, monkeypatch):
+    from pathlib import Path
+
+    import opgrpo_bench.launchers as launchers
+    from opgrpo_bench.specs import load_spec
+
+    monkeypatch.setattr(launchers, "installed", lambda module: True)
+    spec = load_spec(Path(__file__).parent.parent / "examples" / name)
+    assert spec.suite == "reference" and spec.launcher == name.split("-")[1].split(".")[0]
+    LaunchOptions(launcher=spec.launcher, **spec.launch).check()

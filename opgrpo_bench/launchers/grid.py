@@ -116,12 +116,13 @@ def run_on_cluster(combos: list[Combo], resolved: dict[Combo, Any], out: str | P
                 continue
         todo.append(c)
 
-    requests = [job_request(*c, str(out), steps, sets, resume, log, resolved[c].run_id, launch.gpus_per_run)
-                for c in todo]
+    # an absolute --out: a job on another node (or a Ray worker) starts in another directory
+    requests = [job_request(*c, str(out.absolute()), steps, sets, resume, log, resolved[c].run_id,
+                            launch.gpus_per_run) for c in todo]
     if not launch.wait and launch.launcher == "ray" and todo:
         return _ray_in_background(todo, follow, results, dirs, out, steps, sets, resume, log, launch)
 
-    launcher = make_launcher(launch, out) if todo or not launch.wait else None
+    launcher = make_launcher(launch, out) if todo else None
     try:
         if todo:
             for c in todo:
@@ -147,6 +148,10 @@ def run_on_cluster(combos: list[Combo], resolved: dict[Combo, Any], out: str | P
             raise GridDetached(f"interrupted: {len(results)} of {len(combos)} runs finished and are kept; the "
                                "Ray tasks of this command stop with it, and resume from their last checkpoint when "
                                "the same command runs again") from None
+        if launch.slurm_cluster != "slurm":  # the local executor's jobs share the terminal: Ctrl-C reached them
+            raise GridDetached(f"interrupted: {len(results)} of {len(combos)} runs finished and are kept; the "
+                               "local executor's jobs were interrupted too and resume from their last checkpoint "
+                               "when the same command runs again") from None
         raise GridDetached(f"stopped waiting: {len(results)} of {len(combos)} runs finished; the submitted jobs "
                            f"go on: 'opgrpo-bench status {out}' reports them, and the same command again waits "
                            "for them") from None

@@ -135,6 +135,7 @@ def start_driver(out: Path, grid: dict[str, Any]) -> tuple[int, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"-{os.getpid()}"
     spec, log = folder / f"driver-{stamp}.json", folder / f"driver-{stamp}.log"
+    grid = {**grid, "out": str(Path(grid["out"]).absolute())}
     spec.write_text(json.dumps(grid, sort_keys=True), encoding="utf-8")
     with open(log, "ab") as sink:
         proc = subprocess.Popen([sys.executable, "-m", "opgrpo_bench.launchers.ray", str(spec)], stdout=sink,
