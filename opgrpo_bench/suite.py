@@ -411,7 +411,7 @@ def run_suite(name: "str | Suite", out: str | Path, leaderboard_out: str | Path 
     name = suite.name
     t0 = time.perf_counter()
     ends = run_grid(suite.combos(), out, suite.steps, list(suite.sets), jobs=jobs, console=console, resume=resume,
-                    launch=launch)
+                    **({"launch": launch} if launch is not None else {}))
     doc = None
     if leaderboard_out is not None:
         from opgrpo_bench.leaderboard import build_leaderboard

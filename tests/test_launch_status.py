@@ -138,8 +138,8 @@ def test_missing_extra_on_the_command_line(tmp_path):
 
 @pytest.mark.parametrize("options, message", [
     (dict(launcher="slrum"), "unknown launcher 'slrum'. Did you mean: slurm (launchers: local, slurm, ray)"),
-    (dict(partition="gpu"), "--partition place runs on a cluster: add --launcher slurm or --launcher ray"),
-    (dict(wait=False), "--no-wait place runs on a cluster: add --launcher slurm or --launcher ray"),
+    (dict(partition="gpu"), "--partition: only with a cluster launcher; add --launcher slurm or --launcher ray"),
+    (dict(wait=False), "--no-wait: only with a cluster launcher; add --launcher slurm or --launcher ray"),
     (dict(launcher="slurm", slurm_cluster="lokal"), "--slurm-cluster must be one of slurm, local, debug, not 'lokal'"),
     (dict(launcher="slurm", gpus_per_run=-1), "--gpus-per-run must be >= 0, got -1"),
 ])

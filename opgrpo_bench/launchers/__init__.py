@@ -66,7 +66,8 @@ class LaunchOptions:
                                               ("--gpus-per-run", self.gpus_per_run or None),
                                               ("--no-wait", None if self.wait else True)) if value is not None]
             if given:
-                raise UserError(f"{', '.join(given)} place runs on a cluster: add --launcher slurm or --launcher ray")
+                raise UserError(f"{', '.join(given)}: only with a cluster launcher; add --launcher slurm or "
+                                "--launcher ray")
 
 
 def check_launcher(name: str) -> None:
@@ -119,7 +120,8 @@ class Launcher(Protocol):
         (at least ``job_id``), from which :meth:`poll` finds the job again, in this process or a later one."""
 
     def poll(self, launched: dict[str, Any]) -> JobState | None:
-        """The job's state, or None when this launcher cannot tell (the run directory then decides)."""
+        """The state of a job this object submitted; None for any other job (then
+        :func:`opgrpo_bench.status.launched_state` asks, as any later process would)."""
 
     def close(self) -> None:
         """Let go of the scheduler (jobs that are submitted keep running)."""

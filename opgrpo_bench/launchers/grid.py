@@ -196,8 +196,9 @@ def _follow(follow: dict[Combo, dict[str, Any]], dirs: dict[Combo, Path], launch
             launched = pending[c]
             polled = None
             if launched:
-                mine = launcher is not None and launched.get("job_id") in _ids(launcher)
-                polled = launcher.poll(launched) if mine else launched_state(launched)
+                polled = launcher.poll(launched) if launcher is not None else None
+                if polled is None:  # not submitted by this process: ask as any later process would
+                    polled = launched_state(launched)
                 if polled is None or not polled.done:
                     continue  # queued, requeued, or not to be asked from here: the lock or the records tell
             if _finished(c, dirs[c], results, board):  # written just before its job ended
@@ -219,11 +220,6 @@ def _follow(follow: dict[Combo, dict[str, Any]], dirs: dict[Combo, Path], launch
         if pending:
             time.sleep(launch.poll_s)
     return failed, stopped
-
-
-def _ids(launcher: Any) -> set[str]:
-    """Job ids this process submitted (their state comes from the launcher object itself)."""
-    return set(getattr(launcher, "jobs", {})) | set(getattr(launcher, "refs", {})) | set(getattr(launcher, "queued", {}))
 
 
 def _finished(c: Combo, run_dir: Path, results: dict[Combo, Any], board: Any) -> bool:

@@ -88,8 +88,8 @@ class RayLauncher:
         if job_id in self.queued:
             return Polled(False, "QUEUED")
         ref = self.refs.get(job_id)
-        if ref is None:
-            return job_state(launched)
+        if ref is None:  # submitted by another process
+            return None
         ready, _ = ray.wait([ref], timeout=0)
         if not ready:
             return Polled(False, "SUBMITTED")

@@ -3,7 +3,7 @@
 Each job calls :func:`opgrpo_bench.launchers.job.run_job` on a node; its results go to the shared ``--out``
 directory, its logs to ``<out>/.launch/slurm/``. ``--slurm-cluster local`` uses submitit's local executor
 instead of ``sbatch``: the same job code (signal handlers, requeue) in local processes, for trying a setup
-without a cluster (the tests use it).
+without a cluster (the tests use it; it gives every job the GPUs 0..N-1 of this machine).
 
 Preemption and time limits: Slurm's SIGTERM interrupts the run (it keeps what it wrote; ``error.json`` says
 where), and the job is submitted with ``--requeue``, so a preempted job that Slurm requeues resumes from its
@@ -103,8 +103,8 @@ class SlurmLauncher:
     def poll(self, launched: dict[str, Any]) -> Polled | None:
         """The job's state from submitit (Slurm: ``sacct``, refreshed at most every few seconds)."""
         job = self.jobs.get(launched.get("job_id", ""))
-        if job is None:
-            return job_state(launched)
+        if job is None:  # submitted by another process
+            return None
         state = str(job.state).upper()
         return Polled(done=state in DONE_STATES, detail=state)
 
