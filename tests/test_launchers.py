@@ -112,6 +112,13 @@ def test_killed_slurm_job_resumes_exactly_and_status_follows_after_the_command_e
         return read_records(path) if path.exists() else []
 
     pid = wait_for(lock_pid)  # the job's process holds the run's lock
+    os.kill(pid, signal.SIGSTOP)
+    # the same command while the job runs: it is followed, not submitted twice
+    again = cli(*args, "--no-wait")
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.startswith("submitted 0 runs to Slurm (local executor); 1 already running or queued.")
+    assert len(list((tmp_path / ".launch" / "slurm").glob("[0-9]*"))) == 1
+    os.kill(pid, signal.SIGCONT)
     # let the job run in short slices, stopped in between, so that SIGTERM surely lands mid-run
     while True:
         os.kill(pid, signal.SIGSTOP)
