@@ -72,6 +72,24 @@ def run(
     fsdp: Annotated[bool, typer.Option(
         "--fsdp", help="with --num-processes: shard the frozen base weights over the processes (FSDP2); same "
                        "numbers, less memory per process")] = False,
+    launcher: Annotated[Optional[str], typer.Option(
+        "--launcher", help="where the runs train: local worker processes, slurm (submitit; extra 'slurm') or ray "
+                           "(extra 'ray') [default: local]")] = None,
+    partition: Annotated[Optional[str], typer.Option("--partition", help="slurm: the partition")] = None,
+    account: Annotated[Optional[str], typer.Option("--account", help="slurm: the account")] = None,
+    gpus_per_run: Annotated[Optional[int], typer.Option(
+        "--gpus-per-run", help="slurm, ray: GPUs per run (several: accelerate launch inside the job)")] = None,
+    cpus_per_run: Annotated[Optional[int], typer.Option("--cpus-per-run", help="slurm, ray: CPUs per run")] = None,
+    time_limit: Annotated[Optional[int], typer.Option(
+        "--time-limit", help="slurm: minutes per job; a run cut by it resumes when requeued [default: 240]")] = None,
+    no_wait: Annotated[bool, typer.Option(
+        "--no-wait", help="slurm, ray: submit and return; 'opgrpo-bench status OUT' or the same command again "
+                          "reports")] = False,
+    slurm_cluster: Annotated[Optional[str], typer.Option(
+        "--slurm-cluster", help="slurm: sbatch (slurm), or submitit's local executor (local: jobs as local "
+                                "processes, for trying a setup) [default: slurm]")] = None,
+    ray_address: Annotated[Optional[str], typer.Option(
+        "--ray-address", help="ray: the cluster's address (default: a local Ray instance)")] = None,
 ) -> None:
     """Train runs. With no --task/--algorithm/--seed: the default suite (or --quick), then the leaderboard."""
     from rich.console import Console
@@ -98,7 +116,9 @@ def run(
         flags = [name for name, given in (
             ("--task", task), ("--algorithm", algorithm), ("--seed", seed), ("--steps", steps is not None),
             ("--out", out is not None), ("--set", set_), ("-j/--jobs", jobs is not None), ("--quick", quick),
-            ("--suite", suite is not None), ("--fresh", fresh), ("--leaderboard-out", leaderboard_out is not None))
+            ("--suite", suite is not None), ("--fresh", fresh), ("--leaderboard-out", leaderboard_out is not None),
+            *_launch_flags(launcher, partition, account, gpus_per_run, cpus_per_run, time_limit, no_wait,
+                           slurm_cluster, ray_address))
             if given]
         if flags:
             raise UserError(f"a spec file cannot be combined with {', '.join(flags)}; put them in {spec}")
@@ -106,12 +126,19 @@ def run(
         task, algorithm, seed = loaded.tasks or None, loaded.algorithms or None, loaded.seeds or None
         steps, out, set_, jobs = loaded.steps, loaded.out, loaded.sets or None, loaded.jobs
         suite, fresh, leaderboard_out, grids = loaded.suite, loaded.fresh, loaded.leaderboard_out, loaded.grids
+        launch = _launch_options(loaded.launcher, **loaded.launch, max_parallel=jobs)
+    else:
+        launch = _launch_options(launcher, partition=partition, account=account, gpus_per_run=gpus_per_run,
+                                 cpus_per_run=cpus_per_run, time_limit=time_limit, wait=not no_wait,
+                                 slurm_cluster=slurm_cluster, ray_address=ray_address, max_parallel=jobs)
     out = out if out is not None else Path("runs")
     jobs = jobs if jobs is not None else 2
     leaderboard_out = leaderboard_out if leaderboard_out is not None else Path(LEADERBOARD_OUT)
     check_positive("-j/--jobs", jobs)
     if steps is not None and steps < 1:
         raise UserError(f"--steps must be positive, got {steps}")
+    if num_processes > 1 and launch.launcher != "local":
+        raise UserError(f"--num-processes trains on this machine; on {launch.launcher} ask for --gpus-per-run N")
     if dist.active or num_processes > 1:
         jobs = 1  # the processes of one run are the parallelism; runs follow one another
     if num_processes > 1 and not dist.active:
@@ -121,7 +148,7 @@ def run(
         check_output_dir(out, "--out")
         check_output_dir(leaderboard_out, "--leaderboard-out")
         custom = Suite(suite or spec.stem, tuple(grids), steps=steps, sets=tuple(set_ or []))
-        _run_named_suite(custom, out, leaderboard_out, jobs, fresh, console)
+        _run_named_suite(custom, out, leaderboard_out, jobs, fresh, console, launch)
         return
     grid_options = [name for name, given in (("--task", task), ("--algorithm", algorithm), ("--seed", seed),
                                              ("--steps", steps is not None), ("--set", set_)) if given]
@@ -140,7 +167,7 @@ def run(
             raise UnknownNameError("suite", name, difflib.get_close_matches(name, list(SUITES), n=2), list(SUITES))
         check_output_dir(out, "--out")
         check_output_dir(leaderboard_out, "--leaderboard-out")
-        _run_named_suite(SUITES[name], out, leaderboard_out, jobs, fresh, console)
+        _run_named_suite(SUITES[name], out, leaderboard_out, jobs, fresh, console, launch)
         return
     from opgrpo_bench.tasks.digits import DIGITS_V1
 
@@ -155,7 +182,7 @@ def run(
 
         log = check_mirrors(log)
     ends = run_grid(combos, out, steps, list(set_ or []), jobs=min(jobs, len(combos)), resume=not fresh,
-                    console=console, log=log)
+                    console=console, log=log, **_launch_kwarg(launch))
     if not dist.is_main:
         return
     for (t, a, s), end in zip(combos, ends):
@@ -208,15 +235,42 @@ def _check_runs_then_launch(spec, task, algorithm, seed, steps, sets, out, num_p
         raise SystemExit(code)
 
 
-def _run_named_suite(s, out: Path, leaderboard_out: Path, jobs: int, fresh: bool, console) -> None:
+def _run_named_suite(s, out: Path, leaderboard_out: Path, jobs: int, fresh: bool, console, launch=None) -> None:
     """Run a :class:`opgrpo_bench.suite.Suite`, then print where the report went and the verdict table."""
     from opgrpo_bench.suite import run_suite
 
+    where = f"{jobs} jobs" if launch is None or launch.launcher == "local" else f"on {launch.launcher}"
     console.print(f"suite '{s.name}': {len(s.combos())} runs ({s.describe()}; {s.steps or 'task budget'} steps "
-                  f"each), {jobs} jobs -> {out}")
-    result = run_suite(s, out, leaderboard_out, jobs=jobs, console=console, resume=not fresh)
+                  f"each), {where} -> {out}")
+    result = run_suite(s, out, leaderboard_out, jobs=jobs, console=console, resume=not fresh,
+                       **_launch_kwarg(launch))
     console.print(f"suite '{s.name}' finished in {result['wall_s']:.0f} s; report in {leaderboard_out}/")
     _print_verdict(result.get("leaderboard"))
+
+
+def _launch_flags(launcher, partition, account, gpus_per_run, cpus_per_run, time_limit, no_wait, slurm_cluster,
+                  ray_address) -> list[tuple[str, bool]]:
+    """The launcher flags, each with whether it was given (a spec file holds them in its own keys)."""
+    return [("--launcher", launcher is not None), ("--partition", partition is not None),
+            ("--account", account is not None), ("--gpus-per-run", gpus_per_run is not None),
+            ("--cpus-per-run", cpus_per_run is not None), ("--time-limit", time_limit is not None),
+            ("--no-wait", no_wait), ("--slurm-cluster", slurm_cluster is not None),
+            ("--ray-address", ray_address is not None)]
+
+
+def _launch_options(launcher: str | None, **given):
+    """:class:`opgrpo_bench.launchers.LaunchOptions` from flags or a file's keys (None: the default), checked
+    before anything runs: an unknown launcher or a missing extra is one line."""
+    from opgrpo_bench.launchers import LaunchOptions
+
+    options = LaunchOptions(launcher=launcher or "local", **{k: v for k, v in given.items() if v is not None})
+    options.check()
+    return options
+
+
+def _launch_kwarg(launch) -> dict:
+    """``launch=`` for the grid functions when a cluster launcher is asked for (the local path: unchanged)."""
+    return {} if launch is None or launch.launcher == "local" else {"launch": launch}
 
 
 def _score(value: float | None) -> str:
@@ -269,6 +323,29 @@ def eval_(
           + f" ({adapter} adapter of {run_dir}, trained on {record['run_task']})")
     for key in sorted(k for k in record if "/" in k):
         print(f"  {key} {record[key]:.4f}")
+
+
+@app.command("status")
+def status(
+    runs_dir: Annotated[Path, typer.Argument(help="a results directory (--out of opgrpo-bench run)")],
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object per run")] = False,
+) -> None:
+    """What each run under RUNS_DIR is doing: finished, running, queued, failed (and why), interrupted or
+    stopped; read from the run directories, whichever launcher placed the runs."""
+    import json
+
+    from opgrpo_bench.errors import UserError
+    from opgrpo_bench.status import grid_status, report_lines
+
+    if not runs_dir.is_dir():
+        raise UserError(f"'{runs_dir}' is not a directory")
+    statuses = grid_status(runs_dir)
+    if as_json:
+        for s in statuses:
+            print(json.dumps(s.as_dict(), sort_keys=True))
+        return
+    for line in report_lines(statuses):
+        print(line)
 
 
 @app.command("pack")
@@ -392,10 +469,14 @@ def main() -> None:
 def _run_app() -> None:
     """:func:`main` without the SIGTERM handler's installation."""
     from opgrpo_bench.errors import RunInterrupted, UserError
+    from opgrpo_bench.launchers.grid import GridSubmitted
     from opgrpo_bench.registry import UnknownNameError
 
     try:
         code = app(standalone_mode=False)
+    except GridSubmitted as note:  # --no-wait: submitted, not an error
+        typer.echo(str(note))
+        sys.exit(0)
     except (UserError, UnknownNameError) as err:
         typer.echo(f"error: {_one_line(str(err))}", err=True)
         sys.exit(2)

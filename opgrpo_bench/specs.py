@@ -10,8 +10,12 @@ A **run file** names what the flags name; every key is optional and means the fl
     out = "runs"                          # --out
     jobs = 2                              # -j
     fresh = false                         # --fresh
+    launcher = "slurm"                    # --launcher: local (default), slurm or ray
     [set]
     lr = 3e-3                             # --set lr=0.003
+    [launch]                              # where the runs go (opgrpo_bench/launchers): --partition, ...
+    partition = "gpu"                     # also account, gpus_per_run, cpus_per_run, time_limit (minutes),
+    time_limit = 240                      # wait, slurm_cluster, ray_address
 
 A **suite file** is a named list of grids (each grid: every task x algorithm x seed), with an optional
 common budget and settings, and ends with the leaderboard, like ``--suite``::
@@ -39,7 +43,8 @@ from typing import Any
 
 from opgrpo_bench.errors import UserError
 
-RUN_KEYS = {"task", "algorithm", "seed", "steps", "out", "jobs", "fresh", "set", "leaderboard_out", "suite", "grid"}
+RUN_KEYS = {"task", "algorithm", "seed", "steps", "out", "jobs", "fresh", "set", "leaderboard_out", "suite", "grid",
+            "launcher", "launch"}
 GRID_KEYS = {"tasks", "algorithms", "seeds"}
 
 
@@ -58,6 +63,9 @@ class RunSpec:
     leaderboard_out: Path | None = None
     suite: str | None = None
     grids: list[tuple[tuple[str, ...], tuple[str, ...], tuple[int, ...]]] = field(default_factory=list)
+    launcher: str | None = None
+    launch: dict[str, Any] = field(default_factory=dict)
+    """``[launch]``: :class:`opgrpo_bench.launchers.LaunchOptions` field values"""
 
 
 def _strings(value: Any, where: str) -> list[str]:
@@ -127,6 +135,10 @@ def load_spec(path: str | Path) -> RunSpec:
         if not isinstance(doc["set"], dict):
             raise UserError(f"{path}: set must be a table ([set] with key = value lines)")
         spec.sets = [f"{k}={_setting(v)}" for k, v in doc["set"].items()]
+    if "launcher" in doc or "launch" in doc:
+        from opgrpo_bench.launchers import launch_keys
+
+        spec.launcher, spec.launch = launch_keys(doc, str(path))
     if "grid" in doc:
         grids = doc["grid"]
         if not isinstance(grids, list) or not grids or not all(isinstance(g, dict) for g in grids):

@@ -211,8 +211,10 @@ def _kill_workers(pool: ProcessPoolExecutor) -> None:
 
 def run_grid(combos: list[tuple[str, str, int]], out: str | Path, steps: int | None = None,
              sets: list[str] | None = None, jobs: int = 1, resume: bool = True,
-             console: Any = None, log: list[str] | None = None) -> list[dict[str, Any]]:
-    """Train every (task, algorithm, seed) in ``combos`` with ``jobs`` worker processes.
+             console: Any = None, log: list[str] | None = None, launch: Any = None) -> list[dict[str, Any]]:
+    """Train every (task, algorithm, seed) in ``combos`` with ``jobs`` worker processes, or, with ``launch``
+    (:class:`opgrpo_bench.launchers.LaunchOptions`) naming ``slurm`` or ``ray``, as that scheduler's jobs
+    (:func:`opgrpo_bench.launchers.grid.run_on_cluster`).
 
     Returns the ``run_end`` records in ``combos`` order. All runs are validated (names, settings) before
     any starts, so a typo fails at once and nothing already written is touched.
@@ -241,6 +243,11 @@ def run_grid(combos: list[tuple[str, str, int]], out: str | Path, steps: int | N
     for c in combos:  # a run of another configuration is refused before any run starts
         plan_run(resolved[c], Path(out) / resolved[c].run_id, resume)
     budgets = {c: resolved[c].train_config.steps for c in combos}
+    if launch is not None and launch.launcher != "local":
+        from opgrpo_bench.launchers.grid import run_on_cluster
+
+        ends = run_on_cluster(combos, resolved, out, steps, list(sets or []), resume, log, launch, console, budgets)
+        return [ends[first[c]] for c in asked]
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn())
     results: dict[tuple[str, str, int], dict[str, Any]] = {}
@@ -398,13 +405,14 @@ class _Board:
 
 
 def run_suite(name: "str | Suite", out: str | Path, leaderboard_out: str | Path | None, jobs: int = 2,
-              console: Any = None, resume: bool = True) -> dict[str, Any]:
+              console: Any = None, resume: bool = True, launch: Any = None) -> dict[str, Any]:
     """Run a suite (a name in :data:`SUITES`, or a :class:`Suite`, e.g. from a suite file), then write the
-    leaderboard of ``out``; returns timing and the report dict."""
+    leaderboard of ``out``; returns timing and the report dict. ``launch``: as in :func:`run_grid`."""
     suite = SUITES[name] if isinstance(name, str) else name
     name = suite.name
     t0 = time.perf_counter()
-    ends = run_grid(suite.combos(), out, suite.steps, list(suite.sets), jobs=jobs, console=console, resume=resume)
+    ends = run_grid(suite.combos(), out, suite.steps, list(suite.sets), jobs=jobs, console=console, resume=resume,
+                    **({"launch": launch} if launch is not None else {}))
     doc = None
     if leaderboard_out is not None:
         from opgrpo_bench.leaderboard import build_leaderboard
