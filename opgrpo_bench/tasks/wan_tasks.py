@@ -51,10 +51,12 @@ WAN21_TRAIN_DEFAULTS: dict[str, Any] = dict(
     prompts_per_iter=4, group_size=4, num_steps=20, transition="sde-wan", guidance=4.5, eval_num_steps=50,
     eval_guidance=4.5, optimizer_steps_per_iter=2, lora_rank=32, lora_alpha=64, lr=1e-4, clip_range=1e-3,
     beta=0.004, ema_decay=0.9, ema_update_interval=8, cfg_detach_uncond=True, micro_batch=8, global_std=False,
+    gradient_checkpointing=True,
 )
 """``prompts_per_iter=4`` is one GPU's share of Flow-GRPO's epoch (4 groups of 4 per GPU; Flow-GRPO
-multiplies it by the number of GPUs). ``micro_batch=8`` is its per-GPU train batch; not measured here (no
-GPU in this project's CI)."""
+multiplies it by the number of GPUs). ``micro_batch=8`` is its per-GPU train batch; with gradient checkpointing
+(same numbers, tested) because the capacity planner puts a micro-batch of 8 at 199 GiB per process without
+it and 35 GiB with it (``opgrpo-bench plan video-ocr-wan21-v1``); not measured on a GPU."""
 WAN21_SMOKE_TRAIN_DEFAULTS: dict[str, Any] = dict(WAN21_TRAIN_DEFAULTS, prompts_per_iter=2, eval_num_steps=10)
 """Smoke: the same model and sampler, two groups of four, a short evaluation."""
 VIDEO_OCR_WAN21_TARGET = 0.9
