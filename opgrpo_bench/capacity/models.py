@@ -53,7 +53,7 @@ class PlanTask:
 
 
 def _sd35m() -> Geometry:
-    from opgrpo_bench.tasks import sd3_tasks as t
+    from opgrpo_bench.backbones import models as t
 
     side = t.SD35M_RESOLUTION // 8
     return Geometry("sd3.5-medium", (16, side, side),
@@ -62,7 +62,7 @@ def _sd35m() -> Geometry:
 
 
 def _flux() -> Geometry:
-    from opgrpo_bench.tasks import flux_tasks as t
+    from opgrpo_bench.backbones import models as t
 
     side = t.FLUX_DEV_RESOLUTION // 8
     return Geometry("flux.1-dev", (16, side, side), {"text_encoder": 77, "text_encoder_2": t.FLUX_DEV_MAX_SEQUENCE_LENGTH},
@@ -71,7 +71,7 @@ def _flux() -> Geometry:
 
 
 def _wan() -> Geometry:
-    from opgrpo_bench.tasks import wan_tasks as t
+    from opgrpo_bench.backbones import models as t
 
     frames = (t.WAN21_NUM_FRAMES - 1) // 4 + 1
     return Geometry("wan2.1-t2v-1.3b", (16, frames, t.WAN21_HEIGHT // 8, t.WAN21_WIDTH // 8),
