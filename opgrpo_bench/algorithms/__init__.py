@@ -45,6 +45,9 @@ PRESETS = {
                         "Flow-DPPO: unclipped ratio, masked where the exact transition KL leaves the trust region"),
     "diffusion-nft": Preset("opgrpo_bench.algorithms.diffusion_nft:DiffusionNFT", {},
                             "DiffusionNFT: likelihood-free regression on the forward process (v+ / v-)"),
+    "diffusion-nft-ref": Preset("opgrpo_bench.algorithms.diffusion_nft:DiffusionNFTRef", {},
+                                "DiffusionNFT's reference recipe: x0-space adaptive loss, schedule timesteps, "
+                                "reference KL, sampling CFG in training, ODE rollouts, equal groups at r = 1/2"),
     "mixgrpo": Preset("opgrpo_bench.algorithms.mixgrpo:MixGRPO", {},
                       "MixGRPO: a sliding SDE window that advances over training, ODE elsewhere"),
     "mixgrpo-ref": Preset("opgrpo_bench.algorithms.mixgrpo:MixGRPORef", {},

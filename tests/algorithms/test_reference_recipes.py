@@ -121,3 +121,115 @@ def test_cps_ref_samples_cps_in_its_window_at_noise_level_0_8(tmp_path):
     batch = trainer.algorithm.prepare(rollout)
     assert set(batch.train_mask.any(0).nonzero().flatten().tolist()) <= set(window)
     trainer.scorer.close()
+
+
+# -- diffusion-nft-ref ------------------------------------------------------------------------------------
+
+def test_nft_x0_loss_by_hand():
+    from opgrpo_bench.algorithms.diffusion_nft import nft_x0_loss
+
+    v, v_old = torch.tensor([[1.0, 2.0]]), torch.tensor([[0.5, 1.0]])
+    x_t, t, x0, r, beta = torch.tensor([[0.2, 0.4]]), torch.tensor([0.5]), torch.tensor([[0.0, 1.0]]), 0.75, 0.5
+    # v+ = [0.75, 1.5] -> x0+ = x_t - t v+ = [-0.175, -0.35], error [-0.175, -1.35], mean |error| 0.7625
+    # v- = [0.25, 0.5] -> x0- = [0.075, 0.15], error [0.075, -0.85], mean |error| 0.4625
+    pos = (0.175 ** 2 + 1.35 ** 2) / 2 / 0.7625
+    neg = (0.075 ** 2 + 0.85 ** 2) / 2 / 0.4625
+    want = 5.0 * (r * pos + (1 - r) * neg) / beta
+    got = nft_x0_loss(v, v_old, x_t, t, x0, torch.tensor([r]), beta, scale=5.0)
+    assert torch.allclose(got, torch.tensor([want]), rtol=1e-6)
+
+
+def test_nft_x0_loss_weight_is_a_constant():
+    """The adaptive weight carries no gradient: d loss / d v = -2 t beta err / (D w) per implicit policy."""
+    from opgrpo_bench.algorithms.diffusion_nft import nft_x0_loss
+
+    g = torch.Generator().manual_seed(0)
+    v_old, x_t, x0 = (torch.randn((2, 3), generator=g) for _ in range(3))
+    t, r, beta = torch.tensor([0.3, 0.8]), torch.tensor([1.0, 0.0]), 1.0
+    v = (v_old + 0.1 * torch.randn((2, 3), generator=g)).requires_grad_(True)
+    nft_x0_loss(v, v_old, x_t, t, x0, r, beta).sum().backward()
+    err_pos = x_t - t[:, None] * v.detach() - x0  # beta = 1: v+ = v
+    err_neg = x_t - t[:, None] * (2 * v_old - v.detach()) - x0
+    w_pos, w_neg = err_pos.abs().mean(1, keepdim=True), err_neg.abs().mean(1, keepdim=True)
+    want = r[:, None] * (-2 * t[:, None] * err_pos / (3 * w_pos)) + (1 - r[:, None]) * (2 * t[:, None] * err_neg / (3 * w_neg))
+    assert torch.allclose(v.grad, want, atol=1e-6)
+
+
+def _nft_batch(rewards: list[float], guidance: float = 4.5) -> TrainBatch:
+    g = torch.Generator().manual_seed(0)
+    n, steps, shape = len(rewards), 10, (1, 2, 2)
+    logp = torch.zeros((n, steps))
+    ro = Rollout(prompt_ids=torch.arange(n) // 2, group_ids=torch.arange(n) // 2, prompts=[""] * n,
+                 metas=[{}] * n, latents=torch.randn((n, steps + 1, *shape), generator=g),
+                 sigmas=torch.linspace(1, 0, steps + 1), log_probs=logp, behaviour_log_probs=logp.clone(),
+                 forced_len=torch.zeros(n, dtype=torch.long), rewards=torch.tensor(rewards),
+                 sampler=SamplerSettings(guidance=guidance))
+    return ALGORITHMS.get("diffusion-nft-ref").build().prepare(ro)
+
+
+def test_nft_ref_trains_equal_reward_groups_at_one_half():
+    ref = ALGORITHMS.get("diffusion-nft-ref").build()
+    batch = _nft_batch([1.0, 1.0, 0.0, 1.0])  # group 0 equal, group 1 not
+    assert batch.train_mask.any(1).tolist() == [True, True, True, True]
+    r = ref.optimality(batch, torch.arange(4))
+    assert r[:2].tolist() == [0.5, 0.5] and r[2] < 0.5 < r[3]
+    assert (r[3] - 0.5) * 2 * 5 == pytest.approx(float(batch.advantages[3].clamp(-5, 5)))  # clipped at 5, not 2
+    common = ALGORITHMS.get("diffusion-nft").build().prepare(batch.rollout)
+    assert common.train_mask.any(1).tolist() == [False, False, True, True]  # today's preset drops the group
+
+
+def test_nft_ref_calls_the_schedules_timesteps_with_sampling_cfg_and_the_reference():
+    ref = ALGORITHMS.get("diffusion-nft-ref").build()
+    batch = _nft_batch([1.0, 0.0, 0.0, 1.0])
+    calls = ref.calls(batch, [torch.arange(4)], 0)
+    assert len(calls) == 9  # floor(0.99 * 10) points per sample
+    assert all(c.guidance == 4.5 and c.extra == ("sampling", "reference") for c in calls)
+    sigmas = batch.rollout.sigmas[:10]
+    times = torch.stack([c.sigma for c in calls], 1)  # [4, 9]
+    for row in times:  # 9 different schedule sigmas (of sigma_0 .. sigma_9) per sample
+        assert all(bool((sigmas == t).any()) for t in row) and len(set(row.tolist())) == 9
+    assert len({tuple(row.tolist()) for row in times}) > 1  # drawn per sample
+    common = ALGORITHMS.get("diffusion-nft").build().calls(batch, [torch.arange(4)], 0)
+    assert len(common) == 4 and all(c.guidance == 1.0 and c.extra == ("sampling",) for c in common)
+    assert ALGORITHMS.get("diffusion-nft-ref").build(kl_beta=0.0).calls(batch, [torch.arange(4)], 0)[0].extra == (
+        "sampling",)
+
+
+def test_nft_ref_loss_adds_the_kl_to_the_reference():
+    from opgrpo_bench.algorithms.base import Velocities
+    from opgrpo_bench.algorithms.diffusion_nft import nft_x0_loss
+
+    ref = ALGORITHMS.get("diffusion-nft-ref").build(kl_beta=0.5)
+    batch = _nft_batch([1.0, 0.0, 0.0, 1.0])
+    call = ref.calls(batch, [torch.arange(4)], 0)[0]
+    g = torch.Generator().manual_seed(2)
+    v, v_old, v_ref = (torch.randn(call.x.shape, generator=g) for _ in range(3))
+    part = ref.loss(batch, call, Velocities(v, call.x, call.sigma, sampling=v_old, reference=v_ref))
+    r = ref.optimality(batch, torch.arange(4))
+    policy = nft_x0_loss(v, v_old, call.x, call.sigma, call.context["x0"], r, 1.0, scale=5.0)
+    kl = ((v - v_ref) ** 2).flatten(1).mean(1)
+    assert torch.allclose(part.loss, policy + 0.5 * kl)
+
+
+def test_nft_ref_plans_deterministic_rollouts():
+    plan = ALGORITHMS.get("diffusion-nft-ref").build().plan(2, 4, 10, 0, torch.Generator(), lambda n: [0] * n)
+    assert plan.sde_steps is not None and not plan.sde_steps.any()
+    assert ALGORITHMS.get("diffusion-nft-ref").build(ode_rollouts=False).plan(
+        2, 4, 10, 0, torch.Generator(), lambda n: [0] * n).sde_steps is None
+
+
+@pytest.mark.train
+def test_a_diffusion_nft_ref_run_samples_deterministically_and_trains_nine_points(tmp_path):
+    from opgrpo_bench.results import read_records
+    from opgrpo_bench.runner import run_one
+
+    r = resolve("digits-v1", "diffusion-nft-ref", 0, 4, FAST)
+    trainer = Trainer(r.task, r.algorithm, r.train_config, tmp_path / "t", algorithm_name=r.algorithm_name)
+    rollout, _ = trainer.rollout()
+    assert not rollout.sde_steps.any()
+    trainer.scorer.close()
+    run_one("digits-v1", "diffusion-nft-ref", 0, out=tmp_path / "run", steps=2, sets=FAST)
+    steps = [s for s in read_records(next((tmp_path / "run").glob("*/metrics.jsonl"))) if s["type"] == "step"]
+    assert all(s["train/trained_pairs"] % 9 == 0 and s["grad_norm"] > 0 for s in steps)
+    assert steps[0]["nft/velocity_drift"] == 0.0 and steps[0]["loss/kl"] == 0.0  # sampling = reference at first
+    assert steps[1]["loss/kl"] > 0.0
