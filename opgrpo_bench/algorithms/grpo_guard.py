@@ -10,9 +10,10 @@ normalises each step by its noise scale; the clipped surrogate, advantages and K
 follows the formula as implemented in the public Flow-Factory trainer (``grpo-guard``), read for this
 project. It needs the sampler's transition means (``SamplerSettings.keep_means``).
 
-:class:`GRPOGuardRef` (preset ``grpo-guard-ref``) adds the paper's per-step gradient reweighting by
-``1 / |dt|`` (``inv_dt_weight``) and clips at 2e-6, the scale public GRPO-Guard examples use on this
-ratio, whose log is the step's sigma times Flow-GRPO's (docs/ALGORITHMS.md, "Reference recipes").
+:class:`GRPOGuardRef` (preset ``grpo-guard-ref``) adds the paper's per-step loss rescaling by
+``1 / |dt|`` (``inv_dt_weight``, as verl-omni's ``grpo_guard`` loss implements it) and clips at 2e-6,
+verl-omni's value for this ratio, whose log is the step's sigma times Flow-GRPO's (docs/ALGORITHMS.md,
+"Reference recipes").
 """
 
 from __future__ import annotations
