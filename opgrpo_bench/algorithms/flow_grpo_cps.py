@@ -66,16 +66,10 @@ class FlowGRPOCPSRefConfig(FlowGRPOFastRefConfig):
     """Consecutive CPS transitions per iteration (the configurations' ``sde_window_size``)."""
 
 
-class FlowGRPOCPSRef(FlowGRPOFastRef):
-    """The coefficient-preserving step inside Flow-GRPO-Fast's random window (ODE elsewhere)."""
+class FlowGRPOCPSRef(FlowGRPOFastRef, FlowGRPOCPS):
+    """The coefficient-preserving step inside Flow-GRPO-Fast's random window (ODE elsewhere): Flow-GRPO-Fast's
+    recipe (window, noise level, clip, no KL) with CPS's transition and its refusal of a KL term."""
 
     name = "flow-grpo-cps-ref"
     config_cls = FlowGRPOCPSRefConfig
     config: FlowGRPOCPSRefConfig
-
-    def __init__(self, config: FlowGRPOCPSRefConfig | None = None):
-        super().__init__(config)
-        refuse_cps_kl(self.config.beta)
-
-    def sampler_settings(self, defaults: SamplerSettings) -> SamplerSettings:
-        return replace(super().sampler_settings(defaults), transition="cps")

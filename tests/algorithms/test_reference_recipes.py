@@ -76,7 +76,8 @@ def _guard_batch(steps: int = 3) -> TrainBatch:
                  sigmas=torch.linspace(1, 0, steps + 1), log_probs=logp, behaviour_log_probs=logp.clone(),
                  forced_len=torch.zeros(n, dtype=torch.long), rewards=torch.tensor([0.0, 1.0]),
                  means=torch.randn((n, steps, *shape), generator=g))
-    return TrainBatch(ro, torch.tensor([1.5, -0.5]), logp.clone(), torch.ones(n), torch.ones((n, steps), dtype=torch.bool))
+    mask = torch.ones((n, steps), dtype=torch.bool)
+    return TrainBatch(ro, torch.tensor([1.5, -0.5]), logp.clone(), torch.ones(n), mask)
 
 
 def test_grpo_guard_ref_weights_each_pairs_policy_loss_by_one_over_dt():
@@ -151,7 +152,8 @@ def test_nft_x0_loss_weight_is_a_constant():
     err_pos = x_t - t[:, None] * v.detach() - x0  # beta = 1: v+ = v
     err_neg = x_t - t[:, None] * (2 * v_old - v.detach()) - x0
     w_pos, w_neg = err_pos.abs().mean(1, keepdim=True), err_neg.abs().mean(1, keepdim=True)
-    want = r[:, None] * (-2 * t[:, None] * err_pos / (3 * w_pos)) + (1 - r[:, None]) * (2 * t[:, None] * err_neg / (3 * w_neg))
+    t, r = t[:, None], r[:, None]
+    want = r * (-2 * t * err_pos / (3 * w_pos)) + (1 - r) * (2 * t * err_neg / (3 * w_neg))
     assert torch.allclose(v.grad, want, atol=1e-6)
 
 
