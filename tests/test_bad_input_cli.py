@@ -74,6 +74,15 @@ CASES: list[tuple[str, list[str], str]] = [
      "invalid setting train_fraction=0.05: with num_steps=10 it trains no denoising step"),
     ("lora-rank-0", sets("lora_rank=0"), "invalid setting lora_rank=0: must be >= 1"),
     ("grad-clip-0", sets("grad_clip=0"), "invalid setting grad_clip=0: must be > 0"),
+    # the reference recipes' own settings
+    ("sde-noise-level-0", [*FLOW[:4], "flow-grpo-fast-ref", *FLOW[5:], "--set", "sde_noise_level=0"],
+     "invalid setting sde_noise_level=0: must be > 0"),
+    ("kl-beta-negative", [*FLOW[:4], "diffusion-nft-ref", *FLOW[5:], "--set", "kl_beta=-1"],
+     "invalid setting kl_beta=-1: must be >= 0"),
+    ("shared-noise-not-bool", [*FLOW[:4], "mixgrpo-ref", *FLOW[5:], "--set", "shared_noise=maybe"],
+     "invalid value 'maybe' for setting 'shared_noise' (expected true or false)"),
+    ("recipe-setting-on-common-preset", [*FLOW[:4], "mixgrpo", *FLOW[5:], "--set", "shared_noise=true"],
+     "setting 'shared_noise' does not apply to algorithm 'mixgrpo' (it is a setting of mixgrpo-ref)"),
     # settings the lead is adding to TrainConfig (the message names the setting either way)
     ("micro-batch-0", sets("micro_batch=0"), "micro_batch"),
     ("ema-update-interval-0", sets("ema_update_interval=0"), "ema_update_interval"),

@@ -93,3 +93,19 @@ def test_ablation_presets_differ_from_op_grpo_in_exactly_one_field():
         if name.startswith("op-grpo-"):
             cfg = dataclasses.asdict(ALGORITHMS.get(name).build().config)
             assert sum(cfg[k] != base[k] for k in base) == 1, name
+
+
+def test_every_reference_recipe_sits_beside_its_common_footing_preset_and_is_documented():
+    """A ``*-ref`` preset (ALGORITHMS.md 4.1) is the algorithm of the preset without the suffix, or a
+    subclass of it, and the docs name it."""
+    from pathlib import Path
+
+    docs = (Path(__file__).parent.parent / "docs" / "ALGORITHMS.md").read_text()
+    recipes = [name for name in ALGORITHMS.names() if name.endswith("-ref")]
+    assert {"flow-grpo-ref", "flow-grpo-fast-ref", "flow-grpo-cps-ref", "mixgrpo-ref", "grpo-guard-ref",
+            "dance-grpo-ref", "diffusion-nft-ref"} <= set(recipes)
+    for name in recipes:
+        base = name[: -len("-ref")]
+        assert base in ALGORITHMS.names(), name
+        assert issubclass(type(ALGORITHMS.get(name).build()), type(ALGORITHMS.get(base).build())), name
+        assert f"`{name}`" in docs, name

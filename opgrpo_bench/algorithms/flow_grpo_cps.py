@@ -10,6 +10,10 @@ is Flow-GRPO's without the KL term: every public CPS configuration sets ``beta =
 work here. It divides by ``s^2`` and ``s = sigma' sin(a pi / 2)`` vanishes with ``sigma'``: at the last
 trained step of digits-v1 (``s`` about 9e-4) its gradient was about 500 times the whole policy gradient
 and no seed learned. A ``beta > 0`` is refused.
+
+:class:`FlowGRPOCPSRef` (preset ``flow-grpo-cps-ref``) is the reference recipe, Flow-GRPO's
+``*_fast_nocfg`` CPS configurations: the CPS step only in a random 3-step window of the first half of the
+schedule (ODE elsewhere, only the window trained), noise level 0.8, clip 1e-5, no KL.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from dataclasses import dataclass, replace
 
 from opgrpo_bench.algorithms.base import SamplerSettings
 from opgrpo_bench.algorithms.flow_grpo import FlowGRPO, FlowGRPOConfig
+from opgrpo_bench.algorithms.flow_grpo_fast import FlowGRPOFastRef, FlowGRPOFastRefConfig
 
 
 @dataclass
@@ -30,6 +35,14 @@ class FlowGRPOCPSConfig(FlowGRPOConfig):
     """No KL term (every public CPS configuration; see the module docstring)."""
 
 
+def refuse_cps_kl(beta: float) -> None:
+    """Raise ValueError for a KL weight ``beta > 0`` on the CPS step (see the module docstring)."""
+    if beta > 0:
+        raise ValueError(f"beta={beta}: the KL term of the CPS step divides by s^2 with "
+                         "s = sigma' sin(a pi/2), which vanishes at the last steps; use beta=0, as every "
+                         "public CPS configuration does")
+
+
 class FlowGRPOCPS(FlowGRPO):
     """Flow-GRPO sampling and training with the coefficient-preserving step."""
 
@@ -38,10 +51,25 @@ class FlowGRPOCPS(FlowGRPO):
 
     def __init__(self, config: FlowGRPOCPSConfig | None = None):
         super().__init__(config)
-        if self.config.beta > 0:
-            raise ValueError(f"beta={self.config.beta}: the KL term of the CPS step divides by s^2 with "
-                             "s = sigma' sin(a pi/2), which vanishes at the last steps; use beta=0, as every "
-                             "public CPS configuration does")
+        refuse_cps_kl(self.config.beta)
 
     def sampler_settings(self, defaults: SamplerSettings) -> SamplerSettings:
         return replace(defaults, transition="cps")
+
+
+@dataclass
+class FlowGRPOCPSRefConfig(FlowGRPOFastRefConfig):
+    """Flow-GRPO's ``*_fast_nocfg`` CPS configuration: a 3-step window in the first half, noise level 0.8,
+    clip 1e-5, no KL, batch-std advantages."""
+
+    window_size: int = 3
+    """Consecutive CPS transitions per iteration (the configurations' ``sde_window_size``)."""
+
+
+class FlowGRPOCPSRef(FlowGRPOFastRef, FlowGRPOCPS):
+    """The coefficient-preserving step inside Flow-GRPO-Fast's random window (ODE elsewhere): Flow-GRPO-Fast's
+    recipe (window, noise level, clip, no KL) with CPS's transition and its refusal of a KL term."""
+
+    name = "flow-grpo-cps-ref"
+    config_cls = FlowGRPOCPSRefConfig
+    config: FlowGRPOCPSRefConfig

@@ -10,18 +10,22 @@ window starts at step 0, 1, 2 or 3, and an optimizer step trains 2 of the 9 tran
 The window travels in the rollout plan (``RolloutPlan.sde_steps``); the trainer and the sampler know
 nothing of it. :class:`SDEWindowGRPO` is the shared mechanism (MixGRPO moves the window instead,
 :mod:`opgrpo_bench.algorithms.mixgrpo`).
+
+:class:`FlowGRPOFastRef` (preset ``flow-grpo-fast-ref``) is the reference recipe: the Fast
+configurations' clip range 1e-5, no KL term and noise level 0.8 (docs/ALGORITHMS.md, "Reference recipes").
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
 
-from opgrpo_bench.algorithms.base import RolloutPlan, TrainBatch
+from opgrpo_bench.algorithms.base import RolloutPlan, SamplerSettings, TrainBatch
 from opgrpo_bench.algorithms.flow_grpo import FlowGRPO, FlowGRPOConfig, Rollout
+from opgrpo_bench.validation import setting
 
 
 @dataclass
@@ -83,3 +87,30 @@ class FlowGRPOFast(SDEWindowGRPO):
 
     def window_start(self, num_steps: int, iteration: int, generator: torch.Generator) -> int:
         return int(torch.randint(self.window_limit(num_steps), (1,), generator=generator))
+
+
+@dataclass
+class FlowGRPOFastRefConfig(SDEWindowConfig):
+    """Flow-GRPO-Fast's reference recipe: the Fast configurations' clip, KL weight and noise level.
+
+    A separate class (not fields of :class:`SDEWindowConfig`) so that the configuration every earlier
+    ``flow-grpo-fast`` result records, and hashes, stays what it was."""
+
+    clip_range: float = 1e-5
+    """The Fast configurations' clip range (ten times tighter than Flow-GRPO's 1e-4)."""
+    beta: float = 0.0
+    """No KL term in the Fast configurations."""
+    sde_noise_level: float = setting(0.8, gt=0)
+    """The sampler's noise level; replaces the trainer's ``noise_level`` (0.7) for this algorithm's rollouts."""
+
+
+class FlowGRPOFastRef(FlowGRPOFast):
+    """Flow-GRPO-Fast with its reference configuration's clip, KL weight and noise level."""
+
+    name = "flow-grpo-fast-ref"
+    config_cls = FlowGRPOFastRefConfig
+    config: FlowGRPOFastRefConfig
+
+    def sampler_settings(self, defaults: SamplerSettings) -> SamplerSettings:
+        """The trainer's settings with the recipe's own noise level."""
+        return replace(super().sampler_settings(defaults), noise_level=self.config.sde_noise_level)
