@@ -93,7 +93,7 @@ def test_killed_slurm_job_resumes_exactly_and_status_follows_after_the_command_e
     """SIGTERM (what Slurm sends on preemption) stops the job mid-run; status says so from the run directory;
     the same command submits it again and the records equal an uninterrupted run's."""
     pytest.importorskip("submitit")
-    from opgrpo_bench.runner import run_one
+    from opgrpo_bench.runner import resolve, run_one
 
     steps, sets = 12, FAST
     args = ["run", "-t", "digits-v1", "-a", "op-grpo", "-s", "0", "--steps", str(steps), "--out", str(tmp_path),
@@ -101,7 +101,8 @@ def test_killed_slurm_job_resumes_exactly_and_status_follows_after_the_command_e
     res = cli(*args, "--no-wait")
     assert res.returncode == 0, res.stderr
     assert res.stdout.startswith("submitted 1 run to Slurm (local executor).")
-    run_dir = tmp_path / "digits-v1__op-grpo__seed0"
+    run_id = resolve("digits-v1", "op-grpo", 0, steps, sets).run_id  # the settings' own run directory
+    run_dir = tmp_path / run_id
 
     def lock_pid():
         text = (run_dir / ".lock").read_text().strip() if (run_dir / ".lock").exists() else ""
@@ -131,8 +132,8 @@ def test_killed_slurm_job_resumes_exactly_and_status_follows_after_the_command_e
     os.kill(pid, signal.SIGTERM)  # what Slurm sends a preempted job
     os.kill(pid, signal.SIGCONT)
     wait_for(lambda: (run_dir / "error.json").exists(), every=0.2)
-    doc = wait_for(lambda: status_of(tmp_path)["digits-v1__op-grpo__seed0"]["state"] == "interrupted"
-                   and status_of(tmp_path)["digits-v1__op-grpo__seed0"], every=1.0)
+    doc = wait_for(lambda: status_of(tmp_path)[run_id]["state"] == "interrupted"
+                   and status_of(tmp_path)[run_id], every=1.0)
     stopped_at = json.loads((run_dir / "error.json").read_text())["step"]
     assert 2 <= stopped_at < steps and doc["step"] == stopped_at
     assert doc["detail"].startswith(f"interrupted at step {stopped_at} (slurm job ")
@@ -142,8 +143,8 @@ def test_killed_slurm_job_resumes_exactly_and_status_follows_after_the_command_e
     assert "digits-v1 op-grpo seed 0: target" in res.stdout
     assert not (run_dir / "error.json").exists()
     run_one("digits-v1", "op-grpo", 0, out=tmp_path / "whole", steps=steps, sets=sets)
-    assert runs_of(tmp_path)["digits-v1__op-grpo__seed0"] == runs_of(tmp_path / "whole")["digits-v1__op-grpo__seed0"]
-    assert status_of(tmp_path)["digits-v1__op-grpo__seed0"]["state"] == "finished"
+    assert runs_of(tmp_path)[run_id] == runs_of(tmp_path / "whole")[run_id]
+    assert status_of(tmp_path)[run_id]["state"] == "finished"
 
 
 def test_ray_no_wait_then_status_then_the_same_command_reports(tmp_path, local_runs, request):
