@@ -130,3 +130,14 @@ def test_version_prints_the_installed_version(monkeypatch, capsys):
 
     code, out, err = main_(["--version"], monkeypatch, capsys)
     assert code in (0, None) and out.strip() == f"opgrpo-bench {version('opgrpo-bench')}" and not err.strip()
+
+
+def test_help_and_list_import_no_torch():
+    """`--help` and `list` answer at once: the CLI imports no torch, scipy or matplotlib until a command needs
+    them (checked by module, not by time)."""
+    code = ("import sys; from opgrpo_bench import cli; from opgrpo_bench.registry import ALGORITHMS, TASKS, REWARDS;"
+            "import opgrpo_bench.algorithms, opgrpo_bench.tasks, opgrpo_bench.rewards, opgrpo_bench.backbones;"
+            "heavy = [m for m in ('torch', 'scipy', 'matplotlib', 'diffusers') if m in sys.modules]; print(heavy)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

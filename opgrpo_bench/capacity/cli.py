@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from opgrpo_bench.capacity.estimate import DEFAULT_MFU, DEFAULT_PEAK_TFLOPS
+from opgrpo_bench.capacity.defaults import DEFAULT_MFU, DEFAULT_PEAK_TFLOPS
 
 
 def plan(

@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from opgrpo_bench.capacity.defaults import DEFAULT_MFU, DEFAULT_PEAK_TFLOPS  # noqa: F401 (re-exported)
 from opgrpo_bench.capacity.models import Geometry, conditioning, meta_backbone, sampling_call, training_call
 from opgrpo_bench.capacity.tracker import LiveBytes, gpu_attention
 
@@ -36,15 +37,6 @@ GIB = 2**30
 RESERVE_GIB = 3.0
 """[decision] GiB kept free per GPU for the CUDA context (~0.5 GiB), cuBLAS/cuDNN workspaces and the caching
 allocator's fragmentation, none of which the planner's tensor count sees."""
-DEFAULT_MFU = 0.30
-"""[assumption] Model FLOPs utilisation of a whole iteration. Not measured by this project: a round figure
-below the 35-45% usually reported for bf16 transformer training with fused attention on H100-class GPUs,
-because an RL iteration is dominated by no-grad sampling calls of a few rows. ``benchmarks/gpu_check.py``
-measures the real one; pass it with ``--mfu``."""
-DEFAULT_PEAK_TFLOPS = 989.0
-"""NVIDIA H100 SXM dense bf16 tensor-core peak (the datasheet's 1,979 TFLOPS is with 2:4 sparsity)."""
-
-
 @dataclass
 class CallCost:
     """A measured call: peak live bytes at 1 and 2 samples (a line), FLOPs per sample."""

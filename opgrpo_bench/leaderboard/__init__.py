@@ -15,7 +15,19 @@
 Python API: ``build_leaderboard(runs_dir, out_dir, reference="flow-grpo", analyses=None) -> dict``.
 """
 
+from typing import Any
+
 from opgrpo_bench.leaderboard.load import LeaderboardError, load_runs
-from opgrpo_bench.leaderboard.report import build_leaderboard
+
+
+def __getattr__(name: str) -> Any:
+    """``build_leaderboard``, imported on first use (the report needs scipy and matplotlib; the CLI's
+    ``--help`` does not)."""
+    if name == "build_leaderboard":
+        from opgrpo_bench.leaderboard.report import build_leaderboard
+
+        return build_leaderboard
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["LeaderboardError", "build_leaderboard", "load_runs"]

@@ -8,9 +8,7 @@ from typing import Annotated
 
 import typer
 
-from opgrpo_bench.leaderboard.load import LeaderboardError
 from opgrpo_bench.leaderboard.outcomes import DEFAULT_REFERENCE
-from opgrpo_bench.leaderboard.report import HTML_FILE, JSON_FILE, MARKDOWN_FILE, build_leaderboard
 
 DEFAULT_OUT = "leaderboard-out"
 """The report's default directory, the same as ``opgrpo-bench run --leaderboard-out``'s (never the
@@ -32,6 +30,8 @@ def _print_summary(doc: dict, out: Path) -> None:
     for row in doc["rows"]:
         table.add_row(task_label(row["task"], row["task_version"]), row["algorithm"], fmt_reached(row),
                       fmt_median_iqr(row, "steps"), fmt_ratio(row, "speedup_"))
+    from opgrpo_bench.leaderboard.report import HTML_FILE, JSON_FILE, MARKDOWN_FILE
+
     console = Console()
     if doc["rows"]:
         console.print(table)
@@ -41,6 +41,7 @@ def _print_summary(doc: dict, out: Path) -> None:
 
 def _update_results_doc(path: Path, doc: dict) -> None:
     """Regenerate the marked tables of ``path`` from ``doc`` (atomically; the prose is left alone)."""
+    from opgrpo_bench.leaderboard.load import LeaderboardError
     from opgrpo_bench.leaderboard.results_doc import ResultsDocError, update_tables
     from opgrpo_bench.storage import atomic_write_text
 
@@ -66,6 +67,8 @@ def leaderboard(
 ) -> None:
     """Rank algorithms by steps to target from results files; write Markdown, JSON and HTML reports."""
     from opgrpo_bench.errors import UserError
+    from opgrpo_bench.leaderboard.load import LeaderboardError
+    from opgrpo_bench.leaderboard.report import build_leaderboard
     from opgrpo_bench.validation import check_output_dir
 
     try:

@@ -5,15 +5,21 @@ Each entry's ``meta`` holds ``needs`` (one line for ``opgrpo-bench list rewards`
 optional-dependency extra to install, or None).
 """
 
+from typing import Any
+
 from opgrpo_bench.registry import REWARDS
-from opgrpo_bench.rewards.base import (
-    BaseReward,
-    MissingDependencyError,
-    MissingWeightsError,
-    Reward,
-    RewardOutput,
-    RewardUnavailableError,
-)
+
+_BASE_NAMES = ("BaseReward", "MissingDependencyError", "MissingWeightsError", "Reward", "RewardOutput",
+               "RewardUnavailableError")
+
+
+def __getattr__(name: str) -> Any:
+    """The reward protocol's names, imported on first use (they need torch; listing rewards does not)."""
+    if name in _BASE_NAMES:
+        from opgrpo_bench.rewards import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _register(name: str, target: str, description: str, device: str, weights: str, extra: str | None = None,
