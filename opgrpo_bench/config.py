@@ -16,13 +16,17 @@ class TrainConfig:
     against (a group of one has no group-relative advantage, hence ``group_size >= 2``; ``grad_clip`` may be
     ``inf``, no clipping)."""
 
+    # Upper bounds are generous (past any published recipe) and keep a typo such as lora_rank=10000000 from
+    # exhausting memory before a line can be printed; seeds stop at 2**32 - 1, the range every generator
+    # the run seeds (torch, numpy, scikit-learn) takes without wrapping.
+
     steps: int = setting(200, ge=1)
     """Budget in optimizer steps (exact: a run may end in the middle of an iteration)."""
-    prompts_per_iter: int = setting(8, ge=1)
+    prompts_per_iter: int = setting(8, ge=1, le=4096)
     """Groups (prompts) per iteration."""
-    group_size: int = setting(8, ge=2)
+    group_size: int = setting(8, ge=2, le=1024)
     """Samples per group, G."""
-    num_steps: int = setting(10, ge=1)
+    num_steps: int = setting(10, ge=1, le=1000)
     """SDE denoising steps per rollout, T."""
     noise_level: float = setting(0.7, gt=0)
     """SDE noise level a."""
@@ -35,15 +39,15 @@ class TrainConfig:
     cfg_detach_uncond: bool = setting(True)
     """No gradient through CFG's unconditional branch in the training forward (Flow-GRPO does this;
     without it the gradient gains a -(guidance - 1) * grad v_uncond term). No effect without CFG."""
-    eval_num_steps: int = setting(20, ge=1)
+    eval_num_steps: int = setting(20, ge=1, le=1000)
     """ODE steps for evaluation."""
     eval_guidance: float = setting(1.0, ge=0)
     """CFG scale for evaluation."""
     eval_every: int = setting(10, ge=1)
     """Evaluate every this many optimizer steps (and at step 0)."""
-    optimizer_steps_per_iter: int = setting(2, ge=1)
+    optimizer_steps_per_iter: int = setting(2, ge=1, le=1024)
     """Optimizer steps per iteration, each over a disjoint share of the samples."""
-    micro_batch: int = setting(32, ge=1)
+    micro_batch: int = setting(32, ge=1, le=4096)
     """Rows per network call, in sampling and in training alike (CFG doubles the rows of a call). Each
     share of an optimizer step is cut into blocks of this many rows; see the module docstring. Bounds
     the activation memory of a training forward: on a GPU choose the largest that fits."""
@@ -51,16 +55,16 @@ class TrainConfig:
     weight_decay: float = setting(1e-4, ge=0)
     adam_betas: tuple[float, float] = setting((0.9, 0.999), ge=0, lt=1)
     grad_clip: float = setting(1.0, gt=0, finite=False)
-    lora_rank: int = setting(32, ge=1)
-    lora_alpha: int = setting(64, ge=1)
+    lora_rank: int = setting(32, ge=1, le=1024)
+    lora_alpha: int = setting(64, ge=1, le=65536)
     ema_decay: float = setting(0.9, ge=0, lt=1)
     """EMA of the trainable weights used for evaluation; 0 evaluates the raw weights."""
     ema_update_interval: int = setting(1, ge=1)
     """Update the EMA after every this many optimizer steps (Flow-GRPO's SD3.5 recipe: 8)."""
     logprob_reduction: str = setting("mean", choices=("mean", "sum"))
     """"mean" (Flow-GRPO's scale) or "sum" over latent dimensions."""
-    seed: int = setting(0, ge=0)
-    num_threads: int = setting(0, ge=0)
+    seed: int = setting(0, ge=0, le=2**32 - 1)
+    num_threads: int = setting(0, ge=0, le=1024)
     """torch intra-op threads (0 = leave torch's default)."""
     gradient_checkpointing: bool = False
     """Recompute the transformer's activations in the backward pass (memory for time; same numbers)."""

@@ -47,15 +47,21 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _number_text(value: float) -> str:
+    """An integer bound in full (``4294967295``, not ``4.29497e+09``), any other in ``%g``."""
+    return str(value) if isinstance(value, int) else f"{value:g}"
+
+
 def _bounds_text(gt: float | None, ge: float | None, lt: float | None, le: float | None) -> str:
-    low = f"> {gt:g}" if gt is not None else f">= {ge:g}" if ge is not None else None
-    high = f"< {lt:g}" if lt is not None else f"<= {le:g}" if le is not None else None
+    n = _number_text
+    low = f"> {n(gt)}" if gt is not None else f">= {n(ge)}" if ge is not None else None
+    high = f"< {n(lt)}" if lt is not None else f"<= {n(le)}" if le is not None else None
     if low and high:
         lo_b = "(" if gt is not None else "["
         hi_b = ")" if lt is not None else "]"
         lo_v = gt if gt is not None else ge
         hi_v = lt if lt is not None else le
-        return f"in {lo_b}{lo_v:g}, {hi_v:g}{hi_b}"
+        return f"in {lo_b}{n(lo_v)}, {n(hi_v)}{hi_b}"
     return low or high or ""
 
 
