@@ -21,6 +21,8 @@ from matplotlib.ticker import NullLocator
 
 # A fixed style, independent of any user matplotlibrc, so output does not depend on the machine.
 _STYLE = {
+    # names come from results files: "$...$" in one is text, never matplotlib's math (which can fail to parse)
+    "text.parse_math": False,
     "font.family": "DejaVu Sans",
     "font.size": 9,
     "axes.grid": True,
