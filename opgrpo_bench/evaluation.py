@@ -104,7 +104,7 @@ def evaluate_saved_run(run_dir: str | Path, task_id: str | None = None, adapter:
     from opgrpo_bench.export import ADAPTER_DIRS, WEIGHT_NAME, load_adapter
     from opgrpo_bench.registry import REWARDS, TASKS
     from opgrpo_bench.config import TrainConfig
-    from opgrpo_bench.results import METRICS_FILE, read_run, results_file
+    from opgrpo_bench.results import METRICS_FILE, ResultsFileError, read_run, results_file
     from opgrpo_bench.schema import record_problem, train_settings
 
     run_dir = Path(run_dir)
@@ -115,7 +115,9 @@ def evaluate_saved_run(run_dir: str | Path, task_id: str | None = None, adapter:
         raise UserError(f"--adapter must be one of {', '.join(ADAPTER_DIRS)}, not '{adapter}'")
     try:
         records = read_run(metrics)
-    except (OSError, EOFError, zlib.error):  # unreadable, or a damaged packed file
+    except ResultsFileError as exc:  # a damaged or oversized packed file: say which, and what
+        raise UserError(str(exc)) from None
+    except (OSError, EOFError, zlib.error):  # unreadable
         records = None
     start = records.start if records is not None else None
     if start is None:

@@ -22,11 +22,13 @@ import io
 import json
 import math
 import os
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from opgrpo_bench import SCHEMA
+from opgrpo_bench.errors import UserError
 from opgrpo_bench.schema import first_reaching, migrate, progress_problem, start_problem, validate
 from opgrpo_bench.storage import atomic_write, atomic_write_text
 
@@ -90,12 +92,34 @@ def results_file(run_dir: str | os.PathLike[str]) -> Path | None:
     return None
 
 
-def read_bytes(path: str | os.PathLike[str]) -> bytes:
-    """A results file's bytes; a packed file (``metrics.jsonl.gz``) is decompressed (a damaged one raises
-    ``OSError``, ``EOFError`` or ``zlib.error``)."""
+MAX_RESULTS_BYTES = 256 * 2**20
+"""The largest results file read (plain, or packed once decompressed): a 200-step run writes about 0.1 MB, so
+anything near this is not a run's records (a gzip bomb of 13 MB expands to gigabytes); read in bounded
+memory and refused."""
+
+
+class ResultsFileError(UserError, OSError):
+    """A results file that cannot be read as one: damaged or truncated packing, or over
+    :data:`MAX_RESULTS_BYTES`; the message names the file and what is wrong, in one line (the CLI prints it
+    and exits 2; readers that skip bad files catch it as an ``OSError``)."""
+
+
+def read_bytes(path: str | os.PathLike[str], limit: int = MAX_RESULTS_BYTES) -> bytes:
+    """A results file's bytes; a packed file (``metrics.jsonl.gz``) is decompressed as a stream, never past
+    ``limit`` bytes. A damaged packed file or one over the limit raises :class:`ResultsFileError`."""
     path = Path(path)
-    data = path.read_bytes()
-    return gzip.decompress(data) if path.name == PACKED_FILE else data
+    if path.name != PACKED_FILE:
+        if path.stat().st_size > limit:
+            raise ResultsFileError(f"{path} is larger than {limit // 2**20} MiB; not a run's results, not read")
+        return path.read_bytes()
+    try:
+        with gzip.open(path, "rb") as f:
+            data = f.read(limit + 1)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise ResultsFileError(f"{path} is a damaged packed results file ({exc or type(exc).__name__})") from None
+    if len(data) > limit:
+        raise ResultsFileError(f"{path} expands to more than {limit // 2**20} MiB; not a run's results, not read")
+    return data
 
 
 def read_text(path: str | os.PathLike[str]) -> str:

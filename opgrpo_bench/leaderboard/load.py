@@ -27,10 +27,8 @@ Nothing here deletes or rewrites an input file.
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
-import zlib
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +36,7 @@ from typing import Any
 
 from opgrpo_bench import SCHEMA
 from opgrpo_bench.errors import UserError
-from opgrpo_bench.results import METRICS_FILE, PACKED_FILE, read_bytes
+from opgrpo_bench.results import METRICS_FILE, PACKED_FILE, ResultsFileError, read_bytes
 from opgrpo_bench.schema import migrate, progress_problem, start_problem
 
 
@@ -119,8 +117,8 @@ def _read_lines(path: Path, shown: str, issues: list[Issue]) -> list[tuple[int, 
     is not valid gzip raises :class:`OSError` (the file is skipped with a warning)."""
     try:
         data = read_bytes(path)
-    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
-        raise OSError(f"not a complete gzip file ({exc})") from None
+    except ResultsFileError as exc:  # the message names the file; the warning names it already
+        raise OSError(str(exc).removeprefix(f"{path} ")) from None
     raw_lines = data.split(b"\n")
     # ``split`` leaves an empty last element when the file ends with a newline; if it does not, the last
     # element is a line whose writer never finished it.

@@ -1,0 +1,69 @@
+"""Damaged or oversized results files met by run, eval and the leaderboard: one line naming the file, exit 2,
+nothing changed; a gzip bomb is refused in bounded memory."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from opgrpo_bench.leaderboard.load import load_runs
+from opgrpo_bench.results import MAX_RESULTS_BYTES, PACKED_FILE, ResultsFileError, pack_run, read_bytes
+from opgrpo_bench.runner import find_run_dir, run_one
+
+from small import FAST
+
+pytestmark = pytest.mark.train
+
+
+@pytest.fixture(scope="module")
+def packed_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("packed")
+    run_one("digits-v1", "flow-grpo", 0, out=out, steps=2, sets=FAST)
+    run_dir = find_run_dir(out, "digits-v1", "flow-grpo", 0)
+    pack_run(run_dir)
+    return run_dir
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "opgrpo_bench.cli", *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not-gzip"])
+def test_a_damaged_packed_file_is_one_line_naming_it(packed_run, tmp_path, damage):
+    run_dir = tmp_path / packed_run.name
+    shutil.copytree(packed_run, run_dir)
+    gz = run_dir / PACKED_FILE
+    data = gz.read_bytes()
+    gz.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"plain text, not gzip\n")
+    before = gz.read_bytes()
+    for args in (["eval", str(run_dir)],
+                 ["run", "-t", "digits-v1", "-a", "flow-grpo", "-s", "0", "--steps", "2", "--out", str(tmp_path),
+                  *[x for s in FAST for x in ("--set", s)]]):
+        done = _cli(*args)
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        assert done.returncode == 2, done.stderr
+        assert lines and lines[-1].startswith("error: ") and str(gz) in lines[-1] and "damaged" in lines[-1], done.stderr
+        assert "Traceback" not in done.stderr and "aborted" not in done.stderr
+    assert gz.read_bytes() == before
+    issues = load_runs(tmp_path).issues  # the leaderboard skips it with a warning naming it
+    assert any(str(gz) == i.path and "damaged" in i.message for i in issues)
+
+
+def test_a_gzip_bomb_is_refused_in_bounded_memory(tmp_path):
+    bomb = tmp_path / "run" / PACKED_FILE
+    bomb.parent.mkdir()
+    with gzip.open(bomb, "wb", compresslevel=9) as f:
+        chunk = b"0" * 2**20
+        for _ in range(MAX_RESULTS_BYTES // 2**20 + 8):  # just past the limit; real bombs are far larger
+            f.write(chunk)
+    assert bomb.stat().st_size < 2 * 2**20
+    with pytest.raises(ResultsFileError, match="expands to more than"):
+        read_bytes(bomb)
+    with pytest.raises(ResultsFileError, match="expands to more than"):
+        read_bytes(bomb, limit=2**20)
