@@ -51,6 +51,28 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     atomic_write(path, write)
 
 
+def atomic_write_texts(texts: dict[Path, str]) -> None:
+    """Write several files as one: every text goes to a temporary sibling and is fsynced first, and only when
+    all are complete are they renamed over their paths, one right after the other. A failure or a kill while
+    writing leaves every old file as it was (the temporaries are removed, or left hidden); only a kill inside
+    the few microseconds of the renames could leave old and new files side by side."""
+    temps: dict[Path, Path] = {}
+    try:
+        for path, text in texts.items():
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            temps[path] = tmp
+            with tmp.open("w", encoding="utf-8", newline="\n") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+        for path, tmp in temps.items():
+            os.replace(tmp, path)
+    except BaseException:
+        for tmp in temps.values():
+            tmp.unlink(missing_ok=True)
+        raise
+
+
 def atomic_folder(folder: str | os.PathLike[str], build: Callable[[Path], Any], replace: bool = True) -> Path:
     """Call ``build(tmp)`` on a new temporary sibling folder, then rename it to ``folder``; returns ``folder``.
 

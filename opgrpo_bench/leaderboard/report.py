@@ -24,7 +24,7 @@ from opgrpo_bench.leaderboard.outcomes import DEFAULT_REFERENCE, exclusion_reaso
 from opgrpo_bench.leaderboard.page import render_html
 from opgrpo_bench.leaderboard.plots import all_plots
 from opgrpo_bench.leaderboard.tables import task_groups
-from opgrpo_bench.storage import atomic_write_text
+from opgrpo_bench.storage import atomic_write_texts
 
 MARKDOWN_FILE, JSON_FILE, HTML_FILE = "LEADERBOARD.md", "leaderboard.json", "index.html"
 
@@ -90,9 +90,12 @@ def build_leaderboard(runs_dir: str | os.PathLike[str], out_dir: str | os.PathLi
     doc["figures"] = [{"id": p.id, "kind": p.kind, "task": p.task, "title": p.title} for p in plots]
     try:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / MARKDOWN_FILE, render_markdown(doc, cmp, analyses))
-        atomic_write_text(out / JSON_FILE, json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
-        atomic_write_text(out / HTML_FILE, render_html(doc, plots, cmp, analyses))
+        # the three files are one report: all written and synced before any replaces its old version
+        atomic_write_texts({
+            out / MARKDOWN_FILE: render_markdown(doc, cmp, analyses),
+            out / JSON_FILE: json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False) + "\n",
+            out / HTML_FILE: render_html(doc, plots, cmp, analyses),
+        })
     except OSError as exc:
         raise LeaderboardError(f"cannot write the report to '{out}': {exc.strerror or exc}") from exc
     return doc

@@ -42,3 +42,22 @@ def test_hostile_names_are_inert_in_markdown_and_html(tmp_path: Path, field: str
     assert "](javascript:" not in md  # no Markdown link either
     # still readable: the name is there as text
     assert ("&lt;img src=x" in md) if field == "algorithm" else ("[click]\\(javascript:alert(2))" in md)
+
+
+def test_a_report_that_fails_midway_leaves_the_old_one_whole(tmp_path: Path, monkeypatch):
+    """The three files are one report: a failure while writing them (a kill, a full disk) must not leave a
+    new LEADERBOARD.md beside an old leaderboard.json."""
+    for seed in range(2):
+        write_run(tmp_path / "runs", "flow-grpo", seed, 20)
+        write_run(tmp_path / "runs", "op-grpo", seed, 10)
+    build_leaderboard(tmp_path / "runs", tmp_path / "out")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
+    write_run(tmp_path / "runs", "op-grpo", 2, 12)  # new input: every file would change
+
+    def broken(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("opgrpo_bench.leaderboard.report.render_html", broken)
+    with pytest.raises(Exception, match="No space left"):
+        build_leaderboard(tmp_path / "runs", tmp_path / "out")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before
