@@ -138,6 +138,10 @@ def evaluate_saved_run(run_dir: str | Path, task_id: str | None = None, adapter:
     else:
         settings = {k: v for k, v in task.train_defaults.items() if k in fields}
     cfg = TrainConfig(**settings)
+    # the recorded settings are data from a file: the same bounds as on the command line, before they are used
+    from opgrpo_bench.validation import check_config
+
+    check_config(cfg, {name: f"the run_start record of {metrics}" for name in settings})
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     reward = REWARDS.get(task.reward)(**task.reward_args)

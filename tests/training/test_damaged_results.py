@@ -67,3 +67,24 @@ def test_a_gzip_bomb_is_refused_in_bounded_memory(tmp_path):
         read_bytes(bomb)
     with pytest.raises(ResultsFileError, match="expands to more than"):
         read_bytes(bomb, limit=2**20)
+
+
+@pytest.mark.parametrize("change, needle", [
+    ({"num_threads": -3}, "num_threads=-3"),
+    ({"eval_num_steps": 10_000_000}, "eval_num_steps=10000000"),
+    ({"eval_guidance": "strong"}, "eval_guidance"),
+    ({"micro_batch": [1, 2]}, "micro_batch"),
+])
+def test_hostile_recorded_settings_are_refused_by_eval_before_any_model_loads(packed_run, tmp_path, change, needle):
+    import json
+
+    run_dir = tmp_path / packed_run.name
+    shutil.copytree(packed_run, run_dir)
+    records = [json.loads(line) for line in read_bytes(run_dir / PACKED_FILE).decode().splitlines()]
+    records[0]["config"]["train"].update(change)
+    (run_dir / PACKED_FILE).unlink()
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    done = _cli("eval", str(run_dir))
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and len(lines) == 1 and needle in lines[0], done.stderr
+    assert "Traceback" not in done.stderr
