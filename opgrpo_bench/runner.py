@@ -157,7 +157,7 @@ def plan_run(resolved: ResolvedRun, run_dir: Path, resume: bool = True) -> tuple
     """
     from opgrpo_bench.checkpoint import CheckpointError, load_state
     from opgrpo_bench.results import METRICS_FILE, PACKED_FILE, read_run, results_file
-    from opgrpo_bench.trainer import CHECKPOINT
+    from opgrpo_bench.training.state import CHECKPOINT, counters
 
     ckpt = run_dir / CHECKPOINT
     if not resume:
@@ -199,8 +199,8 @@ def plan_run(resolved: ResolvedRun, run_dir: Path, resume: bool = True) -> tuple
                             f"cannot continue to {budget}; {hint}")
         return "fresh", None
     try:
-        state = load_state(ckpt)["state"]
-    except (CheckpointError, KeyError, TypeError) as err:
+        state = dataclasses.asdict(counters(load_state(ckpt)))
+    except (CheckpointError, KeyError, TypeError, ValueError, RecursionError) as err:
         raise UserError(f"cannot resume {run_dir}: {str(err).splitlines()[0]}; run with --fresh to retrain "
                         "this run") from None
     if state.get("step", 0) > budget:

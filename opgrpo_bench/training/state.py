@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -34,6 +34,21 @@ class RunState:
     samples: int = 0
     nfe: int = 0
     wall_s: float = 0.0
+
+
+def counters(saved: Any) -> RunState:
+    """The :class:`RunState` of a loaded checkpoint, each counter checked (a hand-edited header with a string
+    step would otherwise fail far from its cause); :class:`CheckpointError` naming the first bad one."""
+    if not isinstance(saved, dict) or not isinstance(saved.get("state"), dict):
+        raise CheckpointError("its 'state' is not an object of counters")
+    state = RunState(**saved["state"])
+    for f in dataclasses.fields(RunState):
+        value = getattr(state, f.name)
+        real = f.type in ("float", float)
+        if isinstance(value, bool) or not isinstance(value, (int, float) if real else int) or value < 0:
+            raise CheckpointError(f"'{f.name}' is {value!r}, expected a non-negative "
+                                  f"{'number' if real else 'integer'}")
+    return state
 
 
 @dataclass
@@ -63,7 +78,7 @@ class TrainingState:
         checkpoint is a :class:`UserError` naming the way out."""
         try:
             saved = load_state(path)
-            state = RunState(**saved["state"])
+            state = counters(saved)
             if len(saved["params"]) != len(self.params):
                 raise CheckpointError(f"{path} holds {len(saved['params'])} tensors for {len(self.params)} "
                                       "trainable parameters")
@@ -76,7 +91,8 @@ class TrainingState:
             self.algorithm.load_state_dict(saved["algorithm"])
             self.prompt_gen.set_state(saved["prompt_gen"])
             self.noise_gen.set_state(saved["noise_gen"])
-        except (CheckpointError, KeyError, TypeError, ValueError, RuntimeError) as err:
+        except (CheckpointError, KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError,
+                RecursionError) as err:
             raise UserError(f"cannot resume from {path}: {str(err).splitlines()[0]}; run with --fresh to "
                             "retrain this run") from None
         return state

@@ -88,3 +88,24 @@ def test_hostile_recorded_settings_are_refused_by_eval_before_any_model_loads(pa
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert done.returncode == 2 and len(lines) == 1 and needle in lines[0], done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (lambda s: s["state"].update(step="2"), "'step' is '2'"),
+    (lambda s: s.update(state=[1, 2]), "cannot resume"),
+    (lambda s: s["state"].update(wall_s=-1.0), "'wall_s' is -1.0"),
+])
+def test_a_hand_edited_checkpoint_header_is_one_line(tmp_path, edit, needle):
+    from opgrpo_bench.checkpoint import load_state, save_state
+    from opgrpo_bench.errors import UserError
+
+    run_one("digits-v1", "flow-grpo", 0, out=tmp_path, steps=2, sets=FAST)
+    run_dir = find_run_dir(tmp_path, "digits-v1", "flow-grpo", 0)
+    state = load_state(run_dir / "checkpoint.safetensors")
+    edit(state)
+    save_state(run_dir / "checkpoint.safetensors", state)
+    before = (run_dir / "metrics.jsonl").read_bytes()
+    with pytest.raises(UserError, match="cannot resume") as err:
+        run_one("digits-v1", "flow-grpo", 0, out=tmp_path, steps=4, sets=FAST)  # a larger budget continues
+    assert needle in str(err.value) and "\n" not in str(err.value) and "--fresh" in str(err.value)
+    assert (run_dir / "metrics.jsonl").read_bytes() == before
