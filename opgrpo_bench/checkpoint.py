@@ -15,6 +15,7 @@ a crash or a full disk leaves the previous checkpoint intact.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
@@ -76,7 +77,17 @@ def save_state(path: str | os.PathLike[str], state: dict[str, Any]) -> None:
     tensors: dict[str, torch.Tensor] = {}
     structure = _flatten(state, "", tensors)
     meta = {_META_KEY: json.dumps(structure)}
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+
+    def write(tmp: Path) -> None:
+        try:
+            save_file(tensors, str(tmp), metadata=meta)
+        except SafetensorError as err:  # safetensors reports I/O failures as its own type, not OSError
+            text = str(err)
+            code = errno.ENOSPC if ("code: 28" in text or "StorageFull" in text or "No space" in text) else errno.EIO
+            raise OSError(code, f"{os.strerror(code)} while writing {tmp.name} ({text.splitlines()[0]})",
+                          str(path)) from None
+
+    atomic_write(path, write)
 
 
 def load_state(path: str | os.PathLike[str]) -> dict[str, Any]:

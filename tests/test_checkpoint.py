@@ -94,3 +94,22 @@ def test_a_failed_write_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
 def test_unsupported_objects_are_refused(tmp_path):
     with pytest.raises(TypeError):
         save_state(tmp_path / "c.safetensors", {"f": lambda: 0})
+
+
+def test_a_full_disk_in_safetensors_is_the_oserror_the_cli_reports(tmp_path, monkeypatch):
+    """safetensors reports a full disk as its own error type; the CLI's one line for a full disk catches
+    OSError(ENOSPC), so the checkpoint writer translates it (and leaves no temporary file)."""
+    import errno
+
+    import opgrpo_bench.checkpoint as ckpt
+    from safetensors import SafetensorError
+
+    def full(*args, **kwargs):
+        raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: '
+                              '"No space left on device" })')
+
+    monkeypatch.setattr(ckpt, "save_file", full)
+    with pytest.raises(OSError) as err:
+        ckpt.save_state(tmp_path / "c.safetensors", {"x": torch.zeros(2)})
+    assert err.value.errno == errno.ENOSPC and "No space left" in str(err.value)
+    assert list(tmp_path.iterdir()) == []
