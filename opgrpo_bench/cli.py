@@ -208,16 +208,16 @@ def _check_runs_then_launch(spec, task, algorithm, seed, steps, sets, out, num_p
     from opgrpo_bench.runner import resolve
     from opgrpo_bench.validation import check_output_dir
 
-    if spec is None and not (task or algorithm or seed):
+    if not (task or algorithm or seed):
         from opgrpo_bench.errors import UserError
 
         raise UserError("--num-processes trains given runs (--task/--algorithm/--seed or a run file), not a suite")
-    if spec is None:
-        for t in task or ["digits-v1"]:
-            for a in algorithm or ["flow-grpo"]:
-                for s_ in seed or [0]:
-                    resolve(t, a, s_, steps, list(sets or []))
-        check_output_dir(out, "--out")
+    # every run is checked here, from the flags or the run file, so that a mistake is one line, not one per rank
+    for t in task or ["digits-v1"]:
+        for a in algorithm or ["flow-grpo"]:
+            for s_ in seed or [0]:
+                resolve(t, a, s_, steps, list(sets or []))
+    check_output_dir(out, "--out")
     argv = [a for a in sys.argv[1:]]
     i = next(k for k, a in enumerate(argv) if a == "--num-processes" or a.startswith("--num-processes="))
     del argv[i: i + (1 if "=" in argv[i] else 2)]
@@ -230,9 +230,42 @@ def _check_runs_then_launch(spec, task, algorithm, seed, steps, sets, out, num_p
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     if fsdp:
         env["ACCELERATE_USE_FSDP"] = "true"
-    code = subprocess.call(cmd, env=env)
+    code = _call_ranks(cmd, env)
     if code:
         raise SystemExit(code)
+
+
+def _call_ranks(cmd: list[str], env: dict[str, str]) -> int:
+    """Run the launcher; pass on the ranks' one-line messages (``error: ...``, ``interrupted ...``) once each and
+    drop the launcher's own report of a failed rank (a traceback of its own, dozens of lines), saying
+    instead in one line which rank stopped and how to resume. Standard output (progress) is untouched."""
+    import signal
+    import subprocess
+
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True, errors="replace")
+    said: list[str] = []
+    failed_rank = exit_code = None
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        text = line.rstrip("\n")
+        if text.startswith(("error: ", "interrupted", "terminated")):
+            if text not in said:
+                said.append(text)
+                sys.stderr.write(text + "\n")
+        elif "Root Cause" in text:  # torchrun's report: the first failure comes after this heading
+            failed_rank = exit_code = None
+        elif text.strip().startswith("rank") and failed_rank is None and ":" in text:
+            failed_rank = text.split(":", 1)[1].split("(")[0].strip()
+        elif text.strip().startswith("exitcode") and exit_code is None and ":" in text:
+            exit_code = text.split(":", 1)[1].split("(")[0].strip()
+    code = proc.wait()
+    if code and not said:
+        how = f"exit code {exit_code}" if exit_code else f"exit code {code}"
+        if exit_code and exit_code.lstrip("-").isdigit() and int(exit_code) < 0:
+            how = f"signal {signal.Signals(-int(exit_code)).name}"
+        sys.stderr.write(f"error: training process {failed_rank or '?'} stopped ({how}); run the same command "
+                         "again to resume from the last checkpoint\n")
+    return 2 if code and any(s.startswith("error: ") for s in said) else code
 
 
 def _run_named_suite(s, out: Path, leaderboard_out: Path, jobs: int, fresh: bool, console, launch=None) -> None:

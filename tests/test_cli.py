@@ -141,3 +141,14 @@ def test_help_and_list_import_no_torch():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_a_bad_run_file_with_several_processes_is_one_line(tmp_path):
+    """With --num-processes every run is checked before any process starts: one line, not one per rank and
+    the launcher's report."""
+    (tmp_path / "bad.toml").write_text('task = "digit-v1"\nalgorithm = ["flow-grpo"]\nseed = 0\nout = "runs"\n')
+    done = subprocess.run([sys.executable, "-m", "opgrpo_bench.cli", "run", str(tmp_path / "bad.toml"),
+                           "--num-processes", "2"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: unknown task 'digit-v1'")
+    assert not (tmp_path / "runs").exists()

@@ -16,7 +16,7 @@ import time
 import pytest
 
 from opgrpo_bench.results import read_records
-from opgrpo_bench.runner import find_run_dir
+from opgrpo_bench.runner import find_run_dir, resolve
 
 pytestmark = pytest.mark.train  # every test runs `opgrpo-bench run` (one or two processes)
 
@@ -83,9 +83,10 @@ def test_killing_one_rank_ends_the_run_with_an_error(tmp_path):
             "--steps", "200", "--out", str(tmp_path), "--num-processes", "2"]
     for item in SETS:
         argv += ["--set", item]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    err_file = (tmp_path / "stderr.txt").open("w")
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err_file,
                             env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True)
-    metrics = find_run_dir(tmp_path, "digits-v1", "op-grpo", 0) / "metrics.jsonl"
+    metrics = tmp_path / resolve("digits-v1", "op-grpo", 0, 200, SETS).run_id / "metrics.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and not (metrics.exists() and '"type": "step"' in metrics.read_text()):
         time.sleep(0.5)
@@ -122,6 +123,11 @@ def test_killing_one_rank_ends_the_run_with_an_error(tmp_path):
             pass
     assert code != 0
     assert not survivors, f"ranks {survivors} outlived the run"
+    err_file.close()
+    lines = [line for line in (tmp_path / "stderr.txt").read_text().splitlines() if line.strip()]
+    # one line naming what stopped and how to resume, not the launcher's report
+    assert lines and len(lines) <= 2 and all(line.startswith("error: ") for line in lines), lines
+    assert "Traceback" not in "\n".join(lines)
 
 
 @pytest.mark.multi_process
