@@ -63,6 +63,14 @@ class OPGRPO(FlowGRPO):
         Diagnostic("op/logw_max", "log w range (max − min)", "mean",
                    "spread of the sequence-level log importance weights of the replayed samples",
                    field="logw_range", minus="op/logw_min"),
+        Diagnostic("op/replay_revived_frac", "replay groups revived", "mean",
+                   "fraction of replay groups whose fresh rewards were all equal, given spread by the replayed sample",
+                   percent=True),
+        Diagnostic("op/replay_adv_mass_share", "replay share of |A|", "mean",
+                   "the replayed samples' share of the batch's |advantage| mass", percent=True),
+        Diagnostic("op/abs_logw_p90", "|log w| p90", "median", "90th percentile of |log w| over replayed samples"),
+        Diagnostic("op/w_ess_frac", "ESS of w", "mean",
+                   "effective sample size of the sequence weights over the replayed samples, as a fraction"),
     )
     config: OPGRPOConfig
 
@@ -136,6 +144,45 @@ class OPGRPO(FlowGRPO):
             "op/logw_min": lw.min().item(), "op/logw_median": lw.median().item(), "op/logw_max": lw.max().item(),
             "op/logratio_by_step": [None if math.isnan(v) else v for v in by_step.tolist()],
         })
+        batch.metrics.update(self.mechanism(batch, lw))
+
+    def mechanism(self, batch: TrainBatch, log_w: torch.Tensor) -> dict[str, Any]:
+        """What replay did this iteration, over its replay groups (a group holding a replayed sample):
+        the replayed prefix's stored reward, the mixed sample's new reward and advantage, the best fresh
+        reward of its group, the fraction of replay groups the mixed sample *revived* (no spread among the
+        fresh rewards, spread with it: without replay the group would carry no signal), the replayed
+        samples' share of the batch's |advantage| mass (how much of the update is replay's), and the
+        spread of the sequence weights (|log w| median, p90, max; effective sample size of ``w`` over the
+        replayed samples, as a fraction of their number)."""
+        ro = batch.rollout
+        rewards, adv = ro.rewards.float().cpu(), batch.advantages.float().cpu()
+        replayed, groups = ro.replayed.cpu(), ro.group_ids.cpu()
+        stored, new, advantage, best_fresh, revived = [], [], [], [], []
+        for i in torch.nonzero(replayed).flatten().tolist():
+            entry = self.buffer.get(int(ro.prompt_ids[i]))
+            if entry is not None:
+                stored.append(float(entry.reward))
+            fresh = rewards[(groups == groups[i]) & ~replayed]
+            fresh = fresh[torch.isfinite(fresh)]
+            new.append(float(rewards[i]))
+            advantage.append(float(adv[i]))
+            if len(fresh):
+                best_fresh.append(float(fresh.max()))
+                dead = bool((fresh == fresh[0]).all())
+                revived.append(float(dead and math.isfinite(float(rewards[i])) and float(rewards[i]) != float(fresh[0])))
+        mass = adv.abs()
+        w = torch.exp(log_w.double())
+        mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
+        return {
+            "op/replay_stored_reward": mean(stored), "op/replay_new_reward": mean(new),
+            "op/replay_advantage": mean(advantage), "op/replay_best_fresh_reward": mean(best_fresh),
+            "op/replay_revived_frac": mean(revived),
+            "op/replay_adv_mass_share": float(mass[replayed].sum() / mass.sum()) if float(mass.sum()) > 0 else None,
+            "op/abs_logw_median": log_w.abs().median().item(),
+            "op/abs_logw_p90": torch.quantile(log_w.abs().double(), 0.9).item(),
+            "op/abs_logw_max": log_w.abs().max().item(),
+            "op/w_ess_frac": float(w.sum() ** 2 / (w ** 2).sum() / len(w)),
+        }
 
     def replay_ages(self, rollout: Rollout) -> list[int]:
         """Ages ``rollout.iteration - birth`` (in iterations) of the stored prefixes this rollout replays.

@@ -139,3 +139,33 @@ def test_all_nan_rollout_yields_no_signal_and_does_not_crash():
     fresh = PRESETS["op-grpo"].build()
     _, obs = step(fresh, make_rollout([NAN] * 8))
     assert fresh.reward_std is None and len(fresh.buffer) == 0 and obs["op/replay_age_mean"] is None
+
+
+def test_op_grpo_mechanism_diagnostics_by_hand():
+    """Group 0's fresh rewards are all 0 and its replayed sample scores 1: revived. Group 1's fresh rewards
+    already differ: not revived. The replayed samples' |advantage| share and the weights' ESS by hand."""
+    import math
+
+    import torch
+
+    from opgrpo_bench.algorithms.base import Rollout, TrainBatch
+    from opgrpo_bench.registry import ALGORITHMS
+
+    algo = ALGORITHMS.get("op-grpo").build()
+    n, T = 8, 2
+    rewards = torch.tensor([0.0, 0.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0])
+    forced_len = torch.tensor([0, 0, 0, 1, 0, 0, 0, 1])  # rows 3 and 7 replay a stored prefix
+    ro = Rollout(torch.tensor([5, 5, 5, 5, 6, 6, 6, 6]), torch.tensor([0, 0, 0, 0, 1, 1, 1, 1]), ["p"] * n,
+                 [{}] * n, torch.zeros(n, T + 1, 1), torch.tensor([1.0, 0.5, 0.0]), torch.zeros(n, T),
+                 torch.zeros(n, T), forced_len, rewards)
+    adv = torch.tensor([-1.0, -1.0, -1.0, 3.0, -0.5, 0.5, -0.5, 0.5])
+    batch = TrainBatch(ro, adv, torch.zeros(n, T), torch.ones(n), torch.ones(n, T, dtype=torch.bool))
+    log_w = torch.tensor([0.1, -0.3])
+    got = algo.mechanism(batch, log_w)
+    assert got["op/replay_revived_frac"] == 0.5
+    assert got["op/replay_new_reward"] == 1.0 and got["op/replay_advantage"] == 1.75
+    assert got["op/replay_best_fresh_reward"] == 0.5  # mean of group 0's 0 and group 1's 1
+    assert got["op/replay_adv_mass_share"] == (3.0 + 0.5) / 8.0
+    w = [math.exp(0.1), math.exp(-0.3)]
+    assert math.isclose(got["op/w_ess_frac"], sum(w) ** 2 / sum(x * x for x in w) / 2, rel_tol=1e-6)
+    assert math.isclose(got["op/abs_logw_max"], 0.3, rel_tol=1e-6) and got["op/replay_stored_reward"] is None
