@@ -90,6 +90,22 @@ class Evaluator:
         return record
 
 
+def _other_schema(metrics: Path) -> str:
+    """``" (written by schema X; this version reads Y)"`` when the file's first record names another schema,
+    else ""."""
+    import json
+
+    from opgrpo_bench import SCHEMA
+    from opgrpo_bench.results import read_bytes
+
+    try:
+        first = json.loads(read_bytes(metrics).split(b"\n", 1)[0])
+    except (OSError, ValueError):
+        return ""
+    schema = first.get("schema") if isinstance(first, dict) else None
+    return f" (written by schema {schema!r}; this version reads {SCHEMA!r})" if schema and schema != SCHEMA else ""
+
+
 def evaluate_saved_run(run_dir: str | Path, task_id: str | None = None, adapter: str = "ema") -> dict[str, Any]:
     """Re-evaluate a finished run's saved adapter on a task's eval prompts (its own task by default).
 
@@ -121,7 +137,7 @@ def evaluate_saved_run(run_dir: str | Path, task_id: str | None = None, adapter:
         records = None
     start = records.start if records is not None else None
     if start is None:
-        raise UserError(f"{metrics} has no readable run_start record")
+        raise UserError(f"{metrics} has no readable run_start record{_other_schema(metrics)}")
     # every field eval reads back (config.train included) is checked before it is used
     problem = record_problem(start)
     if problem:

@@ -109,3 +109,18 @@ def test_a_hand_edited_checkpoint_header_is_one_line(tmp_path, edit, needle):
         run_one("digits-v1", "flow-grpo", 0, out=tmp_path, steps=4, sets=FAST)  # a larger budget continues
     assert needle in str(err.value) and "\n" not in str(err.value) and "--fresh" in str(err.value)
     assert (run_dir / "metrics.jsonl").read_bytes() == before
+
+
+def test_eval_names_another_schema_version(packed_run, tmp_path):
+    import json
+
+    run_dir = tmp_path / packed_run.name
+    shutil.copytree(packed_run, run_dir)
+    records = [json.loads(line) for line in read_bytes(run_dir / PACKED_FILE).decode().splitlines()]
+    for r in records:
+        r["schema"] = "opgrpo-bench/v9"
+    (run_dir / PACKED_FILE).unlink()
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    done = _cli("eval", str(run_dir))
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and len(lines) == 1 and "written by schema 'opgrpo-bench/v9'" in lines[0], done.stderr
