@@ -341,13 +341,19 @@ def eval_(
                                                 "(default: the run's own task)")] = None,
     adapter: Annotated[str, typer.Option("--adapter", help="ema (what the run's evaluations used) or final")] = "ema",
     as_json: Annotated[bool, typer.Option("--json", help="print the metrics as one JSON object")] = False,
+    save_images: Annotated[Optional[Path], typer.Option("--save-images", help="write a PNG grid of the first "
+                                                        "evaluation samples to this file")] = None,
 ) -> None:
     """Re-evaluate a run's saved LoRA adapter on a task's held-out prompts and print the score."""
     import json
 
     from opgrpo_bench.evaluation import evaluate_saved_run
 
-    record = evaluate_saved_run(run_dir, task, adapter)
+    if save_images is not None and save_images.suffix.lower() != ".png":
+        from opgrpo_bench.errors import UserError
+
+        raise UserError(f"--save-images writes a PNG file; '{save_images}' does not end in .png")
+    record = evaluate_saved_run(run_dir, task, adapter, save_images)
     if as_json:
         print(json.dumps(record, sort_keys=True))
         return

@@ -53,6 +53,8 @@ class Evaluator:
         self.noise = torch.randn((len(self.prompts), *backbone.latent_shape), generator=gen).to(device)
         rows = torch.arange(len(task.eval_prompts)).repeat_interleave(k).to(device)
         self.cond = index_cond(backbone.encode([p.text for p in task.eval_prompts]), rows)
+        self.images: torch.Tensor | None = None
+        """The first decoded samples of the last call ([<= GRID_IMAGES, C, H, W] or videos), on the CPU."""
 
     def __call__(self) -> dict[str, float]:
         """``score`` (the task's eval metric), ``eval/<component>``, and with a gold reward ``gold`` and
@@ -64,12 +66,17 @@ class Evaluator:
         texts, metas = [p.text for p in self.prompts], [p.meta for p in self.prompts]
         outs: list[RewardOutput] = []
         golds: list[RewardOutput] = []
+        self.images = None  # the first GRID_IMAGES decoded samples, for an image grid
         with torch.no_grad():
             for start in range(0, len(self.prompts), SLICE):
                 rows = slice(start, start + SLICE)
                 x = sample_ode(self.backbone, index_cond(self.cond, rows), self.noise[rows], self.sigmas,
                                self.guidance, batch_size=SLICE)
                 images = self.backbone.decode(x)
+                if self.images is None:
+                    from opgrpo_bench.images import GRID_IMAGES
+
+                    self.images = images[:GRID_IMAGES].detach().cpu()
                 outs.append(self.reward(images, texts[rows], metas[rows]))
                 if self.gold is not None:
                     golds.append(self.gold(images, texts[rows], metas[rows]))
@@ -106,7 +113,8 @@ def _other_schema(metrics: Path) -> str:
     return f" (written by schema {schema!r}; this version reads {SCHEMA!r})" if schema and schema != SCHEMA else ""
 
 
-def evaluate_saved_run(run_dir: str | Path, task_id: str | None = None, adapter: str = "ema") -> dict[str, Any]:
+def evaluate_saved_run(run_dir: str | Path, task_id: str | None = None, adapter: str = "ema",
+                       save_images: str | Path | None = None) -> dict[str, Any]:
     """Re-evaluate a finished run's saved adapter on a task's eval prompts (its own task by default).
 
     With the run's own task, the ODE steps and CFG scale are the run's (from its ``run_start``), so the
@@ -168,5 +176,11 @@ def evaluate_saved_run(run_dir: str | Path, task_id: str | None = None, adapter:
     except (ValueError, RuntimeError, KeyError) as err:
         raise UserError(f"the {adapter} adapter of {run_dir} does not fit task '{task.id}''s backbone: "
                         f"{str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}") from None
-    record = Evaluator(task, backbone, reward, gold, cfg.eval_num_steps, cfg.eval_guidance)()
-    return {"task": task.id, "run_task": run_task, "adapter": adapter, **record}
+    evaluator = Evaluator(task, backbone, reward, gold, cfg.eval_num_steps, cfg.eval_guidance)
+    record = evaluator()
+    out = {"task": task.id, "run_task": run_task, "adapter": adapter, **record}
+    if save_images is not None and evaluator.images is not None:
+        from opgrpo_bench.images import save_grid
+
+        out["images"] = str(save_grid(evaluator.images, save_images))
+    return out

@@ -39,6 +39,7 @@ from opgrpo_bench.distributed import Distributed
 from opgrpo_bench.errors import RunInterrupted
 from opgrpo_bench.evaluation import Evaluator
 from opgrpo_bench.export import ADAPTER_DIRS, export_run_adapters
+from opgrpo_bench.images import IMAGES_DIR, save_grid
 from opgrpo_bench.results import PACKED_FILE, ResultsWriter, read_records, truncate_after_step
 from opgrpo_bench.schema import run_outcome
 from opgrpo_bench.tasks.spec import TaskSpec
@@ -99,6 +100,8 @@ class Trainer:
         metrics = self.evaluate()
         if self.dist.is_main:
             s = self.state
+            if self.evaluator.images is not None:  # the same fixed noises at every eval: comparable grids
+                save_grid(self.evaluator.images, self.run_dir / IMAGES_DIR / f"step{s.step:06d}.png")
             self.progress(self.writer.write("eval", step=s.step, samples=s.samples, nfe=s.nfe,
                                             wall_s=round(s.wall_s, 3), **metrics))
 
@@ -189,7 +192,7 @@ class Trainer:
                 if self.dist.is_main:  # a new run: nothing of an earlier one may stay beside its records
                     for stale in (self.writer.path, self.run_dir / PACKED_FILE, self.run_dir / CHECKPOINT):
                         stale.unlink(missing_ok=True)
-                    for folder in ADAPTER_DIRS.values():
+                    for folder in (*ADAPTER_DIRS.values(), IMAGES_DIR):
                         shutil.rmtree(self.run_dir / folder, ignore_errors=True)
                 self.writer.write("run_start", **self.run_start_record(run_id, config_hash))
                 self._log_eval()

@@ -155,6 +155,8 @@ CASES: list[tuple[str, list[str], str]] = [
     # eval
     ("eval-not-a-run", ["eval", "empty"], "empty is not a run directory (no metrics.jsonl or metrics.jsonl.gz)"),
     ("eval-no-adapter", ["eval", "runs/digits-v1__op-grpo__seed0"], "has no ema adapter (lora_ema/"),
+    ("eval-images-not-png", ["eval", "runs/digits-v1__op-grpo__seed0", "--save-images", "grid.jpg"],
+     "does not end in .png"),
     ("eval-final-no-adapter", ["eval", "runs/digits-v1__op-grpo__seed0", "--adapter", "final"],
      "has no final adapter (lora/pytorch_lora_weights.safetensors is missing: the run did not finish)"),
     ("eval-bad-adapter", ["eval", "runs/digits-v1__op-grpo__seed0", "--adapter", "best"],
