@@ -47,26 +47,59 @@ class TensorBoardMirror:
         self.writer.close()
 
 
+WANDB_MODE_ENV, WANDB_PROJECT_ENV = "OPGRPO_WANDB_MODE", "OPGRPO_WANDB_PROJECT"
+"""``offline`` (the default: a local run for ``wandb sync``) or ``online`` where the user has a network; the
+project (default ``opgrpo-bench``)."""
+RUN_END_SUMMARY = ("steps_to_target", "samples_to_target", "nfe_to_target", "censored", "best_score",
+                   "final_score", "steps")
+
+
+def wandb_run_id(run_start: dict[str, Any], run_dir: Path) -> str:
+    """A stable wandb run id for a run: the same run directory and configuration resume one wandb run."""
+    import hashlib
+
+    key = f"{run_start.get('run_id', run_dir.name)}|{run_start.get('config_hash')}"
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
 class WandbMirror:
-    """Scalars of step and eval records into an offline wandb run (never online)."""
+    """Scalars of step and eval records into a wandb run: offline unless ``$OPGRPO_WANDB_MODE=online``; one
+    wandb run per run (a stable id, resumed when the run continues), grouped by ``task/algorithm``, tagged
+    with task, algorithm and seed, the identity and configuration in its config and the outcome of
+    ``run_end`` in its summary."""
 
     def __init__(self, run_dir: Path, run_start: dict[str, Any] | None = None):
         import wandb
 
-        os.environ["WANDB_MODE"] = "offline"
+        mode = os.environ.get(WANDB_MODE_ENV, "offline")
+        if mode not in ("offline", "online"):
+            raise UserError(f"${WANDB_MODE_ENV} must be 'offline' or 'online', not {mode!r}")
+        os.environ["WANDB_MODE"] = mode
         start = run_start or {}
-        self.run = wandb.init(mode="offline", dir=str(run_dir), project="opgrpo-bench",
-                              name=start.get("run_id", run_dir.name), config=start.get("config") or {},
+        task, algorithm, seed = start.get("task"), start.get("algorithm"), start.get("seed")
+        identity = {"task": task, "algorithm": algorithm, "seed": seed, "config_hash": start.get("config_hash"),
+                    "setup": start.get("setup"), "variant": start.get("variant")}
+        self.run = wandb.init(mode=mode, dir=str(run_dir), project=os.environ.get(WANDB_PROJECT_ENV, "opgrpo-bench"),
+                              id=wandb_run_id(start, run_dir), resume="allow",
+                              name=start.get("run_id", run_dir.name), group=f"{task}/{algorithm}",
+                              tags=[str(t) for t in (task, algorithm, f"seed{seed}") if t is not None],
+                              config={**identity, **(start.get("config") or {})},
                               settings=wandb.Settings(silent=True, console="off"))
         self.last_step = -1
 
     def write(self, record: dict[str, Any]) -> None:
+        if record.get("type") == "run_end":
+            self.summarise({k: record.get(k) for k in RUN_END_SUMMARY})
         if is_progress(record):
             step = int(record["step"])
             if step < self.last_step:  # a resumed run replaying: wandb's steps only grow
                 return
             self.last_step = step
             self.run.log(_scalars(record), step=step)
+
+    def summarise(self, outcome: dict[str, Any]) -> None:
+        """The run's outcome (steps to target, best and final score) as the wandb run's summary."""
+        self.run.summary.update(outcome)
 
     def close(self) -> None:
         self.run.finish()
@@ -83,6 +116,9 @@ def check_mirrors(names: Sequence[str]) -> list[str]:
             hint = difflib.get_close_matches(name, MIRRORS, n=1)
             raise UserError(f"unknown --log '{name}'" + (f". Did you mean: {hint[0]}" if hint else "")
                             + f" (choose from {', '.join(MIRRORS)})")
+        if name == "wandb" and os.environ.get(WANDB_MODE_ENV, "offline") not in ("offline", "online"):
+            raise UserError(f"${WANDB_MODE_ENV} must be 'offline' or 'online', not "
+                            f"{os.environ[WANDB_MODE_ENV]!r}")
         module = "tensorboard" if name == "tensorboard" else "wandb"
         try:
             __import__(module)

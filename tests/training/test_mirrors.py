@@ -74,3 +74,42 @@ def test_wandb_offline_run_has_the_last_eval(tmp_path, monkeypatch):
 def test_unknown_mirror_is_one_line():
     with pytest.raises(UserError, match="unknown --log 'tensorbord'. Did you mean: tensorboard"):
         check_mirrors(["tensorbord"])
+
+
+@pytest.mark.train
+def test_a_continued_run_is_one_wandb_run_with_its_identity_and_outcome(tmp_path, monkeypatch):
+    """A run continued to a larger budget resumes the same wandb run (a stable id, resume allowed), grouped
+    by task/algorithm and tagged; the run_end outcome goes into the run's summary. Checked through the
+    arguments given to wandb's public API, not wandb's files."""
+    wandb = pytest.importorskip("wandb")
+    real_init = wandb.init
+    inits, summaries = [], []
+
+    def init(*args, **kwargs):
+        inits.append(kwargs)
+        return real_init(*args, **kwargs)
+
+    from opgrpo_bench.mirrors import WandbMirror
+
+    real_summarise = WandbMirror.summarise
+
+    def summarise(self, outcome):
+        summaries.append(dict(outcome))
+        return real_summarise(self, outcome)  # wandb's public run.summary.update
+
+    monkeypatch.setattr(wandb, "init", init)
+    monkeypatch.setattr(WandbMirror, "summarise", summarise)
+    run_one("digits-v1", "flow-grpo", 0, out=tmp_path, steps=2, sets=FAST, log=["wandb"])
+    run_one("digits-v1", "flow-grpo", 0, out=tmp_path, steps=4, sets=FAST, log=["wandb"])
+    assert len(inits) == 2 and inits[0]["id"] == inits[1]["id"] and inits[1]["resume"] == "allow"
+    assert inits[0]["group"] == "digits-v1/flow-grpo" and inits[0]["tags"] == ["digits-v1", "flow-grpo", "seed0"]
+    assert inits[0]["config"]["config_hash"] and inits[0]["mode"] == "offline"
+    records = read_records(find_run_dir(tmp_path, "digits-v1", "flow-grpo", 0) / "metrics.jsonl")
+    end = records[-1]
+    assert summaries and summaries[-1]["steps"] == 4 and summaries[-1]["best_score"] == end["best_score"]
+
+
+def test_a_bad_wandb_mode_is_one_line(monkeypatch):
+    monkeypatch.setenv("OPGRPO_WANDB_MODE", "cloud")
+    with pytest.raises(UserError, match="OPGRPO_WANDB_MODE must be 'offline' or 'online'"):
+        check_mirrors(["wandb"])
