@@ -142,7 +142,7 @@ def run(
     if dist.active or num_processes > 1:
         jobs = 1  # the processes of one run are the parallelism; runs follow one another
     if num_processes > 1 and not dist.active:
-        _check_runs_then_launch(spec, task, algorithm, seed, steps, set_, out, num_processes, fsdp)
+        _check_runs_then_launch(spec, task, algorithm, seed, steps, set_, out, num_processes, fsdp, fresh)
         return
     if grids:  # a suite file: its own grids, with its budget and settings
         check_output_dir(out, "--out")
@@ -192,7 +192,7 @@ def run(
 
 
 def _check_runs_then_launch(spec, task, algorithm, seed, steps, sets, out, num_processes: int,
-                            fsdp: bool = False) -> None:
+                            fsdp: bool = False, fresh: bool = False) -> None:
     """Validate the runs here (one line and exit 2 for a mistake, before any process starts), then run this
     same command in ``num_processes`` processes and exit with their status.
 
@@ -213,11 +213,19 @@ def _check_runs_then_launch(spec, task, algorithm, seed, steps, sets, out, num_p
 
         raise UserError("--num-processes trains given runs (--task/--algorithm/--seed or a run file), not a suite")
     # every run is checked here, from the flags or the run file, so that a mistake is one line, not one per rank
+    from opgrpo_bench.results import RunLock
+    from opgrpo_bench.runner import plan_run
+
+    check_output_dir(out, "--out")
     for t in task or ["digits-v1"]:
         for a in algorithm or ["flow-grpo"]:
             for s_ in seed or [0]:
-                resolve(t, a, s_, steps, list(sets or []))
-    check_output_dir(out, "--out")
+                resolved = resolve(t, a, s_, steps, list(sets or []))
+                run_dir = Path(out) / resolved.run_id
+                plan_run(resolved, run_dir, resume=not fresh)  # a refusal (budget, configuration) is one line
+                if run_dir.is_dir():
+                    with RunLock(run_dir):  # held by another process: one line naming it
+                        pass
     argv = [a for a in sys.argv[1:]]
     i = next(k for k, a in enumerate(argv) if a == "--num-processes" or a.startswith("--num-processes="))
     del argv[i: i + (1 if "=" in argv[i] else 2)]

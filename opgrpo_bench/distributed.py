@@ -38,6 +38,8 @@ from typing import Sequence
 
 import torch
 
+from opgrpo_bench.errors import UserError
+
 
 class Distributed:
     """Rank, world size and the few collectives of a data-parallel run; a no-op for one process.
@@ -59,8 +61,15 @@ class Distributed:
     def from_environment(cls) -> "Distributed":
         """One process unless a launcher (torchrun, accelerate launch) set ``WORLD_SIZE`` > 1; then join
         the process group through accelerate (gloo on CPU, NCCL on GPUs)."""
-        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        raw = os.environ.get("WORLD_SIZE", "1")
+        if not raw.strip().isdigit():
+            raise UserError(f"the environment sets WORLD_SIZE={raw!r}, not a number of processes; unset it")
+        if int(raw) <= 1:
             return cls()
+        missing = [name for name in ("RANK", "MASTER_ADDR", "MASTER_PORT") if not os.environ.get(name)]
+        if missing:  # a WORLD_SIZE left over from another job: joining a group would hang or fail per rank
+            raise UserError(f"the environment sets WORLD_SIZE={raw} but no launcher started this process (no "
+                            f"{', '.join(missing)}); unset WORLD_SIZE, or use --num-processes {raw}")
         from accelerate import PartialState
 
         from opgrpo_bench.devices import has_gpu

@@ -152,3 +152,19 @@ def test_a_bad_run_file_with_several_processes_is_one_line(tmp_path):
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: unknown task 'digit-v1'")
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("env, needle", [
+    ({"WORLD_SIZE": "2"}, "WORLD_SIZE=2 but no launcher started this process"),
+    ({"WORLD_SIZE": "two"}, "WORLD_SIZE='two'"),
+])
+def test_a_leftover_world_size_is_one_line(tmp_path, env, needle):
+    """A WORLD_SIZE left in the environment by another job: one line, no process group, no traceback."""
+    import os
+
+    clean = {k: v for k, v in os.environ.items() if k not in ("RANK", "MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK")}
+    done = subprocess.run([sys.executable, "-m", "opgrpo_bench.cli", "run", "-t", "digits-v1", "--steps", "1",
+                           "--out", str(tmp_path / "runs")], capture_output=True, text=True, timeout=120,
+                          env={**clean, **env})
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and len(lines) == 1 and needle in lines[0], done.stderr

@@ -124,3 +124,27 @@ def test_eval_names_another_schema_version(packed_run, tmp_path):
     done = _cli("eval", str(run_dir))
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert done.returncode == 2 and len(lines) == 1 and "written by schema 'opgrpo-bench/v9'" in lines[0], done.stderr
+
+
+def test_with_several_processes_a_locked_run_and_a_smaller_budget_are_one_line(tmp_path):
+    """Checked before the ranks start: a run another process is writing, or finished with a larger budget."""
+    out = tmp_path / "runs"
+    run_one("digits-v1", "flow-grpo", 0, out=out, steps=4, sets=FAST)
+    run_dir = find_run_dir(out, "digits-v1", "flow-grpo", 0)
+    args = ["run", "-t", "digits-v1", "-a", "flow-grpo", "-s", "0", "--out", str(out), "--num-processes", "2",
+            *[x for s in FAST for x in ("--set", s)]]
+    done = _cli(*args, "--steps", "2")
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and len(lines) == 1 and "budget of 4 steps" in lines[0], done.stderr
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom opgrpo_bench.results import RunLock\n"
+                               f"with RunLock({str(run_dir)!r}):\n    print('locked', flush=True)\n    time.sleep(120)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"  # the lock is held from here on
+        done = _cli(*args, "--steps", "6")
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        assert done.returncode == 2 and len(lines) == 1 and "being written by another process" in lines[0], \
+            done.stderr
+    finally:
+        holder.kill()
+        holder.wait()
