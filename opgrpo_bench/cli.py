@@ -252,14 +252,18 @@ def _call_ranks(cmd: list[str], env: dict[str, str]) -> int:
 
     proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True, errors="replace")
     said: list[str] = []
+    stopped: list[str] = []  # a surviving rank's "interrupted/terminated ..." line: said only if nothing better
     failed_rank = exit_code = None
     assert proc.stderr is not None
     for line in proc.stderr:
         text = line.rstrip("\n")
-        if text.startswith(("error: ", "interrupted", "terminated")):
+        if text.startswith("error: "):
             if text not in said:
                 said.append(text)
                 sys.stderr.write(text + "\n")
+        elif text.startswith(("interrupted", "terminated")):
+            if text not in stopped:
+                stopped.append(text)
         elif "Root Cause" in text:  # torchrun's report: the first failure comes after this heading
             failed_rank = exit_code = None
         elif text.strip().startswith("rank") and failed_rank is None and ":" in text:
@@ -268,11 +272,15 @@ def _call_ranks(cmd: list[str], env: dict[str, str]) -> int:
             exit_code = text.split(":", 1)[1].split("(")[0].strip()
     code = proc.wait()
     if code and not said:
-        how = f"exit code {exit_code}" if exit_code else f"exit code {code}"
-        if exit_code and exit_code.lstrip("-").isdigit() and int(exit_code) < 0:
-            how = f"signal {signal.Signals(-int(exit_code)).name}"
-        sys.stderr.write(f"error: training process {failed_rank or '?'} stopped ({how}); run the same command "
-                         "again to resume from the last checkpoint\n")
+        own_stop = exit_code in (None, "130", "143")  # the ranks stopped on a signal to the whole run
+        if stopped and own_stop:
+            sys.stderr.write(stopped[0] + "\n")
+        else:  # a rank died (killed, crashed): name it, not the survivors' reaction
+            how = f"exit code {exit_code or code}"
+            if exit_code and exit_code.lstrip("-").isdigit() and int(exit_code) < 0:
+                how = f"signal {signal.Signals(-int(exit_code)).name}"
+            sys.stderr.write(f"error: training process {failed_rank or '?'} stopped ({how}); run the same "
+                             "command again to resume from the last checkpoint\n")
     return 2 if code and any(s.startswith("error: ") for s in said) else code
 
 
