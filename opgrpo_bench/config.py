@@ -4,6 +4,7 @@ dataclass beside its code). Tasks scale these in ``TaskSpec.train_defaults``; ``
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Sequence
 
 from opgrpo_bench.validation import setting
 
@@ -76,3 +77,18 @@ class TrainConfig:
     trajectory_device: str = setting("auto", choices=("auto", "cpu"))
     """Where the rollout's trajectories are kept: ``auto`` (the backbone's device) or ``cpu`` (video-sized
     rollouts beside a large model; each training call copies its block's two latents back)."""
+
+
+HASH_NEUTRAL_DEFAULTS = {"gradient_checkpointing": False, "compile": False, "latent_dtype": "float32",
+                         "trajectory_device": "auto", "transition": "sde"}
+"""Trainer settings added after results were published: they count in a run's identity (its configuration
+hash, the leaderboard's check that a row's runs share one configuration) only when set away from these
+defaults, so every earlier result keeps its hash (and stays resumable and comparable)."""
+
+
+def identity_settings(train: dict[str, Any], drop: Sequence[str] = ()) -> dict[str, Any]:
+    """The trainer settings that identify a run's configuration: ``train`` (a :class:`TrainConfig` as a dict,
+    or a recorded ``config.train``) without the ``drop`` keys and without the hash-neutral settings left at
+    their defaults. The one rule behind the configuration hash and the leaderboard's row check."""
+    return {k: v for k, v in train.items()
+            if k not in drop and not (k in HASH_NEUTRAL_DEFAULTS and v == HASH_NEUTRAL_DEFAULTS[k])}

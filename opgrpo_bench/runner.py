@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from opgrpo_bench.config import HASH_NEUTRAL_DEFAULTS, identity_settings  # noqa: F401 (re-exported)
 from opgrpo_bench.distributed import Distributed
 from opgrpo_bench.errors import UserError
 from opgrpo_bench.registry import ALGORITHMS, BACKBONES, TASKS, UnknownNameError
@@ -106,12 +107,6 @@ def resolve(task: str, algorithm: str, seed: int, steps: int | None = None,
                        run_id_for(spec.id, entry.name, seed, setup, variant), setup, variant)
 
 
-HASH_NEUTRAL_DEFAULTS = {"gradient_checkpointing": False, "compile": False, "latent_dtype": "float32",
-                         "trajectory_device": "auto", "transition": "sde"}
-"""Trainer settings added after results were published: they enter the configuration hash only when set
-away from these defaults, so every earlier result keeps its hash (and stays resumable and comparable)."""
-
-
 def resolved_config(resolved: ResolvedRun) -> dict[str, Any]:
     """Everything that determines a run's numbers except its budget: task (id, version, prompt sets),
     algorithm (preset name, class, every config field), every trainer setting, and the seed.
@@ -120,11 +115,7 @@ def resolved_config(resolved: ResolvedRun) -> dict[str, Any]:
     recorded training number, so results written before it existed stay valid (their eval records just
     lack ``gold``; the leaderboard shows it as missing)."""
     task = resolved.task
-    train = dataclasses.asdict(resolved.train_config)
-    train.pop("steps")
-    for name, default in HASH_NEUTRAL_DEFAULTS.items():  # settings added later: hashed only when changed
-        if train.get(name) == default:
-            train.pop(name)
+    train = identity_settings(dataclasses.asdict(resolved.train_config), drop=("steps",))
     return {
         "task": task.id, "task_version": task.version, "prompt_hash": task.prompt_hash,
         "target": task.target, "eval_metric": task.eval_metric,

@@ -75,7 +75,7 @@ class Trainer:
                                      self.backbone.sigmas(config.num_steps).to(self.device), latent_dtype, store,
                                      config.optimizer_steps_per_iter, config.micro_batch, config.cfg_detach_uncond,
                                      config.seed)
-        self.calls = CallRunner(self.backbone, self.params, self.dist, latent_dtype, config.cfg_detach_uncond)
+        self.call_runner = CallRunner(self.backbone, self.params, self.dist, latent_dtype, config.cfg_detach_uncond)
         self.training_state = TrainingState(self.params, self.optimizer, self.ema, algorithm, parts.prompt_gen,
                                             parts.noise_gen)
         self.state = RunState()
@@ -114,7 +114,7 @@ class Trainer:
         self.state.samples += int((rollout.forced_len == 0).sum())
         self.state.nfe += rollout.latents.shape[0] * rollout.num_steps * self.backbone.nfe_per_sample(
             self.sampler.guidance)
-        self.calls.begin_iteration()
+        self.call_runner.begin_iteration()
         return rollout, shares
 
     def update(self, batch: TrainBatch, blocks: list[torch.Tensor], first_block: int = 0) -> dict[str, Any]:
@@ -128,8 +128,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         if total == 0:  # no signal in this share: the step is spent without an update (on every rank)
             return {"loss/total": 0.0, "train/trained_pairs": 0}
-        parts = self.calls.run(self.algorithm, batch, calls, total)
-        self.state.nfe += self.calls.nfe(batch, calls)
+        parts = self.call_runner.run(self.algorithm, batch, calls, total)
+        self.state.nfe += self.call_runner.nfe(batch, calls)
         self.dist.sum_gradients(self.params)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
         self.optimizer.step()

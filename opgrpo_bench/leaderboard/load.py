@@ -255,11 +255,10 @@ SETTINGS_IGNORED = ("seed", "steps")
 def settings_key(start: dict[str, Any]) -> str:
     """A canonical text of the settings a run was made with (trainer and algorithm config, seed and budget
     left out; settings added after results were published count only when changed from their default)."""
-    from opgrpo_bench.runner import HASH_NEUTRAL_DEFAULTS
+    from opgrpo_bench.config import identity_settings
 
     config = start.get("config") or {}
-    train = {k: v for k, v in (config.get("train") or {}).items() if k not in SETTINGS_IGNORED
-             and not (k in HASH_NEUTRAL_DEFAULTS and v == HASH_NEUTRAL_DEFAULTS[k])}
+    train = identity_settings(config.get("train") or {}, drop=SETTINGS_IGNORED)
     return json.dumps({"train": train, "algorithm": config.get("algorithm") or {}}, sort_keys=True, default=str)
 
 
