@@ -50,6 +50,7 @@ def test_the_preset_has_no_kl_term_and_a_kl_term_is_refused_in_one_line(tmp_path
     assert not any(tmp_path.iterdir())  # refused before anything was written
 
 
+@pytest.mark.train
 def test_without_the_kl_term_the_policy_moves(tmp_path):
     # with beta = 0.04 the last trained step's KL gradient swamped the policy gradient and no seed learned
     run_one("digits-v1", "flow-grpo-cps", 0, out=tmp_path, steps=4, sets=FAST)

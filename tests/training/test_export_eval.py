@@ -97,6 +97,7 @@ def test_evaluation_in_slices_gives_the_same_score(monkeypatch):
     assert all(abs(sliced[k] - whole[k]) < 1e-5 for k in whole)
 
 
+@pytest.mark.train
 def test_a_fresh_run_interrupted_early_leaves_no_adapters_of_the_run_it_replaced(tmp_path):
     """``--fresh`` over a finished run, killed before its end: the old run's adapters must not remain beside
     the new run's records (``eval`` would score them as the new run's)."""
